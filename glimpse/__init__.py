@@ -1,0 +1,1 @@
+"""Glimpse: parallel building blocks for scientific Python. See :mod:`glimpse.pools`."""

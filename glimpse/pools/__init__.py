@@ -1,0 +1,32 @@
+"""Worker pools with one interface, ``map``/``imap``/``imap_unordered``, from one core to a cluster.
+
+>>> from glimpse.pools import MakePool
+>>> with MakePool() as pool:                       # multicore; GLIMPSE_POOL=dask moves it to Dask
+...     squares = pool.map(lambda x: x * x, range(10))
+
+``import glimpse.pools`` imports no cluster engine; cluster modules load on first use.
+"""
+
+from glimpse.pools.backends.pool import Pool
+from glimpse.pools.errors import (
+    ClusterConnectionError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    WorkerLostError,
+)
+from glimpse.pools.local import MulticorePool, SinglecorePool
+from glimpse.pools.registry import GetClusterPackage, MakePool
+
+__all__ = [
+    "ClusterConnectionError",
+    "GetClusterPackage",
+    "MakePool",
+    "MulticorePool",
+    "Pool",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "SinglecorePool",
+    "WorkerLostError",
+]

@@ -1,0 +1,220 @@
+"""The backend of ``MulticorePool``: worker processes of its own, each running one chunk at a time.
+
+Unlike ``multiprocessing.Pool`` it knows which chunk each worker runs, so a worker that dies
+(SIGKILL, ``os._exit``, a segfault) loses exactly that chunk, which is sent again to a fresh
+worker; and a cancelled chunk's worker is killed and replaced, so it is free at once.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import weakref
+from collections import deque
+from multiprocessing.connection import Connection, wait
+
+import cloudpickle
+
+from glimpse.pools.backends.base import Backend, Call, ChunkTask, WorkerLost
+
+_EXIT_GRACE_SECONDS = 5.0
+
+
+class Job:
+    """A chunk handed to this backend: queued, running on a worker, or done."""
+
+    __slots__ = ("call", "task", "worker", "result", "lost")
+
+    def __init__(self, call: Call, task: ChunkTask):
+        self.call, self.task = call, task
+        self.worker: _Worker | None = None
+        self.result: bytes | None = None
+        self.lost: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.lost is not None
+
+
+class ProcessBackend(Backend):
+    """Runs chunks on ``processes`` worker processes started on first use."""
+
+    chunk_seconds = 0.02
+
+    def __init__(self, processes: int | None = None, initializer=None, initargs=(), maxtasksperchild=None):
+        if processes is not None and processes < 1:
+            raise ValueError(f"processes must be at least 1, not {processes}")
+        if maxtasksperchild is not None and maxtasksperchild < 1:
+            raise ValueError(f"maxtasksperchild must be a positive integer or None, not {maxtasksperchild}")
+        self._size = processes or os.cpu_count() or 1
+        self._initializer = cloudpickle.dumps((initializer, initargs)) if initializer else None
+        self._chunks_per_worker = maxtasksperchild
+        self._workers: list[_Worker] = []
+        self._exiting: list[_Worker] = []
+        self._queue: deque[Job] = deque()
+        self._finalizer = weakref.finalize(self, _kill_all, self._workers, self._exiting)
+
+    def workers(self) -> int:
+        return self._size
+
+    def submit(self, call: Call, task: ChunkTask) -> Job:
+        job = Job(call, task)
+        self._queue.append(job)
+        self._dispatch()
+        return job
+
+    def wait(self, handles, timeout: float) -> list[Job]:
+        deadline = time.monotonic() + timeout
+        self._dispatch()
+        while True:
+            done = [job for job in handles if job.done]
+            remaining = deadline - time.monotonic()
+            if done or remaining <= 0:
+                return done
+            busy = {worker.outbox: worker for worker in self._workers if worker.job is not None}
+            for ready in wait(list(busy), remaining):
+                self._collect(busy[ready])
+            self._dispatch()
+
+    def outcome(self, handle: Job) -> bytes:
+        if handle.lost is not None:
+            raise WorkerLost(handle.lost)
+        return handle.result
+
+    def cancel(self, handles) -> None:
+        for job in handles:
+            if job.done:
+                continue
+            if job.worker is None:
+                self._queue.remove(job)
+            else:
+                self._retire(job.worker, kill=True)
+            job.lost = "cancelled"
+
+    def close(self) -> None:
+        for worker in [w for w in self._workers if w.job is None]:
+            self._retire(worker, kill=False)
+
+    def terminate(self) -> None:
+        _kill_all(self._workers, self._exiting)
+        self._workers.clear()
+        self._exiting.clear()
+
+    def join(self) -> None:
+        busy = [worker.job for worker in self._workers if worker.job is not None]
+        self.wait(busy, _EXIT_GRACE_SECONDS)
+        for worker in list(self._workers):
+            self._retire(worker, kill=False)
+        for worker in self._exiting:
+            worker.stop(_EXIT_GRACE_SECONDS)
+        self._exiting.clear()
+
+    def _dispatch(self) -> None:
+        while self._queue:
+            worker = next((w for w in self._workers if w.job is None), None)
+            if worker is None:
+                if len(self._workers) >= self._size:
+                    return
+                worker = _Worker.start(self._initializer)
+                self._workers.append(worker)
+            job = self._queue.popleft()
+            call = job.call
+            blob = None if worker.last_call == call.id else call.ref
+            worker.job, job.worker, worker.last_call = job, worker, call.id
+            if not worker.send(("chunk", call.id, blob, job.task.payload, job.task.start)):
+                job.lost = f"{worker.describe_death()} before it took {job.task.describe()}"
+                self._retire(worker, kill=True)
+
+    def _collect(self, worker: _Worker) -> None:
+        job = worker.job
+        try:
+            job.result = worker.outbox.recv_bytes()
+        except (EOFError, OSError):
+            job.lost = f"{worker.describe_death()} while running {job.task.describe()}"
+            self._retire(worker, kill=True)
+            return
+        worker.job = None
+        job.worker = None
+        worker.chunks_done += 1
+        if self._chunks_per_worker is not None and worker.chunks_done >= self._chunks_per_worker:
+            self._retire(worker, kill=False)
+
+    def _retire(self, worker: _Worker, kill: bool) -> None:
+        """Take a worker out of service: kill it now, or ask it to exit and let join() reap it."""
+        self._workers.remove(worker)
+        if worker.job is not None:
+            worker.job.worker = None
+            worker.job = None
+        if kill:
+            worker.stop(0.0)
+        else:
+            worker.send(("exit",))
+            self._exiting.append(worker)
+
+
+class _Worker:
+    """One worker process and the two pipes to it."""
+
+    def __init__(self, process: subprocess.Popen, inbox: Connection, outbox: Connection):
+        self.process, self.inbox, self.outbox = process, inbox, outbox
+        self.job: Job | None = None
+        self.last_call: str | None = None
+        self.chunks_done = 0
+
+    @classmethod
+    def start(cls, initializer: bytes | None) -> _Worker:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "glimpse.pools.backends._worker", str(to_child_r), str(from_child_w)],
+                pass_fds=(to_child_r, from_child_w),
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        worker = cls(process, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False))
+        worker.send(("setup", initializer))
+        return worker
+
+    def send(self, message: tuple) -> bool:
+        try:
+            self.inbox.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+            return True
+        except OSError:
+            return False
+
+    def describe_death(self) -> str:
+        try:
+            code = self.process.wait(timeout=_EXIT_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            return f"worker pid {self.process.pid} stopped answering"
+        if code < 0:
+            return f"worker pid {self.process.pid} was killed by {signal.Signals(-code).name}"
+        return f"worker pid {self.process.pid} exited with code {code}"
+
+    def stop(self, grace: float) -> None:
+        if grace > 0:
+            self.send(("exit",))
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.inbox.close()
+        self.outbox.close()
+
+
+def _kill_all(*groups: list[_Worker]) -> None:
+    for workers in groups:
+        for worker in workers:
+            worker.stop(0.0)

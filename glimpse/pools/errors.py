@@ -1,0 +1,46 @@
+"""Exceptions a pool raises in the caller, with the worker's side of the story attached."""
+
+from __future__ import annotations
+
+import pickle
+
+
+class SerializationError(pickle.PicklingError):
+    """A function, argument or result could not be pickled or unpickled.
+
+    The message names the item and the reason; the original error is chained as ``__cause__``.
+    """
+
+
+class WorkerLostError(RuntimeError):
+    """A chunk of items was lost with its worker (killed, crashed, out of memory) too many times.
+
+    The message names the items and how the worker died. Nothing is silently dropped: either
+    every item of a call is delivered, or this error says which ones were not.
+    """
+
+
+class RemoteError(Exception):
+    """Stands in for a worker's exception that could not be pickled back to the caller.
+
+    Its message is ``"<module>.<type>: <message>"`` of the original exception.
+    """
+
+
+class ClusterConnectionError(ConnectionError):
+    """A cluster could not be reached; the message names the address and what to start."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, chained as ``__cause__`` of that exception.
+
+    Printing the exception shows the worker's traceback first, as
+    ``concurrent.futures.ProcessPoolExecutor`` does.
+    """
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'

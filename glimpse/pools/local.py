@@ -1,0 +1,37 @@
+"""The two pools that need no cluster: one process, or many cores of this machine."""
+
+from __future__ import annotations
+
+from glimpse.pools.backends.inline import InlineBackend
+from glimpse.pools.backends.pool import Pool
+from glimpse.pools.backends.processes import ProcessBackend
+
+
+class SinglecorePool(Pool):
+    """A fall-back pool that runs everything in the caller's process, one item at a time.
+
+    Nothing is pickled, so it is the pool to debug with: exceptions carry their local traceback.
+    """
+
+    def __init__(self):
+        super().__init__(InlineBackend())
+
+    def __reduce__(self):
+        return (SinglecorePool, ())
+
+
+class MulticorePool(Pool):
+    """A pool of worker processes on this machine; arguments as ``multiprocessing.Pool``.
+
+    ``MulticorePool(processes=None, initializer=None, initargs=(), maxtasksperchild=None)``:
+    ``processes`` defaults to ``os.cpu_count()``. Functions travel with cloudpickle, so lambdas,
+    closures and functions defined in ``__main__`` work. Workers start on first use; a worker
+    that dies loses only its chunk, which runs again on a fresh worker.
+    """
+
+    def __init__(self, processes: int | None = None, initializer=None, initargs=(), maxtasksperchild=None):
+        self._args = (processes, initializer, tuple(initargs), maxtasksperchild)
+        super().__init__(ProcessBackend(*self._args))
+
+    def __reduce__(self):
+        return (MulticorePool, self._args)
