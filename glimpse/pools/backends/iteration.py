@@ -102,7 +102,7 @@ def _outcome_or_resubmit(backend, call, task, handle, pending) -> ChunkOutcome |
         task.attempts += 1
         if task.attempts >= backend.max_attempts:
             raise WorkerLostError(
-                f"{task.describe()} were lost {task.attempts} times with their worker: {lost}. "
+                f"lost {task.describe()} {task.attempts} times with the worker running it; last: {lost}. "
                 "The function may crash its worker (os._exit, a segfault, running out of memory)."
             ) from None
         log.warning("re-sending %s after a worker was lost: %s", task.describe(), lost)

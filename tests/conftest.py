@@ -1,0 +1,75 @@
+"""Test configuration: the ``pool`` fixture, parametrized over every pool kind the plugins offer.
+
+``pytest --pools dask,ray`` runs the contract suite on those engines' pools only (or name kinds,
+``--pools dask-external``); ``--pools all`` (the default) on every pool. Each engine plugin lives
+in tests/engines/ and skips its pools when its engine is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+import tests.helpers
+
+pytest.register_assert_rewrite("tests.engines")
+_ENGINES = sorted(p.stem for p in (Path(__file__).parent / "engines").glob("*.py") if not p.stem.startswith("_"))
+pytest_plugins = [f"tests.engines.{name}" for name in _ENGINES]
+
+# Workers of external clusters cannot import the test package: send its functions by value.
+cloudpickle.register_pickle_by_value(tests.helpers)
+
+
+def _plugin_tables() -> tuple[dict[str, str], dict[str, set[str]], dict[str, list[str]]]:
+    pools: dict[str, str] = {}
+    limits: dict[str, set[str]] = {}
+    kinds_of_engine: dict[str, list[str]] = {}
+    for name in _ENGINES:
+        module = importlib.import_module(f"tests.engines.{name}")
+        pools.update(module.POOLS)
+        limits.update(getattr(module, "LIMITS", {}))
+        kinds_of_engine[name] = list(module.POOLS)
+    return pools, limits, kinds_of_engine
+
+
+POOL_FIXTURES, POOL_LIMITS, KINDS_OF_ENGINE = _plugin_tables()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--pools",
+        default="all",
+        help=(
+            "comma-separated pool kinds or engine names (an engine means all its kinds) for the contract "
+            f"suite, or 'all'; kinds: {', '.join(POOL_FIXTURES)}; engines: {', '.join(KINDS_OF_ENGINE)}"
+        ),
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if "pool" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--pools")
+        names = list(KINDS_OF_ENGINE) if chosen == "all" else [k.strip() for k in chosen.split(",") if k.strip()]
+        kinds = [kind for name in names for kind in KINDS_OF_ENGINE.get(name, [name])]
+        unknown = [k for k in kinds if k not in POOL_FIXTURES]
+        if unknown:
+            raise pytest.UsageError(f"unknown pool kinds {unknown}; known: {', '.join(POOL_FIXTURES)}")
+        metafunc.parametrize("pool_kind", kinds, scope="session")
+
+
+@pytest.fixture(scope="session")
+def pool(pool_kind, request):
+    """A ready pool of the kind under test, shared by the whole session."""
+    return request.getfixturevalue(POOL_FIXTURES[pool_kind])
+
+
+@pytest.fixture
+def limits(pool_kind) -> set[str]:
+    """What the pool under test cannot do: ``in_process`` (runs in the caller, nothing is
+    pickled), ``sequential`` (one item at a time), ``no_worker_replacement`` (a killed worker
+    is not replaced, so worker-death tests would shrink the cluster)."""
+    return POOL_LIMITS.get(pool_kind, set())

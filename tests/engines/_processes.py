@@ -1,0 +1,76 @@
+"""Starting engine processes for tests in their own process group, and ending them by its id."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def start_process(args: list[str], log_path: Path, env: dict | None = None, cwd: str | None = None) -> subprocess.Popen:
+    """Start ``args`` in a new session (its own process group), output to ``log_path``."""
+    log = open(log_path, "ab")
+    return subprocess.Popen(
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=None if env is None else {**os.environ, **env},
+        cwd=cwd,
+        start_new_session=True,
+    )
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left of it after ``grace`` seconds."""
+    pgid = process.pid
+    _signal_group(pgid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + grace
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _signal_group(pgid, signal.SIGKILL)
+    if process.poll() is None:
+        process.wait(timeout=grace)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None, log_path: Path | None = None) -> None:
+    """Wait until something accepts connections on 127.0.0.1:``port``; fail with the log otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            break
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    log = log_path.read_text(errors="replace")[-4000:] if log_path and log_path.exists() else ""
+    raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {timeout}s\n{log}")
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False

@@ -1,0 +1,86 @@
+"""Functions the contract tests send to workers. Pickled by value (see conftest), so workers
+of any engine can run them without importing the test package."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+WAIT_LIMIT = 60.0
+
+
+def times_ten(x):
+    return x * 10
+
+
+def wait_for_file(path: str, limit: float = WAIT_LIMIT) -> bool:
+    """Block until ``path`` exists (True) or ``limit`` seconds pass (False)."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def held_until_released(item):
+    """Item ``("hold", path)`` waits for ``path`` to exist; any other item returns at once."""
+    if isinstance(item, tuple) and item[0] == "hold":
+        return "released" if wait_for_file(item[1]) else "timed out"
+    return item
+
+
+def fail_on_three(x):
+    if x == 3:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def sleep_then_return(item):
+    seconds, value = item
+    time.sleep(seconds)
+    return value
+
+
+class NeedsTwoArgsError(Exception):
+    """An exception that cannot be unpickled (its __init__ wants two arguments)."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a}/{b}")
+
+
+def raise_unpicklable_exception(x):
+    raise NeedsTwoArgsError("left", "right")
+
+
+def die_once(item):
+    """Kill this worker the first time ``item``'s marker file is missing; return the value after."""
+    marker, value = item
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+def die_always(x):
+    os._exit(13)
+
+
+def return_lock(x):
+    import threading
+
+    return threading.Lock()
+
+
+def size_of(blob) -> int:
+    return len(blob)
+
+
+def make_blob(n: int) -> bytes:
+    return b"x" * n
+
+
+def worker_pid(x):
+    return os.getpid()
