@@ -29,13 +29,14 @@ def run_verbs(
     argv: Sequence[str] | None,
     common_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
 ) -> int:
-    """Parse ``argv`` as ``[options] VERB [verb options]``, run the verb, and return an exit code.
+    """Parse ``argv`` as ``VERB [options]``, run the verb, and return an exit code.
+
+    ``common_arguments`` adds the options every verb takes (such as ``--address``).
 
     ``--help`` and usage errors exit through argparse (code 0 and 2). An unreachable cluster or a
     bad value prints one clear line on stderr and returns 1.
     """
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    common_arguments(parser)
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name, verb in verbs.items():
         sub = subparsers.add_parser(name, help=verb.help, description=verb.help)
