@@ -56,18 +56,23 @@ class ProcessBackend(Backend):
         self._workers: list[_Worker] = []
         self._exiting: list[_Worker] = []
         self._queue: deque[Job] = deque()
+        self._terminated = False
         self._finalizer = weakref.finalize(self, _kill_all, self._workers, self._exiting)
 
     def workers(self) -> int:
         return self._size
 
     def submit(self, call: Call, task: ChunkTask) -> Job:
+        if self._terminated:
+            raise ValueError("the pool was terminated; make a new pool")
         job = Job(call, task)
         self._queue.append(job)
         self._dispatch()
         return job
 
     def wait(self, handles, timeout: float) -> list[Job]:
+        if not handles:
+            return []
         deadline = time.monotonic() + timeout
         self._dispatch()
         while True:
@@ -100,6 +105,10 @@ class ProcessBackend(Backend):
             self._retire(worker, kill=False)
 
     def terminate(self) -> None:
+        self._terminated = True
+        for job in [*self._queue, *(w.job for w in self._workers if w.job is not None)]:
+            job.lost = "the pool was terminated"
+        self._queue.clear()
         _kill_all(self._workers, self._exiting)
         self._workers.clear()
         self._exiting.clear()
@@ -145,7 +154,8 @@ class ProcessBackend(Backend):
 
     def _retire(self, worker: _Worker, kill: bool) -> None:
         """Take a worker out of service: kill it now, or ask it to exit and let join() reap it."""
-        self._workers.remove(worker)
+        if worker in self._workers:
+            self._workers.remove(worker)
         if worker.job is not None:
             worker.job.worker = None
             worker.job = None

@@ -1,0 +1,94 @@
+"""What MulticorePool promises beyond the shared contract: its own workers, and none left behind."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import time
+
+import psutil
+import pytest
+
+from glimpse.pools import MulticorePool, WorkerLostError
+from tests import helpers
+
+
+def _children() -> set[int]:
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def _segfault(x):
+    ctypes.string_at(0)
+
+
+def _add_offset(x):
+    return x + int(os.environ["GLIMPSE_TEST_OFFSET"])
+
+
+def _set_offset(value):
+    os.environ["GLIMPSE_TEST_OFFSET"] = str(value)
+
+
+def test_no_worker_outlives_a_closed_pool():
+    before = _children()
+    with MulticorePool(2) as pool:
+        assert pool.map(helpers.worker_pid, range(8), chunksize=1)
+        assert _children() - before, "the pool started no worker process"
+    assert _children() - before == set(), "workers still run after the pool was closed and joined"
+
+
+def test_terminate_kills_busy_workers():
+    before = _children()
+    pool = MulticorePool(2)
+    results = pool.imap_unordered(helpers.sleep_then_return, [(0, "a"), (600, "b"), (600, "c")], chunksize=1)
+    assert next(results) == "a"
+    pool.terminate()
+    pool.join()
+    assert _children() - before == set()
+    with pytest.raises(ValueError, match="terminated"):
+        next(results)
+
+
+def test_segfault_is_a_named_error_not_a_hang():
+    with MulticorePool(1) as pool:
+        with pytest.raises(WorkerLostError, match="SIGSEGV"):
+            pool.map(_segfault, [1])
+        assert pool.map(helpers.times_ten, [1]) == [10]
+
+
+def test_initializer_runs_in_every_worker_and_survives_pickling():
+    pool = MulticorePool(2, initializer=_set_offset, initargs=(5,))
+    clone = pickle.loads(pickle.dumps(pool))
+    for p in (pool, clone):
+        assert p.map(_add_offset, range(4), chunksize=1) == [5, 6, 7, 8]
+        p.close()
+        p.join()
+
+
+def test_failing_initializer_is_reported_not_retried_forever():
+    with MulticorePool(1, initializer=helpers.fail_on_three, initargs=(3,)) as pool:
+        with pytest.raises(ValueError, match="bad item 3"):
+            pool.map(helpers.times_ten, [1])
+
+
+def test_maxtasksperchild_replaces_workers_without_losing_work():
+    with MulticorePool(1, maxtasksperchild=2) as pool:
+        pids = pool.map(helpers.worker_pid, range(6), chunksize=1)
+    assert len(set(pids)) == 3
+
+
+def test_cancelled_chunk_frees_its_worker_at_once():
+    with MulticorePool(1) as pool:
+        results = pool.imap(helpers.sleep_then_return, [(0, "a"), (600, "b")], chunksize=1)
+        assert next(results) == "a"
+        results.close()
+        started = time.monotonic()
+        assert pool.map(helpers.times_ten, [1]) == [10]
+        assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("processes", [0, -1])
+def test_bad_process_count_is_rejected(processes):
+    with pytest.raises(ValueError, match="processes"):
+        MulticorePool(processes)
