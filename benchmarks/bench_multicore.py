@@ -46,16 +46,35 @@ def measure_tiny(processes: int, items: int, repeats: int) -> list[tuple[str, fl
     with MulticorePool(processes) as ours, multiprocessing.Pool(processes) as theirs:
         ours.map(tiny, range(100))
         theirs.map(tiny, range(100))
-        rows.append(("tiny map", best_of(repeats, lambda: theirs.map(tiny, data)),
-                     best_of(repeats, lambda: ours.map(tiny, data))))
-        rows.append(("tiny imap (default chunksize)", best_of(repeats, lambda: list(theirs.imap(tiny, data))),
-                     best_of(repeats, lambda: list(ours.imap(tiny, data)))))
+        rows.append(
+            (
+                "tiny map",
+                best_of(repeats, lambda: theirs.map(tiny, data)),
+                best_of(repeats, lambda: ours.map(tiny, data)),
+            )
+        )
+        rows.append(
+            (
+                "tiny imap (default chunksize)",
+                best_of(repeats, lambda: list(theirs.imap(tiny, data))),
+                best_of(repeats, lambda: list(ours.imap(tiny, data))),
+            )
+        )
         size = max(1, items // (4 * processes))
-        rows.append((f"tiny imap (mp chunksize={size})",
-                     best_of(repeats, lambda: list(theirs.imap(tiny, data, chunksize=size))),
-                     best_of(repeats, lambda: list(ours.imap(tiny, data)))))
-        rows.append(("tiny imap_unordered (default)", best_of(repeats, lambda: list(theirs.imap_unordered(tiny, data))),
-                     best_of(repeats, lambda: list(ours.imap_unordered(tiny, data)))))
+        rows.append(
+            (
+                f"tiny imap (mp chunksize={size})",
+                best_of(repeats, lambda: list(theirs.imap(tiny, data, chunksize=size))),
+                best_of(repeats, lambda: list(ours.imap(tiny, data))),
+            )
+        )
+        rows.append(
+            (
+                "tiny imap_unordered (default)",
+                best_of(repeats, lambda: list(theirs.imap_unordered(tiny, data))),
+                best_of(repeats, lambda: list(ours.imap_unordered(tiny, data))),
+            )
+        )
     return rows
 
 
@@ -104,9 +123,13 @@ def main() -> None:
     print(f"{'CPU-bound efficiency':<36} {mp_eff:>16.2f} {our_eff:>10.2f} {our_eff / mp_eff:>7.2f}x")
     mp_mem = peak_memory_mb("multiprocessing", memory_items, args.processes)
     our_mem = peak_memory_mb("glimpse", memory_items, args.processes)
-    print(f"{f'imap peak RSS MB ({memory_items} items)':<36} {mp_mem:>16.0f} {our_mem:>10.0f} {mp_mem / our_mem:>7.2f}x")
-    print(f"(ratio = multiprocessing / glimpse for times and memory, glimpse / multiprocessing for efficiency; "
-          f"self RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB)")
+    print(
+        f"{f'imap peak RSS MB ({memory_items} items)':<36} {mp_mem:>16.0f} {our_mem:>10.0f} {mp_mem / our_mem:>7.2f}x"
+    )
+    print(
+        f"(ratio = multiprocessing / glimpse for times and memory, glimpse / multiprocessing for efficiency; "
+        f"self RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB)"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,19 @@ def test_console_script_runs_as_a_module():
 
 def test_demo_prints_a_table_for_local_pools():
     done = subprocess.run(
-        [sys.executable, "-m", "glimpse.pools", "demo", "--pools", "singlecore,multicore", "--items", "8",
-         "--work", "500", "--no-progress"],
+        [
+            sys.executable,
+            "-m",
+            "glimpse.pools",
+            "demo",
+            "--pools",
+            "singlecore,multicore",
+            "--items",
+            "8",
+            "--work",
+            "500",
+            "--no-progress",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

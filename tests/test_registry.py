@@ -30,9 +30,7 @@ def test_cluster_type_defaults_to_environment_variable(monkeypatch):
 
 
 def test_missing_extra_names_the_pip_command(monkeypatch):
-    monkeypatch.setitem(
-        CLUSTER_TYPES, "dask", glimpse.pools.registry.ClusterType("dask", ("glimpse_no_such_engine",))
-    )
+    monkeypatch.setitem(CLUSTER_TYPES, "dask", glimpse.pools.registry.ClusterType("dask", ("glimpse_no_such_engine",)))
     with pytest.raises(ImportError, match=r'pip install "glimpse-pools\[dask\]"'):
         GetClusterPackage("dask")
     with pytest.raises(ImportError, match="glimpse_no_such_engine"):
@@ -60,6 +58,6 @@ def test_make_pool_rejects_unknown_kind_listing_known_ones():
 
 def test_import_loads_no_engine():
     engines = ["dask", "distributed", "ray", "ipyparallel", "zmq", "gearman", "tqdm"]
-    code = "import sys, glimpse.pools; print(','.join(m for m in %r if m in sys.modules))" % engines
+    code = f"import sys, glimpse.pools; print(','.join(m for m in {engines!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"import glimpse.pools imported {loaded}"

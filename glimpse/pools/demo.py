@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated pool kinds, singlecore first as the baseline (default: {','.join(installed)})",
     )
     parser.add_argument("--items", type=int, default=400, help="number of tasks (default: 400)")
-    parser.add_argument("--work", type=int, default=6000, help="size of each task: count primes below this (default: 6000)")
+    parser.add_argument(
+        "--work", type=int, default=6000, help="size of each task: count primes below this (default: 6000)"
+    )
     parser.add_argument("--address", help="address of an existing Dask or Ray scheduler for the cluster pool chosen")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)

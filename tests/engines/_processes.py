@@ -47,7 +47,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None, log_path: Path | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float, process: subprocess.Popen | None = None, log_path: Path | None = None
+) -> None:
     """Wait until something accepts connections on 127.0.0.1:``port``; fail with the log otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

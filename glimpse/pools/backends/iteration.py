@@ -116,8 +116,7 @@ def _decode(raw: bytes, task: ChunkTask) -> ChunkOutcome:
         return cloudpickle.loads(raw)
     except Exception as exc:
         raise SerializationError(
-            f"the results of {task.describe()} could not be unpickled in the caller: "
-            f"{type(exc).__name__}: {exc}"
+            f"the results of {task.describe()} could not be unpickled in the caller: {type(exc).__name__}: {exc}"
         ) from exc
 
 

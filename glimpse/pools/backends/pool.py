@@ -29,7 +29,9 @@ class Pool:
             chunksize = multiprocessing_chunksize(length, self._backend.workers()) if length else 1
         return list(self._iterate(func, iterable, chunksize, progress, ordered=True, length=length))
 
-    def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = None, progress: bool = False) -> Iterator:
+    def imap(
+        self, func: Callable, iterable: Iterable, chunksize: int | None = None, progress: bool = False
+    ) -> Iterator:
         """Yield ``func(x)`` for each ``x`` in input order, each as soon as it and all before it are done."""
         return self._iterate(func, iterable, chunksize, progress, ordered=True, length=_length(iterable))
 
