@@ -53,8 +53,12 @@ def execute_chunk(func, items, start: int, catch=Exception) -> ChunkOutcome:
     return ChunkOutcome(values, None, time.perf_counter() - began)
 
 
-def run_pickled_chunk(call_id: str, func_blob: bytes, payload: bytes, start: int) -> bytes:
-    """Unpickle a function (cached per call) and a chunk, run it, and return the pickled outcome."""
+def run_pickled_chunk(call_id: str, func_blob, payload: bytes, start: int) -> bytes:
+    """Unpickle a function (cached per call) and a chunk, run it, and return the pickled outcome.
+
+    ``func_blob`` is the pickled function, or a callable returning it that is called only when
+    this process has not unpickled the call's function yet (for workers that fetch it on demand).
+    """
     try:
         func = _function_for(call_id, func_blob)
         items = cloudpickle.loads(payload)
@@ -70,7 +74,7 @@ def _function_for(call_id: str, func_blob: bytes):
     if func is not None:
         _functions.move_to_end(call_id)
     else:
-        func = cloudpickle.loads(func_blob)
+        func = cloudpickle.loads(func_blob() if callable(func_blob) else func_blob)
         _functions[call_id] = func
         while len(_functions) > _FUNCTION_CACHE_SIZE:
             _functions.popitem(last=False)

@@ -1,0 +1,134 @@
+"""The backend of ``DaskPool``: each chunk is one Dask future on a ``distributed.Client``.
+
+The pickled function is sent once per call to the scheduler, from which each worker fetches
+it on its first chunk of the call. A chunk still running when its call is cancelled holds a worker
+thread Dask cannot interrupt, so that worker is restarted through its nanny.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Collection
+
+from distributed import Client, Future, KilledWorker, Variable, get_client
+
+from glimpse.pools.backends.base import Backend, Call, ChunkTask, WorkerLost, task_args
+from glimpse.pools.backends.chunks import run_pickled_chunk
+
+log = logging.getLogger(__name__)
+
+#: How long cancelled chunks may keep running before their workers are restarted.
+_CANCEL_GRACE_SECONDS = 1.0
+_RESTART_TIMEOUT_SECONDS = 60.0
+#: The variable is set before any chunk is sent, so a worker that cannot find it is running a stale chunk.
+_FETCH_TIMEOUT_SECONDS = 10.0
+
+
+class DaskBackend(Backend):
+    """Runs chunks as futures of ``client``; closes ``client`` (and ``cluster``) only if it owns them."""
+
+    # Dask's per-task cost is about a millisecond (scheduler plus the result's round trip).
+    chunk_seconds = 0.1
+    # Dask already re-runs a task whose worker died, up to distributed.scheduler.allowed-failures
+    # times; one more attempt of ours covers a chunk that only sat queued on dying workers.
+    max_attempts = 2
+
+    def __init__(self, client: Client, owns_client: bool = False, cluster=None):
+        self.client = client
+        self._owns_client = owns_client
+        self._cluster = cluster
+        self._finished = threading.Condition()
+        self._functions: dict[str, Variable] = {}
+
+    def workers(self) -> int:
+        return max(1, sum(self.client.nthreads().values()))
+
+    def window(self) -> int:
+        # Dask hands a task to a worker at once, where it may queue behind a long chunk (work
+        # stealing skips short tasks), so keep no more chunks in flight than there are threads.
+        return self.workers()
+
+    def share(self, call: Call) -> functools.partial:
+        # Held by the scheduler, not scattered to a worker, so no worker's death can lose it; and
+        # chunks do not depend on it, since Dask would then send every chunk to its holders.
+        shared = Variable(f"glimpse-function-{call.id}", client=self.client)
+        shared.set(call.blob)
+        self._functions[call.id] = shared
+        return functools.partial(_fetch_function, shared.name)
+
+    def release(self, call: Call) -> None:
+        shared = self._functions.pop(call.id, None)
+        if shared is not None and self.client.status == "running":
+            shared.delete()
+
+    def submit(self, call: Call, task: ChunkTask) -> Future:
+        key = f"glimpse-chunk-{call.id}-{task.seq}-{task.attempts}"
+        with warnings.catch_warnings():
+            # Big arguments must travel anyway; Dask's advice to load data through Dask does not apply.
+            warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+            future = self.client.submit(run_pickled_chunk, *task_args(call, task), key=key, pure=False)
+        future.add_done_callback(self._notify)
+        return future
+
+    def wait(self, handles: Collection[Future], timeout: float) -> list[Future]:
+        with self._finished:
+            self._finished.wait_for(lambda: any(f.done() for f in handles), timeout)
+        return [f for f in handles if f.done()]
+
+    def outcome(self, handle: Future) -> bytes:
+        if handle.status == "finished":
+            return handle.result()
+        if handle.status == "error":
+            error = handle.exception()
+            if isinstance(error, KilledWorker):
+                raise WorkerLost(str(error).rstrip("."))
+            raise error
+        raise WorkerLost(f"Dask {handle.status} task {handle.key!r} (its worker or its data was lost)")
+
+    def cancel(self, handles: Collection[Future]) -> None:
+        futures = [f for f in handles if not f.done()]
+        if not futures:
+            return
+        keys = [f.key for f in futures]
+        self.client.cancel(futures)
+        busy = self._workers_running(keys)
+        deadline = time.monotonic() + _CANCEL_GRACE_SECONDS
+        while busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+            busy = self._workers_running(keys)
+        if busy:
+            log.info("restarting Dask workers %s to stop cancelled chunks", ", ".join(busy))
+            self.client.restart_workers(busy, timeout=_RESTART_TIMEOUT_SECONDS, raise_for_error=False)
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def _notify(self, future: Future) -> None:
+        with self._finished:
+            self._finished.notify_all()
+
+    def _workers_running(self, keys: list[str]) -> list[str]:
+        """The workers whose threads are still executing any of ``keys``."""
+        running = self.client.run(_executing, keys, on_error="return")
+        return [worker for worker, found in running.items() if found is True]
+
+
+def _fetch_function(name: str) -> bytes:
+    """Run on a worker, on its first chunk of a call: the pickled function, from the scheduler."""
+    try:
+        return Variable(name, client=get_client()).get(timeout=_FETCH_TIMEOUT_SECONDS)
+    except TimeoutError:
+        raise RuntimeError(f"the function of this call is gone from the Dask scheduler ({name})") from None
+
+
+def _executing(keys: list[str], dask_worker=None) -> bool:
+    """Run on a worker: whether a thread of it is executing one of ``keys`` (cancelled or not)."""
+    wanted = set(keys)
+    return any(ts.key in wanted for ts in dask_worker.state.executing)
