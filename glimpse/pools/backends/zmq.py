@@ -1,0 +1,242 @@
+"""The backend of ``ZmqPool``: chunks go to a glimpse ZeroMQ broker over one DEALER socket.
+
+``submit`` sends a chunk message, ``wait`` polls the socket and records outcomes by task id,
+``cancel`` sends a cancel message. The function goes to the broker once per call; workers
+fetch it from there. A broker that stops answering while chunks are out is an error, not a hang.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Collection
+
+import zmq
+
+from glimpse.pools.backends import zmq_protocol as p
+from glimpse.pools.backends.base import Backend, Call, ChunkTask, WorkerLost
+from glimpse.pools.errors import ClusterConnectionError
+
+_WORKERS_FRESH_SECONDS = 1.0
+
+
+class Job:
+    """A chunk sent to the broker, until its outcome or its loss arrives."""
+
+    __slots__ = ("task_id", "result", "lost")
+
+    def __init__(self, task_id: bytes):
+        self.task_id = task_id
+        self.result: bytes | None = None
+        self.lost: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.lost is not None
+
+
+class ZmqBackend(Backend):
+    """Runs chunks on the workers of the broker at ``address``.
+
+    Args:
+        address: The broker's endpoint, ``tcp://HOST:PORT``.
+        source: Where the address came from, for error messages.
+        cluster: An embedded cluster (``zmq_local.LocalCluster``) this backend owns and ends.
+    """
+
+    chunk_seconds = 0.05
+
+    def __init__(self, address: str, source: str = "the address argument", cluster=None):
+        self.address = p.normalize_address(address)
+        self.cluster = cluster
+        self._source = source
+        self._socket: zmq.Socket | None = p.dealer(zmq.Context.instance(), self.address)
+        self._jobs: dict[bytes, Job] = {}
+        self._calls: dict[str, bytes] = {}
+        self._task_ids = itertools.count()
+        self._broker: bytes | None = None
+        self._nworkers = 0
+        self._counted_at = 0.0
+        self._heard_at = time.monotonic()
+        self._pinged_at = 0.0
+        self._replies: dict[bytes, list] = {}
+        self._connect()
+
+    def workers(self) -> int:
+        if time.monotonic() - self._counted_at > _WORKERS_FRESH_SECONDS:
+            self._ask(p.PING, reply=p.PONG)
+        return max(1, self._nworkers)
+
+    def share(self, call: Call) -> str:
+        self._calls[call.id] = call.blob
+        self._send(p.FUNC, call.id.encode(), call.blob)
+        return call.id
+
+    def release(self, call: Call) -> None:
+        if self._calls.pop(call.id, None) is not None and self._socket is not None:
+            self._send(p.DROP, call.id.encode())
+
+    def submit(self, call: Call, task: ChunkTask) -> Job:
+        job = Job(str(next(self._task_ids)).encode())
+        self._jobs[job.task_id] = job
+        self._send(p.CHUNK, job.task_id, call.id.encode(), task.payload, p.number(task.start))
+        return job
+
+    def wait(self, handles: Collection[Job], timeout: float) -> list[Job]:
+        if not handles:
+            return []
+        deadline = time.monotonic() + timeout
+        while True:
+            done = [job for job in handles if job.done]
+            remaining = deadline - time.monotonic()
+            if done or remaining <= 0:
+                return done
+            self._check_broker()
+            if self._live_socket().poll(min(remaining, p.HEARTBEAT_SECONDS) * 1000):
+                self._receive_available()
+
+    def outcome(self, handle: Job) -> bytes:
+        if handle.lost is not None:
+            raise WorkerLost(handle.lost)
+        return handle.result
+
+    def cancel(self, handles: Collection[Job]) -> None:
+        tasks = [job.task_id for job in handles if not job.done]
+        for job in handles:
+            if not job.done:
+                job.lost = "cancelled"
+            self._jobs.pop(job.task_id, None)
+        if tasks and self._socket is not None:
+            self._send(p.CANCEL, *tasks)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._send(p.BYE)
+            self._socket.close(linger=500)
+            self._socket = None
+        for job in self._jobs.values():
+            job.lost = "the pool was closed"
+        self._jobs.clear()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def terminate(self) -> None:
+        self.close()
+        if self.cluster is not None:
+            self.cluster.kill()
+
+    def join(self) -> None:
+        if self.cluster is not None:
+            self.cluster.join()
+
+    def wait_for_workers(self, count: int, timeout: float) -> int:
+        """Wait until at least ``count`` workers are connected (or ``timeout`` passes); return how many are."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._ask(p.PING, reply=p.PONG)
+            if self._nworkers >= count or time.monotonic() >= deadline:
+                return self._nworkers
+            time.sleep(0.1)
+
+    def describe_cluster(self) -> dict:
+        """The broker's view: its ``workers`` (dicts with ``id``, ``host``, ``pid``, ``task_pid``, ``state``),
+        how many chunks are ``queued`` and how many call ``functions`` it keeps."""
+        return json.loads(self._ask(p.LIST, reply=p.LISTED)[0])
+
+    def kill_workers(self) -> int:
+        """Tell every worker to exit; return how many there were."""
+        return int(self._ask(p.KILL, reply=p.KILLED)[0])
+
+    def restart_workers(self) -> int:
+        """Replace every worker's task process with a fresh one; return how many workers there are."""
+        return int(self._ask(p.RESTART, reply=p.RESTARTED)[0])
+
+    def _connect(self) -> None:
+        try:
+            self._ask(p.HELLO, p.VERSION, reply=p.WELCOME, timeout=p.CONNECT_SECONDS)
+        except ClusterConnectionError:
+            self._socket.close()
+            self._socket = None
+            raise ClusterConnectionError(
+                f"no glimpse zmq broker answered at {self.address} (from {self._source}) within "
+                f"{p.CONNECT_SECONDS:g} s. Start one with `glimpse-cluster --type zmq LaunchBroker --port PORT` "
+                f"and workers with `glimpse-cluster --type zmq LaunchWorker --address {self.address}`, "
+                "or fix the address."
+            ) from None
+
+    def _ask(self, kind: bytes, *frames: bytes, reply: bytes, timeout: float = p.BROKER_TIMEOUT_SECONDS) -> list:
+        """Send a request and return the frames of its reply, handling other messages meanwhile."""
+        self._replies.pop(reply, None)
+        self._send(kind, *frames)
+        deadline = time.monotonic() + timeout
+        while reply not in self._replies:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ClusterConnectionError(
+                    f"the glimpse zmq broker at {self.address} did not answer within {timeout:g} s; "
+                    "is it still running?"
+                )
+            if self._live_socket().poll(remaining * 1000):
+                self._receive_available()
+        return self._replies.pop(reply)
+
+    def _check_broker(self) -> None:
+        """Ping a broker that has been quiet; raise if it stayed silent too long."""
+        now = time.monotonic()
+        silent = now - self._heard_at
+        if silent > p.BROKER_TIMEOUT_SECONDS:
+            raise ClusterConnectionError(
+                f"the glimpse zmq broker at {self.address} stopped answering ({silent:.0f} s without a reply) "
+                f"while {len(self._jobs)} chunks were out; it was stopped or is unreachable. "
+                "Restart it (and its workers) and run the call again."
+            )
+        if silent > p.HEARTBEAT_SECONDS and now - self._pinged_at > p.HEARTBEAT_SECONDS:
+            self._pinged_at = now
+            self._send(p.PING)
+
+    def _receive_available(self) -> None:
+        while True:
+            try:
+                kind, *frames = self._live_socket().recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._heard_at = time.monotonic()
+            if kind == p.DONE:
+                job = self._jobs.pop(frames[0], None)
+                if job is not None:
+                    job.result = frames[1]
+            elif kind == p.LOST:
+                job = self._jobs.pop(frames[0], None)
+                if job is not None:
+                    job.lost = frames[1].decode(errors="replace")
+            elif kind in (p.WELCOME, p.PONG):
+                self._count_workers(frames[0], int(frames[1]))
+                self._replies[kind] = frames
+            elif kind == p.REFUSED:
+                raise ClusterConnectionError(
+                    f"the glimpse zmq broker at {self.address} refused this pool: {frames[0].decode()}"
+                )
+            else:
+                self._replies[kind] = frames
+
+    def _count_workers(self, broker: bytes, nworkers: int) -> None:
+        if self._broker is not None and broker != self._broker:
+            self._broker_restarted()
+        self._broker, self._nworkers, self._counted_at = broker, nworkers, time.monotonic()
+
+    def _broker_restarted(self) -> None:
+        """A new broker answers at the address: give it the live functions; what was out is lost."""
+        for call_id, blob in self._calls.items():
+            self._send(p.FUNC, call_id.encode(), blob)
+        for job in self._jobs.values():
+            job.lost = f"the glimpse zmq broker at {self.address} restarted while the chunk was out"
+        self._jobs.clear()
+
+    def _send(self, kind: bytes, *frames: bytes) -> None:
+        self._live_socket().send_multipart([kind, *frames], copy=False)
+
+    def _live_socket(self) -> zmq.Socket:
+        if self._socket is None:
+            raise ValueError(f"the connection to the zmq broker at {self.address} is closed; make a new pool")
+        return self._socket

@@ -1,0 +1,90 @@
+"""The messages of the glimpse ZeroMQ cluster, and the timings that detect lost peers.
+
+One broker binds one ROUTER socket (one port). Pools and workers connect DEALER sockets to it;
+every message is a multipart message whose first frame is its kind, and the kinds a peer sends
+tell the broker whether it is a pool (a "client") or a worker. Integers travel as ASCII digits.
+
+client -> broker   HELLO version | FUNC call blob | DROP call | CHUNK task call payload start |
+                   CANCEL task... | PING | LIST | KILL | RESTART | BYE
+broker -> client   WELCOME broker n | PONG broker n | DONE task outcome | LOST task reason |
+                   LISTED json | KILLED n | RESTARTED n | REFUSED reason
+worker -> broker   READY version info | HEARTBEAT info | RESULT job outcome | FAILED job reason |
+                   GETFUNC call | LEAVING reason
+broker -> worker   TASK job call payload start | FUNC call blob | NOFUNC call | CANCEL job |
+                   RESTART | EXIT | RESET
+"""
+
+from __future__ import annotations
+
+import json
+
+import zmq
+
+VERSION = b"glimpse-zmq-1"
+
+HELLO, WELCOME, REFUSED = b"HELLO", b"WELCOME", b"REFUSED"
+FUNC, NOFUNC, GETFUNC, DROP = b"FUNC", b"NOFUNC", b"GETFUNC", b"DROP"
+CHUNK, CANCEL, DONE, LOST = b"CHUNK", b"CANCEL", b"DONE", b"LOST"
+PING, PONG, BYE = b"PING", b"PONG", b"BYE"
+LIST, LISTED, KILL, KILLED, RESTART, RESTARTED = b"LIST", b"LISTED", b"KILL", b"KILLED", b"RESTART", b"RESTARTED"
+READY, HEARTBEAT, RESULT, FAILED, LEAVING = b"READY", b"HEARTBEAT", b"RESULT", b"FAILED", b"LEAVING"
+TASK, EXIT, RESET = b"TASK", b"EXIT", b"RESET"
+
+#: How often a worker tells the broker it is alive, and a waiting pool asks the broker.
+HEARTBEAT_SECONDS = 1.0
+#: A worker silent this long is lost, with the chunk it was running.
+WORKER_TIMEOUT_SECONDS = 5.0
+#: A broker silent this long while a pool waits for chunks is gone: the pool raises.
+BROKER_TIMEOUT_SECONDS = 10.0
+#: How long a pool waits for the broker to answer its first message.
+CONNECT_SECONDS = 8.0
+DEFAULT_PORT = 5555
+
+
+def number(value: int) -> bytes:
+    """An integer as a frame."""
+    return str(value).encode()
+
+
+def to_json(value) -> bytes:
+    """A JSON frame."""
+    return json.dumps(value, sort_keys=True).encode()
+
+
+def from_json(frame: bytes):
+    """The value of a JSON frame."""
+    return json.loads(frame.decode())
+
+
+def normalize_address(address: str) -> str:
+    """``host:port`` or ``tcp://host:port`` as a ZeroMQ endpoint; a ``ValueError`` for anything else."""
+    text = address.strip()
+    if "://" not in text:
+        text = f"tcp://{text}"
+    scheme, _, rest = text.partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme != "tcp" or not host or not port.isdigit():
+        raise ValueError(f"bad zmq broker address {address!r}: expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555")
+    return text
+
+
+def dealer(context: zmq.Context, address: str, routing_id: bytes | None = None) -> zmq.Socket:
+    """A DEALER socket connected to the broker at ``address`` that never blocks on close.
+
+    A pool's socket (no ``routing_id``) queues without limit: a call bounds what it sends and
+    receives, and a dropped message would be a hang. A worker's keeps ZeroMQ's default limit,
+    so heartbeats sent while the broker is down cannot pile up.
+    """
+    socket = context.socket(zmq.DEALER)
+    socket.linger = 0
+    if routing_id is None:
+        socket.rcvhwm = 0
+        socket.sndhwm = 0
+    else:
+        socket.routing_id = routing_id
+    try:
+        socket.connect(address)
+    except zmq.ZMQError as exc:
+        socket.close()
+        raise ValueError(f"cannot connect to the zmq broker address {address!r}: {exc}") from None
+    return socket

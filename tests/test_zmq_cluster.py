@@ -1,0 +1,279 @@
+"""The zmq cluster type: where a pool connects, its errors, pickling, lost peers, RunMain's verbs and cleanup."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import helpers
+from tests.engines._processes import free_port
+from tests.engines.zmq import start_zmq_cluster
+
+pytest.importorskip("zmq")
+psutil = pytest.importorskip("psutil")
+
+from glimpse.pools import ClusterConnectionError, cli  # noqa: E402
+from glimpse.pools.backends.zmq import ZmqBackend  # noqa: E402
+from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool, RunMain  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def small_cluster(tmp_path):
+    """A broker with one worker slot, for tests that kill or stop parts of it."""
+    cluster = start_zmq_cluster(tmp_path / "cluster", nworkers=1)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def no_address(monkeypatch):
+    monkeypatch.delenv(ADDRESS_VARIABLE, raising=False)
+
+
+# -- where a pool connects -------------------------------------------------------------------------
+
+
+def test_address_argument_wins_over_the_environment(zmq_external_cluster, monkeypatch):
+    monkeypatch.setenv(ADDRESS_VARIABLE, "tcp://127.0.0.1:1")
+    with MakePool(zmq_external_cluster.address) as pool:
+        assert pool.address == zmq_external_cluster.address
+        assert pool.cluster is None
+        assert pool.map(helpers.times_ten, [1, 2]) == [10, 20]
+
+
+def test_environment_address_is_used_without_an_argument(zmq_external_cluster, monkeypatch):
+    monkeypatch.setenv(ADDRESS_VARIABLE, zmq_external_cluster.address.removeprefix("tcp://"))
+    with MakePool() as pool:
+        assert pool.address == zmq_external_cluster.address, "a bare HOST:PORT should mean tcp://HOST:PORT"
+        assert pool.cluster is None
+
+
+def test_bad_address_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"bad zmq broker address 'http://x'.*tcp://HOST:PORT"):
+        MakePool("http://x")
+
+
+def test_workers_argument_needs_an_embedded_cluster(zmq_external_cluster):
+    with pytest.raises(TypeError, match="embedded"):
+        MakePool(zmq_external_cluster.address, workers=3)
+
+
+def test_unreachable_broker_fails_within_ten_seconds_naming_the_address():
+    address = f"tcp://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ClusterConnectionError, match=f"{address}.*LaunchBroker"):
+        MakePool(address)
+    assert time.monotonic() - started < 10
+
+
+def test_unreachable_broker_from_the_environment_names_the_variable(monkeypatch):
+    monkeypatch.setenv(ADDRESS_VARIABLE, f"tcp://127.0.0.1:{free_port()}")
+    with pytest.raises(ClusterConnectionError, match=rf"\${ADDRESS_VARIABLE}"):
+        MakePool()
+
+
+# -- pickling and the function ---------------------------------------------------------------------
+
+
+def test_unpickled_copy_connects_to_the_same_broker_and_never_owns_it(zmq_embedded_pool):
+    clone = pickle.loads(pickle.dumps(zmq_embedded_pool))
+    assert clone.address == zmq_embedded_pool.address
+    assert clone.cluster is None
+    clone.close()
+    clone.join()
+    assert all(psutil.pid_exists(pid) for pid in zmq_embedded_pool.cluster.pids()), "the copy stopped the cluster"
+    assert zmq_embedded_pool.map(helpers.times_ten, [4]) == [40]
+
+
+def test_pool_unpickled_inside_a_task_runs_work(zmq_external_cluster):
+    with MakePool(zmq_external_cluster.address) as pool:
+        assert pool.map(_map_with_pool, [pool]) == [[10, 20]]
+
+
+def _map_with_pool(pool):
+    with pool:
+        return pool.map(helpers.times_ten, [1, 2])
+
+
+def test_broker_keeps_the_function_for_the_call_and_drops_it_on_release(zmq_external_cluster, tmp_path):
+    release = str(tmp_path / "release")
+    with MakePool(zmq_external_cluster.address) as pool:
+        results = pool.imap(helpers.held_until_released, [0, ("hold", release)], chunksize=1)
+        assert next(results) == 0
+        assert _broker_view(zmq_external_cluster.address)["functions"] == 1
+        open(release, "w").close()
+        assert list(results) == ["released"]
+        assert _broker_view(zmq_external_cluster.address)["functions"] == 0
+
+
+# -- lost workers and a lost broker ----------------------------------------------------------------
+
+
+def test_worker_process_killed_mid_chunk_is_detected_and_its_chunk_rerun(small_cluster, tmp_path):
+    release = str(tmp_path / "release")
+    with MakePool(small_cluster.address) as pool:
+        results = pool.imap(helpers.held_until_released, [0, ("hold", release)], chunksize=1)
+        assert next(results) == 0
+        first = small_cluster.workers[0]
+        killed_at = _when_busy(small_cluster.address, lambda: os.killpg(first.pid, signal.SIGKILL))
+        first.wait(timeout=10)
+        open(release, "w").close()
+        small_cluster.add_workers(1)
+        assert list(results) == ["released"]
+    assert time.monotonic() - killed_at < 30, "the lost chunk took too long to be re-sent"
+
+
+def test_broker_death_mid_call_is_a_clear_error(small_cluster, tmp_path):
+    pool = MakePool(small_cluster.address)
+    results = pool.imap(helpers.held_until_released, [0, ("hold", str(tmp_path / "never"))], chunksize=1)
+    assert next(results) == 0
+    killed_at = _when_busy(small_cluster.address, lambda: os.killpg(small_cluster.broker.pid, signal.SIGKILL))
+    with pytest.raises(ClusterConnectionError, match=rf"{small_cluster.address} stopped answering"):
+        next(results)
+    assert time.monotonic() - killed_at < 30
+    pool.close()
+
+
+# -- RunMain ---------------------------------------------------------------------------------------
+
+
+def test_ping_workers_prints_one_line_per_worker(zmq_external_cluster, capsys):
+    assert RunMain(["PingWorkers", "--address", zmq_external_cluster.address]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines
+    for line in lines:
+        worker_id, *fields = line.split()
+        values = dict(field.split("=", 1) for field in fields)
+        assert values["host"] and values["pid"].isdigit() and values["state"] in ("idle", "busy"), line
+        assert worker_id.endswith((":0", ":1")), line
+
+
+def test_restart_workers_gives_every_worker_a_fresh_task_process(zmq_external_pool, zmq_external_cluster, capsys):
+    before = set(zmq_external_pool.map(helpers.worker_pid, range(40), chunksize=1))
+    assert RunMain(["RestartWorkers", "--address", zmq_external_cluster.address]) == 0
+    assert "restarted the task processes of 2 workers" in capsys.readouterr().out
+    after = set(zmq_external_pool.map(helpers.worker_pid, range(40), chunksize=1))
+    assert not before & after, f"task processes {before & after} survived the restart"
+
+
+def test_kill_workers_makes_the_worker_processes_exit(small_cluster, capsys):
+    assert RunMain(["KillWorkers", "--address", small_cluster.address]) == 0
+    assert "told 1 workers to exit" in capsys.readouterr().out
+    assert small_cluster.workers[0].wait(timeout=20) == 0
+    assert RunMain(["PingWorkers", "--address", small_cluster.address]) == 1
+    assert "no workers are connected" in capsys.readouterr().err
+
+
+def test_verbs_without_an_address_fail_clearly(no_address, capsys):
+    assert RunMain(["PingWorkers"]) == 1
+    assert ADDRESS_VARIABLE in capsys.readouterr().err
+
+
+def test_verb_against_an_unreachable_broker_names_the_address(capsys):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    assert RunMain(["KillWorkers", "--address", address]) == 1
+    assert address in capsys.readouterr().err
+
+
+def test_unknown_verb_is_a_usage_error():
+    with pytest.raises(SystemExit) as caught:
+        RunMain(["LaunchEverything"])
+    assert caught.value.code == 2
+
+
+def test_cluster_help_lists_the_zmq_verbs():
+    line = next(line for line in cli.help_text().splitlines() if line.strip().startswith("zmq "))
+    for verb in ("LaunchBroker", "LaunchWorker", "PingWorkers", "KillWorkers", "RestartWorkers"):
+        assert verb in line, line
+
+
+# -- processes and sockets -------------------------------------------------------------------------
+
+
+def test_external_broker_listens_on_loopback_only(zmq_external_cluster):
+    assert _listening_addresses(zmq_external_cluster.broker.pid) == {"127.0.0.1"}
+
+
+def test_embedded_cluster_listens_on_loopback_only_and_leaves_nothing_on_close(no_address):
+    pool = MakePool(workers=1)
+    groups = pool.cluster.pids()
+    assert _listening_addresses(pool.cluster.broker.pid) == {"127.0.0.1"}
+    assert pool.map(helpers.times_ten, [1]) == [10]
+    assert len(_members(groups)) >= 3, "expected a broker, a worker process and its task process"
+    pool.close()
+    pool.join()
+    assert not _members(groups), f"left behind: {_members(groups)}"
+
+
+def test_embedded_cluster_exits_when_its_owner_dies():
+    code = (
+        "import os, sys\n"
+        "os.environ.pop('GLIMPSE_ZMQ_ADDRESS', None)\n"
+        "from glimpse.pools.zmq_cluster import MakePool\n"
+        "pool = MakePool(workers=1)\n"
+        "print(*pool.cluster.pids(), flush=True)\n"
+        "os._exit(0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    groups = [int(pid) for pid in done.stdout.split()]
+    assert len(groups) == 2, done.stderr
+    deadline = time.monotonic() + 20
+    while _members(groups) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _members(groups)
+    for pgid in groups:
+        _kill_group(pgid)
+    assert not left, f"the embedded cluster outlived its owner: {left}"
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def _broker_view(address: str) -> dict:
+    backend = ZmqBackend(address)
+    try:
+        return backend.describe_cluster()
+    finally:
+        backend.close()
+
+
+def _when_busy(address: str, action) -> float:
+    """Wait until a worker of the broker at ``address`` runs a chunk, then run ``action``; return when."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(worker["state"] == "busy" for worker in _broker_view(address)["workers"]):
+            action()
+            return time.monotonic()
+        time.sleep(0.1)
+    raise AssertionError("no worker became busy within 30 s")
+
+
+def _listening_addresses(pid: int) -> set[str]:
+    connections = psutil.Process(pid).net_connections(kind="inet")
+    return {c.laddr.ip for c in connections if c.status == psutil.CONN_LISTEN}
+
+
+def _members(pgids) -> list[str]:
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getpgid(process.pid) in pgids:
+                found.append(f"{process.pid} {' '.join(process.info['cmdline'] or [])}")
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return found
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
