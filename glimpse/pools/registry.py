@@ -26,6 +26,7 @@ CLUSTER_TYPES: dict[str, ClusterType] = {
     "ipython": ClusterType("ipython", ("ipyparallel",)),
     "dask": ClusterType("dask", ("dask", "distributed")),
     "ray": ClusterType("ray", ("ray",)),
+    "zmq": ClusterType("zmq", ("zmq",)),
 }
 LOCAL_POOLS = ("singlecore", "multicore")
 DEFAULT_CLUSTER_TYPE = "ipython"
