@@ -116,10 +116,11 @@ def _start_embedded(init_kwargs: dict) -> None:
 
 
 def _connect(address: str, source: str, init_kwargs: dict) -> None:
-    host = None if address == "auto" else _probe(address, source)
-    local = host is not None and _on_this_machine(host)
+    local = address != "auto" and _on_this_machine(_host_port(address)[0])
     if local:
         _use_local_token()
+    if address != "auto":
+        _probe(address, source)
     try:
         with _loopback_kept() if local else contextlib.nullcontext():
             ray.init(address=address, **init_kwargs)
@@ -131,9 +132,9 @@ def _connect(address: str, source: str, init_kwargs: dict) -> None:
         ) from None
 
 
-def _probe(address: str, source: str) -> str:
+def _probe(address: str, source: str) -> None:
     """Check that a Ray head node answers at ``address`` (``ray.init`` can hang for minutes on an
-    address that accepts connections but is not one); return its host."""
+    address that accepts connections but is not one)."""
     host, port = _host_port(address)
     try:
         with socket.create_connection((host, port), timeout=PROBE_SECONDS):
@@ -145,7 +146,6 @@ def _probe(address: str, source: str) -> str:
         ) from None
     if "://" not in address:
         _check_gcs(address, source)
-    return host
 
 
 def _check_gcs(address: str, source: str) -> None:
@@ -289,10 +289,12 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     parser.add_argument("--host", default="127.0.0.1", help="the node's address to listen on (default 127.0.0.1)")
     parser.add_argument("--num-cpus", type=int, help="CPUs the head node offers to tasks (default: its cores)")
+    parser.add_argument("--temp-dir", help="where Ray keeps its session files (default /tmp/ray)")
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, help="CPUs this node offers to tasks (default: its cores)")
+    parser.add_argument("--temp-dir", help="where Ray keeps its session files (default /tmp/ray)")
 
 
 def _launch_broker(args: argparse.Namespace) -> int:
@@ -300,15 +302,15 @@ def _launch_broker(args: argparse.Namespace) -> int:
     env = {"RAY_USAGE_STATS_ENABLED": "0"}
     if _is_loopback(args.host):
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # see _loopback_kept
-    return _run_ray_start(["--head", *command, *_cpus(args)], env)
+    return _run_ray_start(["--head", *command, *_node_options(args)], env)
 
 
 def _launch_worker(args: argparse.Namespace) -> int:
     address, source = _required_address(args)
-    host = _probe(address, source)
-    if _on_this_machine(host):
+    if _on_this_machine(_host_port(address)[0]):
         _use_local_token()
-    command = [f"--address={address}", *_cpus(args)]
+    _probe(address, source)
+    command = [f"--address={address}", *_node_options(args)]
     return _run_ray_start(command, {"RAY_USAGE_STATS_ENABLED": "0"}, keep_loopback=True)
 
 
@@ -352,12 +354,13 @@ VERBS: dict[str, Verb] = {
 }
 
 
-def _cpus(args: argparse.Namespace) -> list[str]:
+def _node_options(args: argparse.Namespace) -> list[str]:
+    options = [f"--temp-dir={args.temp_dir}"] if args.temp_dir else []
     if args.num_cpus is None:
-        return []
+        return options
     if args.num_cpus < 1:
         raise ValueError(f"--num-cpus must be at least 1, not {args.num_cpus}")
-    return [f"--num-cpus={args.num_cpus}"]
+    return [*options, f"--num-cpus={args.num_cpus}"]
 
 
 def _required_address(args: argparse.Namespace) -> tuple[str, str]:
