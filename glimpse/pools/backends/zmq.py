@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import time
 from collections.abc import Collection
 
@@ -17,6 +18,8 @@ import zmq
 from glimpse.pools.backends import zmq_protocol as p
 from glimpse.pools.backends.base import Backend, Call, ChunkTask, WorkerLost
 from glimpse.pools.errors import ClusterConnectionError
+
+log = logging.getLogger(__name__)
 
 _WORKERS_FRESH_SECONDS = 1.0
 
@@ -61,6 +64,7 @@ class ZmqBackend(Backend):
         self._heard_at = time.monotonic()
         self._pinged_at = 0.0
         self._replies: dict[bytes, list] = {}
+        self._warned = False
         self._connect()
 
     def workers(self) -> int:
@@ -93,6 +97,7 @@ class ZmqBackend(Backend):
             if done or remaining <= 0:
                 return done
             self._check_broker()
+            self._warn_without_workers()
             if self._live_socket().poll(min(remaining, p.HEARTBEAT_SECONDS) * 1000):
                 self._receive_available()
 
@@ -194,6 +199,18 @@ class ZmqBackend(Backend):
         if silent > p.HEARTBEAT_SECONDS and now - self._pinged_at > p.HEARTBEAT_SECONDS:
             self._pinged_at = now
             self._send(p.PING)
+
+    def _warn_without_workers(self) -> None:
+        if self._nworkers > 0:
+            self._warned = False
+        elif not self._warned:
+            self._warned = True
+            log.warning(
+                "no workers are connected to the zmq broker at %s; chunks wait until one connects "
+                "(start some with `glimpse-cluster --type zmq LaunchWorker --address %s`)",
+                self.address,
+                self.address,
+            )
 
     def _receive_available(self) -> None:
         while True:

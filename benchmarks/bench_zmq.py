@@ -1,0 +1,85 @@
+"""ZmqPool (embedded broker and workers) against MulticorePool, side by side in one run.
+
+    python benchmarks/bench_zmq.py [--quick] [--workers N]
+
+One message per item would only measure ZeroMQ, so the reference is MulticorePool on the same
+cores. Rows: tiny-task throughput through ``map``, ``imap`` and ``imap_unordered`` with automatic
+chunk sizes (ratio = glimpse zmq throughput / MulticorePool throughput), and CPU-bound efficiency
+(serial time / (workers x wall time); goal >= 0.9) of each pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from glimpse.pools import MulticorePool
+from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool
+
+
+def tiny(x):
+    return x + 1
+
+
+def busy(n):
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def best_of(repeats: int, run, *args) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run(*args)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def measure_tiny(zmq_pool, multicore, items: int, repeats: int) -> list[tuple[str, float, float]]:
+    data = list(range(items))
+    runs = {
+        "map": lambda pool: pool.map(tiny, data),
+        "imap": lambda pool: list(pool.imap(tiny, data)),
+        "imap_unordered": lambda pool: list(pool.imap_unordered(tiny, data)),
+    }
+    return [(name, best_of(repeats, run, multicore), best_of(repeats, run, zmq_pool)) for name, run in runs.items()]
+
+
+def efficiency(pool, workers: int, data: list[int], serial: float) -> float:
+    wall = best_of(1, lambda: pool.map(busy, data, chunksize=1))
+    return serial / (workers * wall)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one repeat, shorter CPU-bound tasks")
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    items, repeats, work = (20_000, 1, 1_000_000) if args.quick else (20_000, 5, 4_000_000)
+    os.environ.pop(ADDRESS_VARIABLE, None)
+
+    data = [work] * (4 * args.workers)
+    serial = best_of(1, lambda: [busy(n) for n in data])
+    started = time.perf_counter()
+    with MakePool(workers=args.workers) as zmq_pool, MulticorePool(args.workers) as multicore:
+        startup = time.perf_counter() - started
+        zmq_pool.map(tiny, range(100))
+        multicore.map(tiny, range(100))
+        print(f"ZmqPool vs MulticorePool, {args.workers} workers, Python {sys.version.split()[0]}")
+        print(f"(embedded zmq cluster and MulticorePool started in {startup:.2f}s)")
+        print(f"{'measure':<40} {'multicore':>10} {'zmq':>10} {'ratio':>8}")
+        for name, theirs, ours in measure_tiny(zmq_pool, multicore, items, repeats):
+            label = f"tiny {name} items/s ({items} items)"
+            print(f"{label:<40} {items / theirs:>10.0f} {items / ours:>10.0f} {theirs / ours:>7.2f}x")
+        mc_eff = efficiency(multicore, args.workers, data, serial)
+        zmq_eff = efficiency(zmq_pool, args.workers, data, serial)
+        print(f"{'CPU-bound efficiency (goal >= 0.9)':<40} {mc_eff:>10.2f} {zmq_eff:>10.2f} {zmq_eff / mc_eff:>7.2f}x")
+    print("(ratio = zmq / multicore: above 1 means the zmq pool is faster or more efficient)")
+
+
+if __name__ == "__main__":
+    main()
