@@ -29,7 +29,7 @@ from glimpse.pools.errors import ClusterConnectionError  # noqa: E402
 PROG = "glimpse-cluster --type dask"
 ADDRESS_VARIABLE = "DASK_SCHEDULER_ADDRESS"
 DEFAULT_PORT = 8786
-CONNECT_SECONDS = 8.0
+CONNECT_SECONDS = 5.0
 
 
 def MakePool(address: str | None = None, client: Client | None = None, **kwargs) -> DaskPool:
@@ -152,9 +152,10 @@ def _launch_worker(args: argparse.Namespace) -> int:
 
 def _ping_workers(args: argparse.Namespace) -> int:
     with _cli_client(args) as client:
+        address = client.scheduler.address
         workers = client.scheduler_info(n_workers=-1)["workers"]
     if not workers:
-        print(f"no workers are connected to the Dask scheduler at {client.scheduler.address}", file=sys.stderr)
+        print(f"no workers are connected to the Dask scheduler at {address}", file=sys.stderr)
         return 1
     for address, info in sorted(workers.items()):
         memory = info.get("memory_limit") or 0

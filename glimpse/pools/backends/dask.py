@@ -14,7 +14,9 @@ import time
 import warnings
 from collections.abc import Collection
 
-from distributed import Client, Future, KilledWorker, Variable, get_client
+from distributed import Client, Future, KilledWorker, Variable, get_client, get_worker, rejoin, secede
+from distributed.threadpoolexecutor import thread_state as pool_thread
+from distributed.utils import thread_state as task_thread
 
 from glimpse.pools.backends.base import Backend, Call, ChunkTask, WorkerLost, task_args
 from glimpse.pools.backends.chunks import run_pickled_chunk
@@ -43,6 +45,7 @@ class DaskBackend(Backend):
         self._cluster = cluster
         self._finished = threading.Condition()
         self._functions: dict[str, Variable] = {}
+        self._seceded: set[str] = set()
 
     def workers(self) -> int:
         return max(1, sum(self.client.nthreads().values()))
@@ -58,12 +61,17 @@ class DaskBackend(Backend):
         shared = Variable(f"glimpse-function-{call.id}", client=self.client)
         shared.set(call.blob)
         self._functions[call.id] = shared
+        if _secede_if_in_task():
+            self._seceded.add(call.id)
         return functools.partial(_fetch_function, shared.name)
 
     def release(self, call: Call) -> None:
         shared = self._functions.pop(call.id, None)
         if shared is not None and self.client.status == "running":
             shared.delete()
+        if call.id in self._seceded:
+            self._seceded.discard(call.id)
+            rejoin()
 
     def submit(self, call: Call, task: ChunkTask) -> Future:
         key = f"glimpse-chunk-{call.id}-{task.seq}-{task.attempts}"
@@ -118,6 +126,23 @@ class DaskBackend(Backend):
         """The workers whose threads are still executing any of ``keys``."""
         running = self.client.run(_executing, keys, on_error="return")
         return [worker for worker, found in running.items() if found is True]
+
+
+def _secede_if_in_task() -> bool:
+    """Leave the worker's thread pool if this thread runs a Dask task; return whether it left.
+
+    A pool used inside a task waits for its chunks, which may need this very thread.
+    """
+    # Dask keeps no public flag for either: utils' thread state names the running task, and the
+    # thread pool's says whether this thread still belongs to the pool (secede() clears it).
+    if getattr(task_thread, "key", None) is None or not getattr(pool_thread, "proceed", False):
+        return False
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    secede()
+    return True
 
 
 def _fetch_function(name: str) -> bytes:

@@ -1,0 +1,211 @@
+"""dask_cluster: where MakePool runs, what a pickled pool connects to, and RunMain's verbs."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("distributed")
+
+import dask  # noqa: E402
+import psutil  # noqa: E402
+from distributed import Client  # noqa: E402
+
+from glimpse.pools import ClusterConnectionError  # noqa: E402
+from glimpse.pools.dask_cluster import ADDRESS_VARIABLE, MakePool, RunMain  # noqa: E402
+from tests import helpers  # noqa: E402
+from tests.engines._processes import free_port, start_process, stop_process_group, wait_for_port  # noqa: E402
+
+STARTUP_SECONDS = 60.0
+
+
+@pytest.fixture
+def no_configured_address(monkeypatch):
+    """No scheduler address in the environment or in Dask's configuration."""
+    monkeypatch.delenv(ADDRESS_VARIABLE, raising=False)
+    with dask.config.set({"scheduler-address": None}):
+        yield
+
+
+@pytest.fixture
+def unreachable_address() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def _worker_count(address: str) -> int:
+    with Client(address, set_as_default=False, timeout=STARTUP_SECONDS) as client:
+        return len(client.nthreads())
+
+
+# -- where MakePool runs ----------------------------------------------------------------------------
+
+
+def test_client_passed_in_is_used_and_never_closed(dask_external_cluster, unreachable_address, monkeypatch):
+    monkeypatch.setenv(ADDRESS_VARIABLE, unreachable_address)
+    with Client(dask_external_cluster.address, set_as_default=False) as client:
+        pool = MakePool(address=unreachable_address, client=client)
+        assert pool.address == dask_external_cluster.address
+        assert pool.map(helpers.times_ten, range(5)) == [0, 10, 20, 30, 40]
+        pool.close()
+        pool.join()
+        assert client.status == "running", "closing the pool closed the client it was given"
+
+
+def test_address_argument_comes_before_the_environment(dask_external_cluster, unreachable_address, monkeypatch):
+    monkeypatch.setenv(ADDRESS_VARIABLE, unreachable_address)
+    with MakePool(dask_external_cluster.address) as pool:
+        assert pool.address == dask_external_cluster.address
+        assert pool.map(helpers.times_ten, [1, 2]) == [10, 20]
+    assert _worker_count(dask_external_cluster.address) == 2, "closing a connected pool stopped workers"
+
+
+def test_environment_variable_names_the_scheduler(dask_external_cluster, no_configured_address, monkeypatch):
+    monkeypatch.setenv(ADDRESS_VARIABLE, dask_external_cluster.address)
+    with MakePool() as pool:
+        assert pool.address == dask_external_cluster.address
+
+
+def test_dask_configuration_names_the_scheduler(dask_external_cluster, no_configured_address):
+    with dask.config.set({"scheduler-address": dask_external_cluster.address}), MakePool() as pool:
+        assert pool.address == dask_external_cluster.address
+
+
+def test_unreachable_address_fails_within_ten_seconds_naming_it(unreachable_address):
+    started = time.monotonic()
+    with pytest.raises(ClusterConnectionError, match=re.escape(unreachable_address)):
+        MakePool(unreachable_address)
+    assert time.monotonic() - started < 10
+
+
+def test_unreachable_address_from_the_environment_says_where_it_came_from(unreachable_address, monkeypatch):
+    monkeypatch.setenv(ADDRESS_VARIABLE, unreachable_address)
+    with pytest.raises(
+        ClusterConnectionError, match=rf"{re.escape(unreachable_address)} \(from \${ADDRESS_VARIABLE}\)"
+    ):
+        MakePool()
+
+
+# -- the embedded cluster ---------------------------------------------------------------------------
+
+
+def test_closing_the_embedded_pool_leaves_no_process(no_configured_address):
+    pool = MakePool(n_workers=1)
+    client = pool._backend.client
+    # LocalCluster's scheduler and nannies live in this process; its workers are processes.
+    pids = list(client.run(os.getpid).values())
+    assert len(pids) == 1 and os.getpid() not in pids, f"expected one worker process, got pids {pids}"
+    listening = {
+        conn.laddr.ip
+        for pid in pids
+        for conn in psutil.Process(pid).net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN
+    }
+    assert listening == {"127.0.0.1"}, f"embedded workers listen on {listening}"
+    pool.close()
+    pool.join()
+    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=30)
+    assert not alive, f"processes left after close(): {[p.pid for p in alive]}"
+
+
+# -- pickled pools ----------------------------------------------------------------------------------
+
+
+def test_pool_pickled_to_another_process_uses_the_same_scheduler(dask_embedded_pool, tmp_path):
+    path = tmp_path / "pool.pickle"
+    path.write_bytes(pickle.dumps(dask_embedded_pool))
+    script = (
+        "import pickle, sys\n"
+        "pool = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+        "print(pool.address, pool.map(abs, [-1, -2]))\n"
+        "pool.close(); pool.join()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(maxsplit=1) == [dask_embedded_pool.address, "[1, 2]\n"]
+    assert dask_embedded_pool.map(helpers.times_ten, [4]) == [40], "the copy shut the embedded cluster down"
+
+
+def test_pool_pickled_into_a_task_uses_the_same_scheduler(dask_embedded_pool):
+    pool = dask_embedded_pool
+
+    def nested(x):
+        try:
+            return pool.address, pool.map(abs, [-x, -2 * x])
+        finally:
+            pool.close()
+
+    assert pool.map(nested, [1, 5], chunksize=1) == [(pool.address, [1, 2]), (pool.address, [5, 10])]
+    assert pool.map(helpers.times_ten, [4]) == [40], "the copy in a task shut the embedded cluster down"
+
+
+# -- RunMain ----------------------------------------------------------------------------------------
+
+
+def test_ping_workers_prints_a_line_per_worker(dask_external_cluster, capsys):
+    assert RunMain(["PingWorkers", "--address", dask_external_cluster.address]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+ threads=1 memory=[\d.]+GiB state=running", line), line
+
+
+def test_address_comes_from_the_environment(dask_external_cluster, monkeypatch, capsys):
+    monkeypatch.setenv(ADDRESS_VARIABLE, dask_external_cluster.address)
+    assert RunMain(["PingWorkers"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_missing_address_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.delenv(ADDRESS_VARIABLE, raising=False)
+    assert RunMain(["PingWorkers"]) == 1
+    err = capsys.readouterr().err
+    assert "--address" in err and ADDRESS_VARIABLE in err, err
+
+
+def test_unreachable_address_is_a_clear_error(unreachable_address, capsys):
+    assert RunMain(["KillWorkers", "--address", unreachable_address]) == 1
+    assert unreachable_address in capsys.readouterr().err
+
+
+def test_bad_verb_exits_non_zero(capsys):
+    with pytest.raises(SystemExit) as exited:
+        RunMain(["Nope"])
+    assert exited.value.code != 0
+    assert "invalid choice: 'Nope'" in capsys.readouterr().err
+
+
+def test_help_exits_zero(capsys):
+    with pytest.raises(SystemExit) as exited:
+        RunMain(["--help"])
+    assert exited.value.code == 0
+    assert "LaunchBroker" in capsys.readouterr().out
+
+
+def test_launched_cluster_restarts_and_kills_its_workers(tmp_path, capsys):
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "glimpse.pools.dask_cluster"]
+    broker = start_process([*command, "LaunchBroker", "--port", str(port)], tmp_path / "broker.log")
+    worker = None
+    try:
+        wait_for_port(port, STARTUP_SECONDS, broker, tmp_path / "broker.log")
+        worker = start_process([*command, "LaunchWorker", "--nworkers", "1", "--address", address], tmp_path / "w.log")
+        with Client(address, set_as_default=False, timeout=STARTUP_SECONDS) as client:
+            client.wait_for_workers(1, timeout=STARTUP_SECONDS)
+        assert RunMain(["RestartWorkers", "--address", address]) == 0
+        assert "restarted 1 of 1 workers" in capsys.readouterr().out
+        assert RunMain(["KillWorkers", "--address", address]) == 0
+        assert "retired 1 workers" in capsys.readouterr().out
+        assert worker.wait(timeout=STARTUP_SECONDS) == 0, "LaunchWorker did not exit after KillWorkers"
+        assert RunMain(["PingWorkers", "--address", address]) == 1
+        assert "no workers" in capsys.readouterr().err
+    finally:
+        for process in (worker, broker):
+            if process is not None:
+                stop_process_group(process)
