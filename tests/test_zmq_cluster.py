@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests import helpers
-from tests.engines._processes import free_port
+from tests.engines._processes import free_port, start_process
 from tests.engines.zmq import start_zmq_cluster
 
 pytest.importorskip("zmq")
@@ -140,6 +140,23 @@ def test_broker_death_mid_call_is_a_clear_error(small_cluster, tmp_path):
         next(results)
     assert time.monotonic() - killed_at < 30
     pool.close()
+
+
+def test_broker_restarted_mid_call_gets_the_chunks_again(small_cluster, tmp_path):
+    release = str(tmp_path / "release")
+    with MakePool(small_cluster.address) as pool:
+        results = pool.imap(helpers.held_until_released, [0, ("hold", release)], chunksize=1)
+        assert next(results) == 0
+        old = small_cluster.broker
+        _when_busy(small_cluster.address, lambda: os.killpg(old.pid, signal.SIGKILL))
+        old.wait(timeout=10)
+        port = small_cluster.address.rsplit(":", 1)[1]
+        small_cluster.broker = start_process(
+            [sys.executable, "-m", "glimpse.pools.cli", "--type", "zmq", "LaunchBroker", "--port", port],
+            small_cluster.log_dir / "broker-2.log",
+        )
+        open(release, "w").close()
+        assert list(results) == ["released"]
 
 
 # -- RunMain ---------------------------------------------------------------------------------------

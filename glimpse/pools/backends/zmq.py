@@ -2,7 +2,8 @@
 
 ``submit`` sends a chunk message, ``wait`` polls the socket and records outcomes by task id,
 ``cancel`` sends a cancel message. The function goes to the broker once per call; workers
-fetch it from there. A broker that stops answering while chunks are out is an error, not a hang.
+fetch it from there. A broker that stops answering while chunks are out is an error, not a hang;
+a chunk the broker no longer knows (it restarted, or a reply was dropped) is lost and re-sent.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import itertools
 import json
 import logging
 import time
+import uuid
 from collections.abc import Collection
 
 import zmq
@@ -27,10 +29,11 @@ _WORKERS_FRESH_SECONDS = 1.0
 class Job:
     """A chunk sent to the broker, until its outcome or its loss arrives."""
 
-    __slots__ = ("task_id", "result", "lost")
+    __slots__ = ("number", "task_id", "result", "lost")
 
-    def __init__(self, task_id: bytes):
-        self.task_id = task_id
+    def __init__(self, number: int):
+        self.number = number
+        self.task_id = p.number(number)
         self.result: bytes | None = None
         self.lost: str | None = None
 
@@ -54,10 +57,13 @@ class ZmqBackend(Backend):
         self.address = p.normalize_address(address)
         self.cluster = cluster
         self._source = source
-        self._socket: zmq.Socket | None = p.dealer(zmq.Context.instance(), self.address)
+        # A name of its own keeps replies coming to this pool after the connection drops and comes back.
+        routing_id = f"pool-{uuid.uuid4().hex}".encode()
+        self._socket: zmq.Socket | None = p.dealer(zmq.Context.instance(), self.address, routing_id, bounded=False)
         self._jobs: dict[bytes, Job] = {}
         self._calls: dict[str, bytes] = {}
-        self._task_ids = itertools.count()
+        self._task_numbers = itertools.count(1)
+        self._last_number = 0
         self._broker: bytes | None = None
         self._nworkers = 0
         self._counted_at = 0.0
@@ -69,7 +75,7 @@ class ZmqBackend(Backend):
 
     def workers(self) -> int:
         if time.monotonic() - self._counted_at > _WORKERS_FRESH_SECONDS:
-            self._ask(p.PING, reply=p.PONG)
+            self._ping_and_wait()
         return max(1, self._nworkers)
 
     def share(self, call: Call) -> str:
@@ -82,8 +88,9 @@ class ZmqBackend(Backend):
             self._send(p.DROP, call.id.encode())
 
     def submit(self, call: Call, task: ChunkTask) -> Job:
-        job = Job(str(next(self._task_ids)).encode())
+        job = Job(next(self._task_numbers))
         self._jobs[job.task_id] = job
+        self._last_number = job.number
         self._send(p.CHUNK, job.task_id, call.id.encode(), task.payload, p.number(task.start))
         return job
 
@@ -139,7 +146,7 @@ class ZmqBackend(Backend):
         """Wait until at least ``count`` workers are connected (or ``timeout`` passes); return how many are."""
         deadline = time.monotonic() + timeout
         while True:
-            self._ask(p.PING, reply=p.PONG)
+            self._ping_and_wait()
             if self._nworkers >= count or time.monotonic() >= deadline:
                 return self._nworkers
             time.sleep(0.1)
@@ -160,7 +167,7 @@ class ZmqBackend(Backend):
     def _connect(self) -> None:
         try:
             self._ask(p.HELLO, p.VERSION, reply=p.WELCOME, timeout=p.CONNECT_SECONDS)
-        except ClusterConnectionError:
+        except _NoAnswer:
             self._socket.close()
             self._socket = None
             raise ClusterConnectionError(
@@ -178,7 +185,7 @@ class ZmqBackend(Backend):
         while reply not in self._replies:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ClusterConnectionError(
+                raise _NoAnswer(
                     f"the glimpse zmq broker at {self.address} did not answer within {timeout:g} s; "
                     "is it still running?"
                 )
@@ -198,7 +205,10 @@ class ZmqBackend(Backend):
             )
         if silent > p.HEARTBEAT_SECONDS and now - self._pinged_at > p.HEARTBEAT_SECONDS:
             self._pinged_at = now
-            self._send(p.PING)
+            self._send(p.PING, p.number(self._last_number))
+
+    def _ping_and_wait(self) -> None:
+        self._ask(p.PING, p.number(self._last_number), reply=p.PONG)
 
     def _warn_without_workers(self) -> None:
         if self._nworkers > 0:
@@ -227,9 +237,17 @@ class ZmqBackend(Backend):
                 job = self._jobs.pop(frames[0], None)
                 if job is not None:
                     job.lost = frames[1].decode(errors="replace")
-            elif kind in (p.WELCOME, p.PONG):
+            elif kind == p.WELCOME:
                 self._count_workers(frames[0], int(frames[1]))
                 self._replies[kind] = frames
+            elif kind == p.PONG:
+                self._count_workers(frames[0], int(frames[1]))
+                self._reconcile(int(frames[2]), set(frames[3:]))
+                self._replies[kind] = frames
+            elif kind == p.NOFUNC:
+                call_id = frames[0].decode()
+                if call_id in self._calls:
+                    self._send(p.FUNC, frames[0], self._calls[call_id])
             elif kind == p.REFUSED:
                 raise ClusterConnectionError(
                     f"the glimpse zmq broker at {self.address} refused this pool: {frames[0].decode()}"
@@ -243,12 +261,20 @@ class ZmqBackend(Backend):
         self._broker, self._nworkers, self._counted_at = broker, nworkers, time.monotonic()
 
     def _broker_restarted(self) -> None:
-        """A new broker answers at the address: give it the live functions; what was out is lost."""
+        """A new broker answers at the address: give it the functions of the calls still running."""
+        log.warning("the glimpse zmq broker at %s restarted; chunks it had are sent again", self.address)
         for call_id, blob in self._calls.items():
             self._send(p.FUNC, call_id.encode(), blob)
-        for job in self._jobs.values():
-            job.lost = f"the glimpse zmq broker at {self.address} restarted while the chunk was out"
-        self._jobs.clear()
+
+    def _reconcile(self, last_number: int, known: set[bytes]) -> None:
+        """Chunks sent before the ping that the broker does not hold and never answered are lost."""
+        for task_id, job in list(self._jobs.items()):
+            if job.number <= last_number and task_id not in known:
+                del self._jobs[task_id]
+                job.lost = (
+                    f"the glimpse zmq broker at {self.address} no longer had the chunk "
+                    "(it restarted, or the connection to it dropped)"
+                )
 
     def _send(self, kind: bytes, *frames: bytes) -> None:
         self._live_socket().send_multipart([kind, *frames], copy=False)
@@ -257,3 +283,7 @@ class ZmqBackend(Backend):
         if self._socket is None:
             raise ValueError(f"the connection to the zmq broker at {self.address} is closed; make a new pool")
         return self._socket
+
+
+class _NoAnswer(ClusterConnectionError):
+    """The broker did not answer a request in time."""

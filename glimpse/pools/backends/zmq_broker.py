@@ -171,8 +171,9 @@ class Broker:
             return
         self.send(client, p.WELCOME, self.id, p.number(len(self.workers)))
 
-    def on_ping(self, client: bytes) -> None:
-        self.send(client, p.PONG, self.id, p.number(len(self.workers)))
+    def on_ping(self, client: bytes, last_task: bytes) -> None:
+        held = [task for owner, task in self.jobs if owner == client]
+        self.send(client, p.PONG, self.id, p.number(len(self.workers)), last_task, *held)
 
     def on_func(self, client: bytes, call: bytes, blob: bytes) -> None:
         self.functions[call] = (client, blob)
@@ -181,6 +182,11 @@ class Broker:
         self.functions.pop(call, None)
 
     def on_chunk(self, client: bytes, task: bytes, call: bytes, payload: bytes, start: bytes) -> None:
+        if call not in self.functions:
+            # The pool sent the function to an earlier broker at this address: ask for it again.
+            self.send(client, p.NOFUNC, call)
+            self.send(client, p.LOST, task, b"the zmq broker did not have the function of the call (it restarted)")
+            return
         self.next_job += 1
         job = Job(self.next_job, client, task, call, payload, start)
         self.jobs[client, task] = job
@@ -242,6 +248,7 @@ class Broker:
         if old is not None:
             self.lose_job(old, f"{old.describe()} started over while running it")
         self.workers[sender] = Worker(sender, p.from_json(info), time.monotonic())
+        self.send(sender, p.WELCOME, self.id)
         log.info("worker %s joined (%d workers)", sender.decode(errors="replace"), len(self.workers))
 
     def on_heartbeat(self, sender: bytes, info: bytes) -> None:

@@ -5,13 +5,17 @@ every message is a multipart message whose first frame is its kind, and the kind
 tell the broker whether it is a pool (a "client") or a worker. Integers travel as ASCII digits.
 
 client -> broker   HELLO version | FUNC call blob | DROP call | CHUNK task call payload start |
-                   CANCEL task... | PING | LIST | KILL | RESTART | BYE
-broker -> client   WELCOME broker n | PONG broker n | DONE task outcome | LOST task reason |
-                   LISTED json | KILLED n | RESTARTED n | REFUSED reason
+                   CANCEL task... | PING last_task | LIST | KILL | RESTART | BYE
+broker -> client   WELCOME broker n | PONG broker n last_task task... | DONE task outcome |
+                   LOST task reason | NOFUNC call | LISTED json | KILLED n | RESTARTED n | REFUSED reason
 worker -> broker   READY version info | HEARTBEAT info | RESULT job outcome | FAILED job reason |
                    GETFUNC call | LEAVING reason
-broker -> worker   TASK job call payload start | FUNC call blob | NOFUNC call | CANCEL job |
-                   RESTART | EXIT | RESET
+broker -> worker   WELCOME broker | TASK job call payload start | FUNC call blob | NOFUNC call |
+                   CANCEL job | RESTART | EXIT | RESET
+
+Pools and workers name their sockets, so replies still reach them after a reconnection. A PONG
+lists the tasks the broker holds for the pool among those up to ``last_task``: any other task
+of the pool that is unanswered was lost (the broker restarted, or a reply was dropped).
 """
 
 from __future__ import annotations
@@ -68,20 +72,19 @@ def normalize_address(address: str) -> str:
     return text
 
 
-def dealer(context: zmq.Context, address: str, routing_id: bytes | None = None) -> zmq.Socket:
-    """A DEALER socket connected to the broker at ``address`` that never blocks on close.
+def dealer(context: zmq.Context, address: str, routing_id: bytes, bounded: bool = True) -> zmq.Socket:
+    """A DEALER socket named ``routing_id``, connected to the broker at ``address``, that never blocks on close.
 
-    A pool's socket (no ``routing_id``) queues without limit: a call bounds what it sends and
-    receives, and a dropped message would be a hang. A worker's keeps ZeroMQ's default limit,
-    so heartbeats sent while the broker is down cannot pile up.
+    A pool's socket is not ``bounded``: a call limits what it sends and receives, and a dropped
+    message would be a lost chunk. A worker's keeps ZeroMQ's default limit, so heartbeats sent
+    while the broker is down cannot pile up.
     """
     socket = context.socket(zmq.DEALER)
     socket.linger = 0
-    if routing_id is None:
+    socket.routing_id = routing_id
+    if not bounded:
         socket.rcvhwm = 0
         socket.sndhwm = 0
-    else:
-        socket.routing_id = routing_id
     try:
         socket.connect(address)
     except zmq.ZMQError as exc:

@@ -37,8 +37,15 @@ def serve(address: str, nworkers: int) -> None:
     slots = [Slot(context, address, index, functions) for index in range(nworkers)]
     log.info("%d zmq workers (pid %d) connecting to %s", nworkers, os.getpid(), address)
     next_heartbeat = 0.0
+    warn_at = time.monotonic() + p.CONNECT_SECONDS
     try:
         while slots:
+            if warn_at and any(slot.welcomed for slot in slots):
+                log.info("connected to the broker at %s", address)
+                warn_at = 0.0
+            elif warn_at and time.monotonic() > warn_at:
+                log.warning("no glimpse zmq broker answers at %s yet; still trying (is the address right?)", address)
+                warn_at = 0.0
             poller = zmq.Poller()
             for slot in slots:
                 poller.register(slot.socket, zmq.POLLIN)
@@ -83,6 +90,7 @@ class Slot:
         self.process = TaskProcess.start()
         self.job: Job | None = None
         self.chunks = 0
+        self.welcomed = False
         self.send(p.READY, p.VERSION, self.info())
 
     @property
@@ -103,7 +111,9 @@ class Slot:
                 return True
             if kind == p.EXIT:
                 return False
-            if kind == p.TASK:
+            if kind == p.WELCOME:
+                self.welcomed = True
+            elif kind == p.TASK:
                 self.on_task(*frames)
             elif kind == p.FUNC:
                 self.on_function(*frames)
