@@ -3,14 +3,14 @@
 # pools plus its own tests. The pytest fixtures start each engine on 127.0.0.1 in its own process
 # group and end it by that group's id.
 #
-#   bash ci/matrix.sh all            # every backend: local dask ray ipython
+#   bash ci/matrix.sh all            # every backend: local dask ray ipython zmq
 #   bash ci/matrix.sh dask ray       # some of them
 #
 # Set GLIMPSE_CI_NO_INSTALL=1 to skip the pip installs (an environment that has them already).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_BACKENDS=(local dask ray ipython)
+ALL_BACKENDS=(local dask ray ipython zmq)
 backends=("$@")
 if [ ${#backends[@]} -eq 0 ] || [ "${backends[0]}" = all ]; then
   backends=("${ALL_BACKENDS[@]}")
@@ -30,7 +30,7 @@ run_backend() {
     local)
       install test || return 1
       "$PYTHON" -m pytest --pools local --ignore-glob='tests/test_*_cluster.py' tests ;;
-    dask|ray|ipython)
+    dask|ray|ipython|zmq)
       install "test,${backend}" || return 1
       "$PYTHON" -m pytest --pools "$backend" tests/test_contract.py "tests/test_${backend}_cluster.py" ;;
     *)
