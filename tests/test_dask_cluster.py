@@ -43,6 +43,18 @@ def _worker_count(address: str) -> int:
         return len(client.nthreads())
 
 
+def _listening_hosts(pids: list[int]) -> set[str]:
+    """The addresses that these processes and their children listen on."""
+    processes = [psutil.Process(pid) for pid in pids]
+    processes += [child for process in processes for child in process.children(recursive=True)]
+    return {
+        conn.laddr.ip
+        for process in processes
+        for conn in process.net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN
+    }
+
+
 # -- where MakePool runs ----------------------------------------------------------------------------
 
 
@@ -100,12 +112,7 @@ def test_closing_the_embedded_pool_leaves_no_process(no_configured_address):
     # LocalCluster's scheduler and nannies live in this process; its workers are processes.
     pids = list(client.run(os.getpid).values())
     assert len(pids) == 1 and os.getpid() not in pids, f"expected one worker process, got pids {pids}"
-    listening = {
-        conn.laddr.ip
-        for pid in pids
-        for conn in psutil.Process(pid).net_connections(kind="inet")
-        if conn.status == psutil.CONN_LISTEN
-    }
+    listening = _listening_hosts(pids)
     assert listening == {"127.0.0.1"}, f"embedded workers listen on {listening}"
     pool.close()
     pool.join()
@@ -198,6 +205,8 @@ def test_launched_cluster_restarts_and_kills_its_workers(tmp_path, capsys):
         worker = start_process([*command, "LaunchWorker", "--nworkers", "1", "--address", address], tmp_path / "w.log")
         with Client(address, set_as_default=False, timeout=STARTUP_SECONDS) as client:
             client.wait_for_workers(1, timeout=STARTUP_SECONDS)
+        listening = _listening_hosts([broker.pid, worker.pid])
+        assert listening == {"127.0.0.1"}, f"LaunchBroker and LaunchWorker listen on {listening}"
         assert RunMain(["RestartWorkers", "--address", address]) == 0
         assert "restarted 1 of 1 workers" in capsys.readouterr().out
         assert RunMain(["KillWorkers", "--address", address]) == 0

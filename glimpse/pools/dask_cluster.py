@@ -138,8 +138,8 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _launch_broker(args: argparse.Namespace) -> int:
-    command = ["distributed.cli.dask_scheduler", "--host", args.host, "--port", str(args.port), "--no-dashboard"]
-    return _run_foreground(command)
+    command = ["distributed.cli.dask_scheduler", "--host", args.host, "--port", str(args.port)]
+    return _run_foreground([*command, *_no_dashboard(args.host)])
 
 
 def _launch_worker(args: argparse.Namespace) -> int:
@@ -147,7 +147,7 @@ def _launch_worker(args: argparse.Namespace) -> int:
         raise ValueError(f"--nworkers must be at least 1, not {args.nworkers}")
     address, _ = _required_address(args)
     command = ["distributed.cli.dask_worker", address, "--nworkers", str(args.nworkers), "--nthreads", "1"]
-    return _run_foreground([*command, "--host", args.host, "--no-dashboard"])
+    return _run_foreground([*command, "--host", args.host, *_no_dashboard(args.host)])
 
 
 def _ping_workers(args: argparse.Namespace) -> int:
@@ -193,6 +193,11 @@ def _required_address(args: argparse.Namespace) -> tuple[str, str]:
 
 def _cli_client(args: argparse.Namespace) -> Client:
     return _connect(*_required_address(args))
+
+
+def _no_dashboard(host: str) -> list[str]:
+    # Without a dashboard Dask still serves /health on the dashboard address, all interfaces by default.
+    return ["--no-dashboard", "--dashboard-address", f"{host}:0"]
 
 
 def _run_foreground(module_args: list[str]) -> int:

@@ -14,6 +14,8 @@ POOLS = {"dask-embedded": "dask_embedded_pool", "dask-external": "dask_external_
 LIMITS: dict[str, set[str]] = {}
 
 STARTUP_SECONDS = 60.0
+# Without a dashboard Dask still serves /health on the dashboard address, all interfaces by default.
+NO_DASHBOARD = ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
 
 
 @dataclass
@@ -39,7 +41,7 @@ def start_dask_cluster(log_dir: Path, nworkers: int = 2) -> DaskCluster:
     log_dir.mkdir(parents=True, exist_ok=True)
     scheduler_log = log_dir / "scheduler.log"
     scheduler = start_process(
-        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), *NO_DASHBOARD],
         scheduler_log,
     )
     cluster = DaskCluster(address, scheduler, [], log_dir)
@@ -49,7 +51,7 @@ def start_dask_cluster(log_dir: Path, nworkers: int = 2) -> DaskCluster:
             cluster.workers.append(
                 start_process(
                     [sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--host", "127.0.0.1"]
-                    + ["--no-dashboard", "--name", f"worker-{n}"],
+                    + [*NO_DASHBOARD, "--name", f"worker-{n}"],
                     log_dir / f"worker-{n}.log",
                 )
             )
