@@ -13,6 +13,7 @@ import threading
 import time
 import warnings
 from collections.abc import Collection
+from concurrent.futures import CancelledError
 
 from distributed import Client, Future, KilledWorker, Variable, get_client, get_worker, rejoin, secede
 from distributed.threadpoolexecutor import thread_state as pool_thread
@@ -88,14 +89,15 @@ class DaskBackend(Backend):
         return [f for f in handles if f.done()]
 
     def outcome(self, handle: Future) -> bytes:
-        if handle.status == "finished":
+        # run_pickled_chunk never raises: an exception here is Dask's own.
+        try:
             return handle.result()
-        if handle.status == "error":
-            error = handle.exception()
-            if isinstance(error, KilledWorker):
-                raise WorkerLost(str(error).rstrip("."))
-            raise error
-        raise WorkerLost(f"Dask {handle.status} task {handle.key!r} (its worker or its data was lost)")
+        except KilledWorker as lost:
+            raise WorkerLost(str(lost).rstrip(".")) from None
+        except CancelledError as cancelled:
+            # Not by us (we never ask for the outcome of a chunk we cancelled): Client.restart, or
+            # the connection to the scheduler was lost.
+            raise WorkerLost(f"Dask cancelled the task: {cancelled}".rstrip(".")) from None
 
     def cancel(self, handles: Collection[Future]) -> None:
         futures = [f for f in handles if not f.done()]
