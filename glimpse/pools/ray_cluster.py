@@ -116,10 +116,11 @@ def _start_embedded(init_kwargs: dict) -> None:
 
 
 def _connect(address: str, source: str, init_kwargs: dict) -> None:
-    local = address != "auto" and _on_this_machine(_host_port(address)[0])
-    if local:
-        _use_local_token()
+    # `auto` is the cluster `ray start` last started on this machine; ray.init finds its token itself.
+    local = address == "auto" or _on_this_machine(_host_port(address)[0])
     if address != "auto":
+        if local:
+            _use_local_token()
         _probe(address, source)
     try:
         with _loopback_kept() if local else contextlib.nullcontext():

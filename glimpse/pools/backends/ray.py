@@ -73,6 +73,8 @@ class RayBackend(Backend):
             # run_pickled_chunk never raises, so this is Ray's own failure around the task.
             if isinstance(error, _LOST) or isinstance(error.cause, _LOST):
                 raise WorkerLost(_describe_loss(error)) from None
+            if error.cause is None:
+                raise
             raise error.cause from RemoteTraceback(str(error))
         except _LOST as error:
             raise WorkerLost(_describe_loss(error)) from None
