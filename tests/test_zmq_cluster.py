@@ -19,6 +19,7 @@ pytest.importorskip("zmq")
 psutil = pytest.importorskip("psutil")
 
 from glimpse.pools import ClusterConnectionError, cli  # noqa: E402
+from glimpse.pools.backends import zmq_protocol  # noqa: E402
 from glimpse.pools.backends.zmq import ZmqBackend  # noqa: E402
 from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool, RunMain  # noqa: E402
 
@@ -140,6 +141,17 @@ def test_broker_death_mid_call_is_a_clear_error(small_cluster, tmp_path):
         next(results)
     assert time.monotonic() - killed_at < 30
     pool.close()
+
+
+def test_pool_idle_longer_than_the_broker_timeout_still_works(zmq_external_cluster, monkeypatch, tmp_path):
+    monkeypatch.setattr(zmq_protocol, "BROKER_TIMEOUT_SECONDS", 1.0)
+    with MakePool(zmq_external_cluster.address) as pool:
+        assert pool.map(helpers.times_ten, [1]) == [10]
+        time.sleep(1.5)
+        results = pool.imap(helpers.times_ten, range(4), chunksize=1)
+        assert next(results) == 0
+        time.sleep(1.5)
+        assert list(results) == [10, 20, 30], "a slow consumer was mistaken for a dead broker"
 
 
 def test_broker_restarted_mid_call_gets_the_chunks_again(small_cluster, tmp_path):

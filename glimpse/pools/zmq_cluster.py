@@ -1,8 +1,9 @@
 """Pools on a glimpse ZeroMQ cluster: ``MakePool`` connects to or starts one, ``RunMain`` runs
 ``glimpse-cluster --type zmq``.
 
-A cluster is one broker (one port, 127.0.0.1 unless told otherwise) that pools and workers
-connect to. Where a pool runs, first that applies: the ``address`` argument;
+A cluster is one broker listening on one port (127.0.0.1 unless told otherwise); pools and
+workers both connect to it, and the messages they send tell them apart (see
+``backends/zmq_protocol.py``). Where a pool runs, first that applies: the ``address`` argument;
 ``$GLIMPSE_ZMQ_ADDRESS``; else an embedded broker and one worker per core that the pool starts
 and ends.
 """
@@ -110,14 +111,18 @@ def _address_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _embedded_options(parser: argparse.ArgumentParser) -> None:
-    # Used by the embedded cluster of a pool, not by people.
+    # --exit-with-parent is for the embedded cluster of a pool, so it is not in --help.
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
 
 
 def _broker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default 127.0.0.1); whoever reaches the broker can run code on its workers",
+    )
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     _embedded_options(parser)
 

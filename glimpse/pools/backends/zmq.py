@@ -69,6 +69,7 @@ class ZmqBackend(Backend):
         self._counted_at = 0.0
         self._heard_at = time.monotonic()
         self._pinged_at = 0.0
+        self._unanswered_since: float | None = None
         self._replies: dict[bytes, list] = {}
         self._warned = False
         self._connect()
@@ -194,17 +195,22 @@ class ZmqBackend(Backend):
         return self._replies.pop(reply)
 
     def _check_broker(self) -> None:
-        """Ping a broker that has been quiet; raise if it stayed silent too long."""
+        """Ping a broker that has been quiet; raise if pings stayed unanswered too long.
+
+        Silence counts from the first unanswered ping, not from the last message, so a consumer
+        that takes long between results (or a pool idle between calls) is not mistaken for a dead broker.
+        """
         now = time.monotonic()
-        silent = now - self._heard_at
-        if silent > p.BROKER_TIMEOUT_SECONDS:
+        if self._unanswered_since is not None and now - self._unanswered_since > p.BROKER_TIMEOUT_SECONDS:
             raise ClusterConnectionError(
-                f"the glimpse zmq broker at {self.address} stopped answering ({silent:.0f} s without a reply) "
-                f"while {len(self._jobs)} chunks were out; it was stopped or is unreachable. "
-                "Restart it (and its workers) and run the call again."
+                f"the glimpse zmq broker at {self.address} stopped answering "
+                f"({now - self._unanswered_since:.0f} s without a reply) while {len(self._jobs)} chunks were out; "
+                "it was stopped or is unreachable. Restart it (and its workers) and run the call again."
             )
-        if silent > p.HEARTBEAT_SECONDS and now - self._pinged_at > p.HEARTBEAT_SECONDS:
+        if now - self._heard_at > p.HEARTBEAT_SECONDS and now - self._pinged_at > p.HEARTBEAT_SECONDS:
             self._pinged_at = now
+            if self._unanswered_since is None:
+                self._unanswered_since = now
             self._send(p.PING, p.number(self._last_number))
 
     def _ping_and_wait(self) -> None:
@@ -229,6 +235,7 @@ class ZmqBackend(Backend):
             except zmq.Again:
                 return
             self._heard_at = time.monotonic()
+            self._unanswered_since = None
             if kind == p.DONE:
                 job = self._jobs.pop(frames[0], None)
                 if job is not None:
