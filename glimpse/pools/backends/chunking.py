@@ -35,8 +35,9 @@ class FixedSize:
 class AdaptiveSize:
     """Chunks grow until one takes about ``target`` seconds, and shrink if items get slower.
 
-    When the input length is known, a chunk never takes more than a quarter of one worker's
-    share of the remaining items, so the work stays balanced to the end.
+    When the input length is known, a chunk takes no more than a quarter of one worker's share
+    of the remaining items (but at least a quarter of the ideal size), so the work stays
+    balanced to the end without a tail of tiny chunks.
     """
 
     def __init__(self, target: float, workers: int):
@@ -47,9 +48,11 @@ class AdaptiveSize:
     def next_size(self, remaining: int | None) -> int:
         if self.seconds_per_item is None:
             return 1
-        size = int(self.target / max(self.seconds_per_item, 1e-9))
+        ideal = int(self.target / max(self.seconds_per_item, 1e-9))
+        size = ideal
         if remaining is not None:
-            size = min(size, math.ceil(remaining / (4 * self.workers)))
+            # Near the end, shrink for balance, but never below a quarter of the ideal chunk.
+            size = min(ideal, max(math.ceil(remaining / (4 * self.workers)), ideal // 4))
         return max(1, min(size, _MAX_CHUNK))
 
     def observe(self, count: int, seconds: float) -> None:
