@@ -1,0 +1,236 @@
+"""The backend of IPython parallel pools: chunks are tasks of an ipyparallel load-balanced view.
+
+The pickled function is pushed once per call to every engine under a per-call name (and to an
+engine that joins later), and each chunk refers to it with ``ipyparallel.Reference``. An engine
+that died while running a chunk (``EngineError``) loses that chunk; a cancelled chunk is aborted
+if queued, and the engine running it gets SIGINT (through the engine's nanny), which ends it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import re
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ipyparallel
+from ipyparallel import error as ipp_error
+
+from glimpse.pools.backends.base import Backend, Call, ChunkTask, WorkerLost
+from glimpse.pools.backends.chunks import run_pickled_chunk
+from glimpse.pools.errors import RemoteError, RemoteTraceback
+
+log = logging.getLogger(__name__)
+
+#: How long cancel() waits to learn which engines run the chunks it interrupts.
+LOCATE_SECONDS = 2.0
+#: How long sending a call's function waits for engines to acknowledge it.
+PUSH_SECONDS = 2.0
+_MAX_RESENDS = 5
+
+
+@dataclass
+class _Shared:
+    """A call's function as pushed to engines: its name there, and the engines that have it."""
+
+    name: str
+    blob: bytes
+    engines: set[int] = field(default_factory=set)
+
+
+class IPythonBackend(Backend):
+    """Runs chunks on the engines of an ipyparallel ``Client``.
+
+    ``on_close`` releases what the pool owns (its client, its embedded cluster); ``heal`` is
+    called often and after a lost engine, so an owned cluster can replace dead engines.
+    """
+
+    chunk_seconds = 0.1
+
+    def __init__(self, client, on_close: Callable[[], None] = lambda: None, heal: Callable[[], None] | None = None):
+        self._client = client
+        self._view = client.load_balanced_view()
+        self._on_close = on_close
+        self._heal = heal
+        self._shared: dict[str, _Shared] = {}
+        self._cancelled: set = set()
+        self._engine_ids: dict[str, int] = {}
+
+    def workers(self) -> int:
+        return max(1, len(self._client.ids))
+
+    def share(self, call: Call) -> ipyparallel.Reference:
+        shared = self._shared[call.id] = _Shared(f"_glimpse_function_{call.id}", call.blob)
+        self._remember_engines()
+        self._push(shared, set(self._client.ids))
+        return ipyparallel.Reference(shared.name)
+
+    def release(self, call: Call) -> None:
+        shared = self._shared.pop(call.id, None)
+        engines = sorted(shared.engines & set(self._client.ids)) if shared else []
+        view = self._view_of(engines)
+        if view is not None:
+            view.execute(f"globals().pop({shared.name!r}, None)", block=False)
+
+    def submit(self, call: Call, task: ChunkTask) -> _Chunk:
+        chunk = _Chunk(self._shared[call.id], (call.id, call.ref, task.payload, task.start))
+        chunk.future = self._send(chunk)
+        return chunk
+
+    def wait(self, handles, timeout: float) -> list[_Chunk]:
+        if self._heal is not None:
+            self._heal()
+        if self._cancelled:
+            self._interrupt_cancelled()
+        self._remember_engines()
+        engines = set(self._client.ids)
+        for shared in self._shared.values():
+            self._push(shared, engines)
+        chunks = {chunk.future: chunk for chunk in handles}
+        done, _ = concurrent.futures.wait(chunks, timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+        finished = []
+        for future in done:
+            chunk = chunks[future]
+            engine = _engine_without_function(chunk)
+            if engine is None or chunk.resends >= _MAX_RESENDS:
+                finished.append(chunk)
+                continue
+            # An engine that registered after the function was pushed took the chunk first.
+            self._push(chunk.shared, {engine}, again=True)
+            chunk.resends += 1
+            chunk.future = self._send(chunk)
+        return finished
+
+    def outcome(self, handle: _Chunk) -> bytes:
+        try:
+            return handle.future.result()
+        except ipp_error.CompositeError as exc:
+            raise self._engine_failure(exc.elist[0] if exc.elist else exc) from None
+        except (ipp_error.RemoteError, ipp_error.EngineError) as exc:
+            raise self._engine_failure(exc) from None
+        finally:
+            self._forget(handle.future)
+
+    def cancel(self, handles) -> None:
+        futures = [chunk.future for chunk in handles if not chunk.future.done()]
+        if not futures:
+            return
+        with contextlib.suppress(ipp_error.NoEnginesRegistered):
+            self._client.abort([msg_id for future in futures for msg_id in future.msg_ids], block=False)
+        self._cancelled.update(futures)
+        deadline = time.monotonic() + LOCATE_SECONDS
+        while self._interrupt_cancelled() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._on_close()
+
+    def _send(self, chunk: _Chunk):
+        return self._view.apply_async(run_pickled_chunk, *chunk.args)
+
+    def _engine_failure(self, exc: BaseException) -> BaseException:
+        """A lost engine becomes WorkerLost; anything else is the engine's own error, explained."""
+        name = getattr(exc, "ename", type(exc).__name__)
+        engine = _engine_named_by(exc, self._engine_ids)
+        if name == "EngineError" or isinstance(exc, ipp_error.EngineError):
+            if self._heal is not None:
+                self._heal()
+            return WorkerLost(f"ipyparallel engine {engine} died while running it")
+        message = str(getattr(exc, "evalue", exc))
+        failure = RemoteError(
+            f"ipyparallel engine {engine} could not run glimpse's chunk runner: {name}: {message} "
+            "(are glimpse-pools and its dependencies installed where the engines run?)"
+        )
+        failure.__cause__ = RemoteTraceback(getattr(exc, "traceback", None) or str(exc))
+        return failure
+
+    def _push(self, shared: _Shared, engines: set[int], again: bool = False) -> None:
+        """Send the function and wait (briefly) until the engines have it.
+
+        The push and the chunks travel through different schedulers, so a chunk sent before the
+        push is acknowledged can overtake it. An engine busy for longer than the wait takes the
+        push before its next chunk; a chunk that still overtakes it is sent again by :meth:`wait`.
+        """
+        view = self._view_of(engines if again else engines - shared.engines)
+        if view is not None:
+            view.push({shared.name: shared.blob}, block=False).wait(PUSH_SECONDS)
+            shared.engines.update(view.targets)
+
+    def _interrupt_cancelled(self) -> bool:
+        """SIGINT the engines now running cancelled chunks; whether some are not located yet.
+
+        ``abort()`` only stops queued tasks. SIGINT (sent by the engine's nanny) raises
+        KeyboardInterrupt in the running chunk, which then ends at once.
+        """
+        engines = set()
+        for future in list(self._cancelled):
+            engine = None if future.done() else self._client.metadata.get(future.msg_ids[0], {}).get("engine_id")
+            if future.done() or engine is not None:
+                self._cancelled.discard(future)
+            if engine is not None:
+                engines.add(engine)
+        view = self._view_of(engines)
+        if view is not None:
+            self._client.send_signal(signal.SIGINT, targets=view.targets, block=False)
+        return bool(self._cancelled)
+
+    def _view_of(self, engines):
+        """A direct view on those of ``engines`` still registered, or ``None`` if none is."""
+        for _ in range(3):
+            live = sorted(set(engines) & set(self._client.ids))
+            if not live:
+                return None
+            try:
+                return self._client[live]
+            except (KeyError, IndexError, ipp_error.NoEnginesRegistered):
+                continue  # an engine unregistered between the two looks
+        return None
+
+    def _remember_engines(self) -> None:
+        # A dead engine's id is gone from the client when its loss is reported; keep the names.
+        self._engine_ids.update({uuid: engine for engine, uuid in dict(self._client._engines).items()})
+
+    def _forget(self, future) -> None:
+        """Drop a read chunk's result from the client's caches, which otherwise grow forever."""
+        if future.ready():
+            self._client.purge_local_results(jobs=future.msg_ids)
+
+
+class _Chunk:
+    """A submitted chunk: its arguments, its current ipyparallel task, and its re-sends."""
+
+    __slots__ = ("shared", "args", "future", "resends")
+
+    def __init__(self, shared: _Shared, args: tuple):
+        self.shared, self.args = shared, args
+        self.future = None
+        self.resends = 0
+
+
+def _engine_without_function(chunk: _Chunk) -> int | None:
+    """The engine that failed the chunk for want of the call's function, if that is what happened."""
+    exc = chunk.future.exception()
+    if isinstance(exc, ipp_error.RemoteError) and exc.ename == "NameError" and chunk.shared.name in str(exc.evalue):
+        engine = (exc.engine_info or {}).get("engine_id")
+        return engine if isinstance(engine, int) else None
+    return None
+
+
+def _engine_named_by(exc: BaseException, engine_ids: dict[str, int]) -> str:
+    info = getattr(exc, "engine_info", None) or {}
+    uuid = info.get("engine_uuid") or _uuid_in(str(getattr(exc, "evalue", "")))
+    engine = info.get("engine_id")
+    if engine is None:
+        engine = engine_ids.get(uuid)
+    if engine is not None:
+        return f"{engine}" + (f" ({uuid})" if uuid else "")
+    return uuid or "(unknown)"
+
+
+def _uuid_in(message: str) -> str | None:
+    found = re.search(r"Engine b?'([0-9a-f-]+)'", message)
+    return found.group(1) if found else None
