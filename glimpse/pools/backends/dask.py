@@ -34,8 +34,9 @@ _FETCH_TIMEOUT_SECONDS = 10.0
 class DaskBackend(Backend):
     """Runs chunks as futures of ``client``; closes ``client`` (and ``cluster``) only if it owns them."""
 
-    # Dask's per-task cost is about a millisecond (scheduler plus the result's round trip).
-    chunk_seconds = 0.1
+    # A chunk costs Dask a few round trips (submit, finish, fetch the result): milliseconds to tens
+    # of milliseconds on a loaded machine, and the window (below) does not hide them.
+    chunk_seconds = 0.2
     # Dask already re-runs a task whose worker died, up to distributed.scheduler.allowed-failures
     # times; one more attempt of ours covers a chunk that only sat queued on dying workers.
     max_attempts = 2
