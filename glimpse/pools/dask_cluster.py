@@ -49,7 +49,13 @@ class DaskPool(Pool):
         **kwargs: Passed to ``LocalCluster`` for an embedded cluster, else to ``Client``.
 
     A pool pickles to its scheduler's address: a copy unpickled in another process or in a
-    task connects to the same scheduler and never shuts down a cluster it did not start.
+    task connects to the same scheduler and never shuts down a cluster it did not start (used
+    in a task, it leaves the worker's thread pool while it waits, as ``worker_client`` does).
+
+    Leaving ``imap`` early cancels its pending chunks; Dask cannot interrupt a running task, so
+    a worker still running a cancelled chunk a second later is restarted through its nanny.
+    Like ``multiprocessing``, the embedded cluster imports the main module in its workers: a
+    script makes the pool under ``if __name__ == "__main__":``.
     """
 
     def __init__(self, address: str | None = None, client: Client | None = None, **kwargs):
@@ -90,7 +96,7 @@ def _local_cluster(kwargs: dict) -> LocalCluster:
         return LocalCluster(**{**options, **kwargs})
     except RuntimeError as exc:
         raise RuntimeError(
-            f"could not start the embedded Dask cluster: {exc}. Dask starts its worker processes with "
+            f"could not start the embedded Dask cluster: {str(exc).rstrip('.')}. Dask starts its worker processes with "
             "multiprocessing's spawn, which imports the main module again: if your script makes the pool "
             'at import time, move that code under `if __name__ == "__main__":`.'
         ) from exc
