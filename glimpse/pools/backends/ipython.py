@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 #: How long cancel() waits to learn which engines run the chunks it interrupts.
 LOCATE_SECONDS = 2.0
-#: How long sending a call's function waits for engines to acknowledge it.
-PUSH_SECONDS = 2.0
 _MAX_RESENDS = 5
 
 
@@ -149,16 +147,19 @@ class IPythonBackend(Backend):
         return failure
 
     def _push(self, shared: _Shared, engines: set[int], again: bool = False) -> None:
-        """Send the function and wait (briefly) until the engines have it.
+        """Send the function to each engine as a task of the load-balanced view bound to it.
 
-        The push and the chunks travel through different schedulers, so a chunk sent before the
-        push is acknowledged can overtake it. An engine busy for longer than the wait takes the
-        push before its next chunk; a chunk that still overtakes it is sent again by :meth:`wait`.
+        The task scheduler hands an engine its tasks in the order they were submitted, so every
+        chunk submitted after this reaches an engine after the function does; no need to wait.
+        (``DirectView.push`` goes through another scheduler, and chunks could overtake it.)
+        Only an engine that registers later can take an older chunk first: :meth:`wait` sends
+        that chunk again.
         """
-        view = self._view_of(engines if again else engines - shared.engines)
-        if view is not None:
-            view.push({shared.name: shared.blob}, block=False).wait(PUSH_SECONDS)
-            shared.engines.update(view.targets)
+        live = set(self._client.ids)
+        for engine in sorted((engines if again else engines - shared.engines) & live):
+            with self._view.temp_flags(targets=[engine]):
+                self._view.apply_async(_store, shared.name, shared.blob)
+            shared.engines.add(engine)
 
     def _interrupt_cancelled(self) -> bool:
         """SIGINT the engines now running cancelled chunks; whether some are not located yet.
@@ -209,6 +210,13 @@ class _Chunk:
         self.shared, self.args = shared, args
         self.future = None
         self.resends = 0
+
+
+def _store(name: str, blob: bytes) -> None:
+    """On an engine: keep a call's pickled function where ``ipyparallel.Reference`` looks."""
+    from IPython import get_ipython
+
+    get_ipython().user_ns[name] = blob
 
 
 def _engine_without_function(chunk: _Chunk) -> int | None:

@@ -116,12 +116,25 @@ def _stop(cluster, profile_dir: str) -> None:
     """End the controller's and every engine's process group (each guard leads one), then the files."""
     processes = [launcher.process for launcher in _all_launchers(cluster) if getattr(launcher, "process", None)]
     groups = [process.pid for process in processes]
+    # Each engine's nanny runs in a session of its own: end it as a descendant of the guard.
+    for process in _descendants(processes):
+        with contextlib.suppress(Exception):
+            if os.getpgid(process.pid) not in groups:
+                process.terminate()
     _signal_groups(groups, signal.SIGTERM)
     deadline = time.monotonic() + _STOP_GRACE_SECONDS
     while time.monotonic() < deadline and any(_group_alive(pgid, processes) for pgid in groups):
         time.sleep(0.1)
     _signal_groups(groups, signal.SIGKILL)
     shutil.rmtree(profile_dir, ignore_errors=True)
+
+
+def _descendants(processes: list) -> list:
+    found = []
+    for process in processes:
+        with contextlib.suppress(Exception):
+            found.extend(process.children(recursive=True))
+    return found
 
 
 def _all_launchers(cluster) -> list:

@@ -1,0 +1,91 @@
+"""IPython parallel pools against ipyparallel's own LoadBalancedView.map_sync, side by side in one run.
+
+    python benchmarks/bench_ipython.py [--quick] [--engines N]
+
+Both run on the same engines (one embedded cluster, or the one ``MakePool()`` finds). Rows:
+tiny items through glimpse ``map`` and ``imap_unordered(chunksize=None)`` against ``map_sync``
+with its default chunking (goal: ratio >= 10) and with the best chunksize found by trying
+several (goal: ratio >= 1); ratio = ipyparallel time / glimpse time. Then CPU-bound efficiency,
+serial time / (engines x wall time) (goal >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from glimpse.pools.ipython_cluster import MakePool
+
+CHUNKSIZES = (100, 500, 1000, 2500, 5000, 10000)
+
+
+def tiny(x):
+    return x + 1
+
+
+def busy(n):
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def best_of(repeats: int, run) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def measure_tiny(pool, view, items: int, repeats: int) -> list[tuple[str, float, float]]:
+    data = list(range(items))
+    expected = [x + 1 for x in data]
+    assert pool.map(tiny, data) == expected and view.map_sync(tiny, data[:100]) == expected[:100]
+    ours_map = best_of(repeats, lambda: pool.map(tiny, data))
+    ours_unordered = best_of(repeats, lambda: list(pool.imap_unordered(tiny, data)))
+    default = best_of(1, lambda: view.map_sync(tiny, data))
+    tried = {size: best_of(repeats, lambda size=size: view.map_sync(tiny, data, chunksize=size)) for size in CHUNKSIZES}
+    best_size = min(tried, key=tried.get)
+    return [
+        ("tiny map vs map_sync (default chunks)", default, ours_map),
+        ("tiny imap_unordered vs map_sync (default)", default, ours_unordered),
+        (f"tiny map vs map_sync (chunksize={best_size})", tried[best_size], ours_map),
+        (f"tiny imap_unordered vs map_sync ({best_size})", tried[best_size], ours_unordered),
+    ]
+
+
+def measure_efficiency(pool, view, engines: int, tasks: int, work: int) -> tuple[float, float]:
+    data = [work] * tasks
+    serial = best_of(1, lambda: [busy(n) for n in data])
+    theirs = best_of(1, lambda: view.map_sync(busy, data))
+    ours = best_of(1, lambda: pool.map(busy, data))
+    return serial / (engines * theirs), serial / (engines * ours)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer items, one repeat")
+    args = parser.parse_args()
+    items, repeats, tasks, work = (5_000, 1, 16, 1_000_000) if args.quick else (20_000, 3, 32, 2_000_000)
+
+    pool = MakePool()
+    try:
+        view = pool.client.load_balanced_view()
+        engines = len(pool.client.ids)
+        print(f"glimpse IPythonPool vs ipyparallel LoadBalancedView, {engines} engines, {items} tiny items")
+        print(f"Python {sys.version.split()[0]}")
+        print(f"{'measure':<46} {'ipyparallel s':>13} {'glimpse s':>10} {'ratio':>8}")
+        for name, theirs, ours in measure_tiny(pool, view, items, repeats):
+            print(f"{name:<46} {theirs:>13.3f} {ours:>10.3f} {theirs / ours:>8.1f}")
+        theirs_eff, ours_eff = measure_efficiency(pool, view, engines, tasks, work)
+        print(f"{'CPU-bound efficiency (goal >= 0.9)':<46} {theirs_eff:>13.2f} {ours_eff:>10.2f}")
+    finally:
+        pool.close()
+        pool.join()
+
+
+if __name__ == "__main__":
+    main()
