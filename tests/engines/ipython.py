@@ -75,6 +75,14 @@ def isolated_ipython_dir(root: Path) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _ipython_dir_of_the_session(tmp_path_factory) -> Iterator[None]:
+    """Keep IPython (and the engines and controllers tests start) out of ~/.ipython."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipython-home")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def ipython_embedded_pool(tmp_path_factory):
     pytest.importorskip("ipyparallel")

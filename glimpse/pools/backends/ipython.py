@@ -3,7 +3,7 @@
 The pickled function is pushed once per call to every engine under a per-call name (and to an
 engine that joins later), and each chunk refers to it with ``ipyparallel.Reference``. An engine
 that died while running a chunk (``EngineError``) loses that chunk; a cancelled chunk is aborted
-if queued, and the engine running it gets SIGINT (through the engine's nanny), which ends it.
+if queued, and the engine running it gets SIGUSR2 (through the engine's nanny), which ends it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from glimpse.pools.errors import RemoteError, RemoteTraceback
 
 log = logging.getLogger(__name__)
 
+#: The signal that interrupts a cancelled chunk on its engine (ignored by engines outside chunks).
+INTERRUPT_SIGNAL = "SIGUSR2"
 #: How long cancel() waits to learn which engines run the chunks it interrupts.
 LOCATE_SECONDS = 2.0
 _MAX_RESENDS = 5
@@ -128,7 +130,7 @@ class IPythonBackend(Backend):
         self._on_close()
 
     def _send(self, chunk: _Chunk):
-        return self._view.apply_async(run_pickled_chunk, *chunk.args)
+        return self._view.apply_async(_run_interruptibly, *chunk.args)
 
     def _engine_failure(self, exc: BaseException) -> BaseException:
         """A lost engine becomes WorkerLost; anything else is the engine's own error, explained."""
@@ -162,9 +164,9 @@ class IPythonBackend(Backend):
             shared.engines.add(engine)
 
     def _interrupt_cancelled(self) -> bool:
-        """SIGINT the engines now running cancelled chunks; whether some are not located yet.
+        """Signal the engines now running cancelled chunks; whether some are not located yet.
 
-        ``abort()`` only stops queued tasks. SIGINT (sent by the engine's nanny) raises
+        ``abort()`` only stops queued tasks. The signal (sent by the engine's nanny) raises
         KeyboardInterrupt in the running chunk, which then ends at once.
         """
         engines = set()
@@ -176,7 +178,7 @@ class IPythonBackend(Backend):
                 engines.add(engine)
         view = self._view_of(engines)
         if view is not None:
-            self._client.send_signal(signal.SIGINT, targets=view.targets, block=False)
+            self._client.send_signal(INTERRUPT_SIGNAL, targets=view.targets, block=False)
         return bool(self._cancelled)
 
     def _view_of(self, engines):
@@ -213,10 +215,33 @@ class _Chunk:
 
 
 def _store(name: str, blob: bytes) -> None:
-    """On an engine: keep a call's pickled function where ``ipyparallel.Reference`` looks."""
+    """On an engine: keep a call's pickled function where ``ipyparallel.Reference`` looks.
+
+    It runs before any chunk of the call on that engine, so it also makes the engine ignore
+    the interrupt signal outside chunks.
+    """
     from IPython import get_ipython
 
     get_ipython().user_ns[name] = blob
+    _set_interrupt_handler(signal.SIG_IGN)
+
+
+def _run_interruptibly(call_id: str, func_blob: bytes, payload: bytes, start: int) -> bytes:
+    """On an engine: run a chunk, turning the interrupt signal into KeyboardInterrupt meanwhile.
+
+    Not SIGINT: a SIGINT that lands in the engine's own code, just before or after the chunk,
+    is caught by the kernel and the task never replies (so the scheduler never frees the engine).
+    """
+    _set_interrupt_handler(signal.default_int_handler)
+    try:
+        return run_pickled_chunk(call_id, func_blob, payload, start)
+    finally:
+        _set_interrupt_handler(signal.SIG_IGN)
+
+
+def _set_interrupt_handler(handler) -> None:
+    with contextlib.suppress(ValueError, AttributeError, OSError):  # not the main thread, or no SIGUSR2
+        signal.signal(getattr(signal, INTERRUPT_SIGNAL), handler)
 
 
 def _engine_without_function(chunk: _Chunk) -> int | None:
