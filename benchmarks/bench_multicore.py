@@ -89,9 +89,13 @@ def measure_efficiency(processes: int, tasks: int, work: int) -> tuple[float, fl
     return serial / (processes * mp_wall), serial / (processes * our_wall)
 
 
-def peak_memory_mb(which: str, items: int, processes: int) -> float:
+def peak_memory_mb(which: str, items: int, processes: int, slow_consumer: bool) -> float:
+    """Peak RSS of a fresh process that runs ``imap`` over a generator of ``items`` items.
+
+    A slow consumer (a pause every 1,000 results) is where an unbounded pool piles up results.
+    """
     code = f"""
-import resource, multiprocessing
+import resource, multiprocessing, time
 from glimpse.pools import MulticorePool
 def f(x):
     return x
@@ -100,6 +104,8 @@ if __name__ == "__main__":
     n = 0
     for _ in pool.imap(f, (i for i in range({items})), chunksize=64 if {which!r} == "multiprocessing" else None):
         n += 1
+        if {slow_consumer} and n % 1000 == 0:
+            time.sleep(0.002)
     assert n == {items}
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     pool.terminate()
@@ -121,11 +127,11 @@ def main() -> None:
         print(f"{name + f' ({items} items)':<36} {theirs:>15.3f}s {ours:>9.3f}s {theirs / ours:>7.2f}x")
     mp_eff, our_eff = measure_efficiency(args.processes, 8 * args.processes, 2_000_000 if not args.quick else 500_000)
     print(f"{'CPU-bound efficiency':<36} {mp_eff:>16.2f} {our_eff:>10.2f} {our_eff / mp_eff:>7.2f}x")
-    mp_mem = peak_memory_mb("multiprocessing", memory_items, args.processes)
-    our_mem = peak_memory_mb("glimpse", memory_items, args.processes)
-    print(
-        f"{f'imap peak RSS MB ({memory_items} items)':<36} {mp_mem:>16.0f} {our_mem:>10.0f} {mp_mem / our_mem:>7.2f}x"
-    )
+    for slow in (False, True):
+        name = f"imap peak RSS MB, {'slow' if slow else 'fast'} consumer ({memory_items} items)"
+        mp_mem = peak_memory_mb("multiprocessing", memory_items, args.processes, slow)
+        our_mem = peak_memory_mb("glimpse", memory_items, args.processes, slow)
+        print(f"{name:<36} {mp_mem:>16.0f} {our_mem:>10.0f} {mp_mem / our_mem:>7.2f}x")
     print(
         f"(ratio = multiprocessing / glimpse for times and memory, glimpse / multiprocessing for efficiency; "
         f"self RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB)"

@@ -15,7 +15,7 @@ import cloudpickle
 from glimpse.pools.backends.base import ChunkTask
 from glimpse.pools.errors import SerializationError
 
-_MAX_CHUNK = 100_000
+_MAX_CHUNK = 10_000
 _SMOOTHING = 0.3
 
 
