@@ -8,18 +8,15 @@ worker; and a cancelled chunk's worker is killed and replaced, so it is free at 
 from __future__ import annotations
 
 import os
-import pickle
-import signal
-import subprocess
-import sys
 import time
 import weakref
 from collections import deque
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 
 import cloudpickle
 
 from glimpse.pools.backends.base import Backend, Call, ChunkTask, WorkerLost
+from glimpse.pools.backends.worker_process import WorkerProcess
 
 _EXIT_GRACE_SECONDS = 5.0
 
@@ -80,9 +77,8 @@ class ProcessBackend(Backend):
             remaining = deadline - time.monotonic()
             if done or remaining <= 0:
                 return done
-            busy = {worker.outbox: worker for worker in self._workers if worker.job is not None}
-            for ready in wait(list(busy), remaining):
-                self._collect(busy[ready])
+            for ready in wait([worker for worker in self._workers if worker.job is not None], remaining):
+                self._collect(ready)
             self._dispatch()
 
     def outcome(self, handle: Job) -> bytes:
@@ -135,15 +131,15 @@ class ProcessBackend(Backend):
             blob = None if worker.last_call == call.id else call.ref
             worker.job, job.worker, worker.last_call = job, worker, call.id
             if not worker.send(("chunk", call.id, blob, job.task.payload, job.task.start)):
-                job.lost = f"{worker.describe_death()} before it took {job.task.describe()}"
+                job.lost = f"worker {worker.describe_death()} before it took {job.task.describe()}"
                 self._retire(worker, kill=True)
 
     def _collect(self, worker: _Worker) -> None:
         job = worker.job
         try:
-            job.result = worker.outbox.recv_bytes()
+            job.result = worker.receive()
         except (EOFError, OSError):
-            job.lost = f"{worker.describe_death()} while running {job.task.describe()}"
+            job.lost = f"worker {worker.describe_death()} while running {job.task.describe()}"
             self._retire(worker, kill=True)
             return
         worker.job = None
@@ -166,62 +162,13 @@ class ProcessBackend(Backend):
             self._exiting.append(worker)
 
 
-class _Worker:
-    """One worker process and the two pipes to it."""
+class _Worker(WorkerProcess):
+    """A worker process and the chunk it runs."""
 
-    def __init__(self, process: subprocess.Popen, inbox: Connection, outbox: Connection):
-        self.process, self.inbox, self.outbox = process, inbox, outbox
+    def __init__(self, *args):
+        super().__init__(*args)
         self.job: Job | None = None
-        self.last_call: str | None = None
         self.chunks_done = 0
-
-    @classmethod
-    def start(cls, initializer: bytes | None) -> _Worker:
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "glimpse.pools.backends._worker", str(to_child_r), str(from_child_w)],
-                pass_fds=(to_child_r, from_child_w),
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            os.close(to_child_r)
-            os.close(from_child_w)
-        worker = cls(process, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False))
-        worker.send(("setup", initializer))
-        return worker
-
-    def send(self, message: tuple) -> bool:
-        try:
-            self.inbox.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-            return True
-        except OSError:
-            return False
-
-    def describe_death(self) -> str:
-        try:
-            code = self.process.wait(timeout=_EXIT_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            return f"worker pid {self.process.pid} stopped answering"
-        if code < 0:
-            return f"worker pid {self.process.pid} was killed by {signal.Signals(-code).name}"
-        return f"worker pid {self.process.pid} exited with code {code}"
-
-    def stop(self, grace: float) -> None:
-        if grace > 0:
-            self.send(("exit",))
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.inbox.close()
-        self.outbox.close()
 
 
 def _kill_all(*groups: list[_Worker]) -> None:

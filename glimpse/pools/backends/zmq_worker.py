@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 
 import zmq
 
 from glimpse.pools.backends import zmq_protocol as p
+from glimpse.pools.backends.worker_process import WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +83,7 @@ class Slot:
         self.index = index
         self.socket = p.dealer(context, address, self.id)
         self.functions = functions
-        self.process = TaskProcess.start()
+        self.process = WorkerProcess.start()
         self.job: Job | None = None
         self.chunks = 0
         self.welcomed = False
@@ -157,7 +153,7 @@ class Slot:
         job = self.job
         job.running = True
         if not self.process.send(("chunk", job.call.decode(), blob, job.payload, job.start)):
-            self.fail(f"{self.process.describe_death()} before it took the chunk")
+            self.fail(f"its task {self.process.describe_death(2.0)} before it took the chunk")
             self.replace_process()
             return
         self.process.last_call = job.call
@@ -167,7 +163,7 @@ class Slot:
         try:
             outcome = self.process.receive()
         except (EOFError, OSError):
-            self.fail(f"{self.process.describe_death()} while running it")
+            self.fail(f"its task {self.process.describe_death(2.0)} while running it")
             self.replace_process()
             return
         self.send(p.RESULT, self.job.number, outcome)
@@ -185,12 +181,12 @@ class Slot:
         self.job = None
 
     def replace_process(self) -> None:
-        self.process.kill()
-        self.process = TaskProcess.start()
+        self.process.stop()
+        self.process = WorkerProcess.start()
 
     def close(self, reason: str) -> None:
         self.send(p.LEAVING, reason.encode())
-        self.process.kill()
+        self.process.stop()
         self.socket.close(linger=_CLOSE_LINGER_MS)
 
     def send(self, kind: bytes, *frames: bytes) -> None:
@@ -198,63 +194,3 @@ class Slot:
             self.socket.send_multipart([kind, *frames], zmq.NOBLOCK)
         except zmq.Again:
             log.debug("dropped a %s message: the broker is unreachable", kind.decode())
-
-
-class TaskProcess:
-    """A child process running ``glimpse.pools.backends._worker`` over two pipes."""
-
-    def __init__(self, process: subprocess.Popen, inbox: Connection, outbox: Connection):
-        self.process, self.inbox, self.outbox = process, inbox, outbox
-        self.last_call: bytes | None = None
-
-    @classmethod
-    def start(cls) -> TaskProcess:
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "glimpse.pools.backends._worker", str(to_child_r), str(from_child_w)],
-                pass_fds=(to_child_r, from_child_w),
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            os.close(to_child_r)
-            os.close(from_child_w)
-        child = cls(process, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False))
-        child.send(("setup", None))
-        return child
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def fileno(self) -> int:
-        return self.outbox.fileno()
-
-    def send(self, message: tuple) -> bool:
-        try:
-            self.inbox.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-            return True
-        except OSError:
-            return False
-
-    def receive(self) -> bytes:
-        return self.outbox.recv_bytes()
-
-    def describe_death(self) -> str:
-        try:
-            code = self.process.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            return f"its task process pid {self.pid} stopped answering"
-        if code < 0:
-            return f"its task process pid {self.pid} was killed by {signal.Signals(-code).name}"
-        return f"its task process pid {self.pid} exited with code {code}"
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.inbox.close()
-        self.outbox.close()
