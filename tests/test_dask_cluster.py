@@ -17,7 +17,7 @@ import dask  # noqa: E402
 import psutil  # noqa: E402
 from distributed import Client  # noqa: E402
 
-from glimpse.pools import ClusterConnectionError  # noqa: E402
+from glimpse.pools import ClusterConnectionError, WorkerLostError  # noqa: E402
 from glimpse.pools.dask_cluster import ADDRESS_VARIABLE, MakePool, RunMain  # noqa: E402
 from tests import helpers  # noqa: E402
 from tests.engines._processes import free_port, start_process, stop_process_group, wait_for_port  # noqa: E402
@@ -118,6 +118,20 @@ def test_closing_the_embedded_pool_leaves_no_process(no_configured_address):
     pool.join()
     gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=30)
     assert not alive, f"processes left after close(): {[p.pid for p in alive]}"
+
+
+@pytest.mark.timeout(120)
+def test_embedded_cluster_keeps_a_worker_that_keeps_dying(no_configured_address):
+    # LocalCluster itself would close the nanny of a worker not back within this timeout.
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "100ms"}), MakePool(n_workers=1) as pool:
+        with pytest.raises(WorkerLostError):
+            pool.map(helpers.die_always, [1], chunksize=1)
+        client = pool._backend.client
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not client.nthreads() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.nthreads(), "the embedded cluster gave up on its only worker"
+        assert pool.map(helpers.times_ten, [1]) == [10]
 
 
 # -- pickled pools ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ require_extra("dask")
 
 import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
+from distributed.deploy.cluster import Cluster  # noqa: E402
 
 from glimpse.pools.backends.dask import DaskBackend  # noqa: E402
 from glimpse.pools.backends.pool import Pool  # noqa: E402
@@ -89,11 +90,24 @@ def _backend(address: str | None, client: Client | None, kwargs: dict) -> DaskBa
     return DaskBackend(_connect(address, source, **kwargs), owns_client=True)
 
 
+class _OwnedLocalCluster(LocalCluster):
+    """A ``LocalCluster`` that never gives up on a worker: its nannies restart the workers that die."""
+
+    def _update_worker_status(self, op, msg) -> None:
+        # SpecCluster closes the nanny of a worker not back within distributed.deploy.lost-worker-
+        # timeout, which a function that keeps killing its workers triggers while the nanny is
+        # restarting it; the cluster then shrinks for good and tasks can wait forever.
+        Cluster._update_worker_status(self, op, msg)
+
+
 def _local_cluster(kwargs: dict) -> LocalCluster:
     options = {"n_workers": os.cpu_count() or 1, "threads_per_worker": 1, "processes": True}
     options.update(host="127.0.0.1", dashboard_address="127.0.0.1:0")
     try:
-        return LocalCluster(**{**options, **kwargs})
+        # A task whose worker dies twice is given up on (Dask's default is four times); the chunk
+        # is then sent once more, so a function that kills its worker fails after four deaths.
+        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+            return _OwnedLocalCluster(**{**options, **kwargs})
     except RuntimeError as exc:
         raise RuntimeError(
             f"could not start the embedded Dask cluster: {str(exc).rstrip('.')}. Dask starts its worker processes with "

@@ -16,6 +16,9 @@ LIMITS: dict[str, set[str]] = {}
 STARTUP_SECONDS = 60.0
 # Without a dashboard Dask still serves /health on the dashboard address, all interfaces by default.
 NO_DASHBOARD = ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
+# If pytest is killed before its teardown, the scheduler exits once idle this long, and then its
+# workers a minute later; far longer than any test session.
+ORPHAN_SECONDS = "1800"
 
 
 @dataclass
@@ -41,7 +44,8 @@ def start_dask_cluster(log_dir: Path, nworkers: int = 2) -> DaskCluster:
     log_dir.mkdir(parents=True, exist_ok=True)
     scheduler_log = log_dir / "scheduler.log"
     scheduler = start_process(
-        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), *NO_DASHBOARD],
+        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), *NO_DASHBOARD]
+        + ["--idle-timeout", ORPHAN_SECONDS],
         scheduler_log,
     )
     cluster = DaskCluster(address, scheduler, [], log_dir)
@@ -51,7 +55,7 @@ def start_dask_cluster(log_dir: Path, nworkers: int = 2) -> DaskCluster:
             cluster.workers.append(
                 start_process(
                     [sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--host", "127.0.0.1"]
-                    + [*NO_DASHBOARD, "--name", f"worker-{n}"],
+                    + [*NO_DASHBOARD, "--name", f"worker-{n}", "--death-timeout", "60"],
                     log_dir / f"worker-{n}.log",
                 )
             )

@@ -1,12 +1,13 @@
 """The backend of ``DaskPool``: each chunk is one Dask future on a ``distributed.Client``.
 
-The pickled function is sent once per call to the scheduler, from which each worker fetches
-it on its first chunk of the call. A chunk still running when its call is cancelled holds a worker
-thread Dask cannot interrupt, so that worker is restarted through its nanny.
+The pickled function is published once per call on the scheduler, from which each worker
+fetches it on its first chunk of the call. A chunk still running when its call is cancelled
+holds a worker thread Dask cannot interrupt, so that worker is restarted through its nanny.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -15,7 +16,7 @@ import warnings
 from collections.abc import Collection
 from concurrent.futures import CancelledError
 
-from distributed import Client, Future, KilledWorker, Variable, get_client, get_worker, rejoin, secede
+from distributed import Client, Future, KilledWorker, get_client, get_worker, rejoin, secede
 from distributed.threadpoolexecutor import thread_state as pool_thread
 from distributed.utils import thread_state as task_thread
 
@@ -27,8 +28,8 @@ log = logging.getLogger(__name__)
 #: How long cancelled chunks may keep running before their workers are restarted.
 _CANCEL_GRACE_SECONDS = 1.0
 _RESTART_TIMEOUT_SECONDS = 60.0
-#: The variable is set before any chunk is sent, so a worker that cannot find it is running a stale chunk.
-_FETCH_TIMEOUT_SECONDS = 10.0
+#: How long closing waits for workers being restarted, so that Dask does not log the interruption.
+_CLOSE_GRACE_SECONDS = 10.0
 
 
 class DaskBackend(Backend):
@@ -46,31 +47,34 @@ class DaskBackend(Backend):
         self._owns_client = owns_client
         self._cluster = cluster
         self._finished = threading.Condition()
-        self._functions: dict[str, Variable] = {}
+        self._functions: dict[str, str] = {}
         self._seceded: set[str] = set()
+        self._restarting: threading.Thread | None = None
 
     def workers(self) -> int:
         return max(1, sum(self.client.nthreads().values()))
 
     def window(self) -> int:
-        # Dask hands a task to a worker at once, where it may queue behind a long chunk (work
-        # stealing skips short tasks), so keep no more chunks in flight than there are threads.
+        # Dask hands a task to a worker at once, where it may wait behind a long chunk (work
+        # stealing goes by estimated durations, slow to notice one), and several chunks per thread
+        # measured slower, not faster: keep no more chunks in flight than there are threads.
         return self.workers()
 
     def share(self, call: Call) -> functools.partial:
-        # Held by the scheduler, not scattered to a worker, so no worker's death can lose it; and
-        # chunks do not depend on it, since Dask would then send every chunk to its holders.
-        shared = Variable(f"glimpse-function-{call.id}", client=self.client)
-        shared.set(call.blob)
-        self._functions[call.id] = shared
+        # Published on the scheduler, not scattered to a worker, so no worker's death can lose it;
+        # and chunks do not depend on it, since Dask would then send every chunk to its holders.
+        name = f"glimpse-function-{call.id}"
+        self.client.publish_dataset(**{name: call.blob})
+        self._functions[call.id] = name
         if _secede_if_in_task():
             self._seceded.add(call.id)
-        return functools.partial(_fetch_function, shared.name)
+        return functools.partial(_fetch_function, name)
 
     def release(self, call: Call) -> None:
-        shared = self._functions.pop(call.id, None)
-        if shared is not None and self.client.status == "running":
-            shared.delete()
+        name = self._functions.pop(call.id, None)
+        if name is not None and self.client.status == "running":
+            with contextlib.suppress(KeyError):
+                self.client.unpublish_dataset(name)
         if call.id in self._seceded:
             self._seceded.discard(call.id)
             rejoin()
@@ -99,6 +103,9 @@ class DaskBackend(Backend):
             # Not by us (we never ask for the outcome of a chunk we cancelled): Client.restart, or
             # the connection to the scheduler was lost.
             raise WorkerLost(f"Dask cancelled the task: {cancelled}".rstrip(".")) from None
+        finally:
+            # Now, not when the future is collected: Dask would recompute a lost result it still holds.
+            handle.release()
 
     def cancel(self, handles: Collection[Future]) -> None:
         futures = [f for f in handles if not f.done()]
@@ -113,13 +120,22 @@ class DaskBackend(Backend):
             busy = self._workers_running(keys)
         if busy:
             log.info("restarting Dask workers %s to stop cancelled chunks", ", ".join(busy))
-            self.client.restart_workers(busy, timeout=_RESTART_TIMEOUT_SECONDS, raise_for_error=False)
+            self._restarting = threading.Thread(target=self._restart, args=(busy,), daemon=True)
+            self._restarting.start()
 
     def close(self) -> None:
+        if self._restarting is not None:
+            self._restarting.join(_CLOSE_GRACE_SECONDS)
         if self._owns_client:
             self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+    def _restart(self, workers: list[str]) -> None:
+        try:
+            self.client.restart_workers(workers, timeout=_RESTART_TIMEOUT_SECONDS, raise_for_error=False)
+        except Exception as exc:  # the pool may have been closed meanwhile
+            log.debug("could not restart Dask workers %s: %s", workers, exc)
 
     def _notify(self, future: Future) -> None:
         with self._finished:
@@ -151,9 +167,9 @@ def _secede_if_in_task() -> bool:
 def _fetch_function(name: str) -> bytes:
     """Run on a worker, on its first chunk of a call: the pickled function, from the scheduler."""
     try:
-        return Variable(name, client=get_client()).get(timeout=_FETCH_TIMEOUT_SECONDS)
-    except TimeoutError:
-        raise RuntimeError(f"the function of this call is gone from the Dask scheduler ({name})") from None
+        return get_client().get_dataset(name)
+    except KeyError:
+        raise RuntimeError(f"this chunk's call has ended: its function ({name}) is gone from the scheduler") from None
 
 
 def _executing(keys: list[str], dask_worker=None) -> bool:
