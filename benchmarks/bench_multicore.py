@@ -15,29 +15,10 @@ import os
 import resource
 import subprocess
 import sys
-import time
+
+from workloads import best_of, busy, tiny
 
 from glimpse.pools import MulticorePool
-
-
-def tiny(x):
-    return x + 1
-
-
-def busy(n):
-    total = 0
-    for i in range(n):
-        total += i * i
-    return total
-
-
-def best_of(repeats: int, run) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def measure_tiny(processes: int, items: int, repeats: int) -> list[tuple[str, float, float]]:

@@ -13,32 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import ray
 from ray.util.multiprocessing import Pool as RayMultiprocessingPool
+from workloads import best_of, busy, tiny
 
 from glimpse.pools.ray_cluster import RayPool
-
-
-def tiny(x):
-    return x + 1
-
-
-def busy(n):
-    total = 0
-    for i in range(n):
-        total += i * i
-    return total
-
-
-def best_of(repeats: int, run) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def measure_tiny(ours: RayPool, cpus: int, items: int, per_task_items: int, repeats: int) -> list[tuple]:

@@ -15,28 +15,10 @@ import os
 import sys
 import time
 
+from workloads import best_of, busy, tiny
+
 from glimpse.pools import MulticorePool
 from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool
-
-
-def tiny(x):
-    return x + 1
-
-
-def busy(n):
-    total = 0
-    for i in range(n):
-        total += i * i
-    return total
-
-
-def best_of(repeats: int, run, *args) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(*args)
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def measure_tiny(zmq_pool, multicore, items: int, repeats: int) -> list[tuple[str, float, float]]:
