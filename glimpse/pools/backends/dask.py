@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 #: How long cancelled chunks may keep running before their workers are restarted.
 _CANCEL_GRACE_SECONDS = 1.0
 _RESTART_TIMEOUT_SECONDS = 60.0
+_THREADS_TTL_SECONDS = 1.0
 #: How long closing waits for workers being restarted, so that Dask does not log the interruption.
 _CLOSE_GRACE_SECONDS = 10.0
 
@@ -37,7 +38,7 @@ class DaskBackend(Backend):
 
     # A chunk costs Dask a few round trips (submit, finish, fetch the result): milliseconds to tens
     # of milliseconds on a loaded machine, and the window (below) does not hide them.
-    chunk_seconds = 0.2
+    chunk_seconds = 0.3
     # Dask already re-runs a task whose worker died, up to distributed.scheduler.allowed-failures
     # times; one more attempt of ours covers a chunk that only sat queued on dying workers.
     max_attempts = 2
@@ -50,9 +51,14 @@ class DaskBackend(Backend):
         self._functions: dict[str, str] = {}
         self._seceded: set[str] = set()
         self._restarting: threading.Thread | None = None
+        self._threads, self._threads_checked = 1, -_THREADS_TTL_SECONDS
 
     def workers(self) -> int:
-        return max(1, sum(self.client.nthreads().values()))
+        # Asked a few times per call: one scheduler round trip per second is enough.
+        if time.monotonic() - self._threads_checked > _THREADS_TTL_SECONDS:
+            self._threads = max(1, sum(self.client.nthreads().values()))
+            self._threads_checked = time.monotonic()
+        return self._threads
 
     def window(self) -> int:
         # Dask hands a task to a worker at once, where it may wait behind a long chunk (work
