@@ -17,28 +17,9 @@ import sys
 import time
 
 import dask
+from workloads import best_of, busy, tiny
 
 from glimpse.pools.dask_cluster import DaskPool
-
-
-def tiny(x):
-    return x + 1
-
-
-def busy(n):
-    total = 0
-    for i in range(n):
-        total += i * i
-    return total
-
-
-def best_of(repeats: int, run) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def dask_map(client, func, items) -> list:
