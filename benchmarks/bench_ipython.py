@@ -20,6 +20,8 @@ from glimpse.pools.ipython_cluster import MakePool
 CHUNKSIZES = (100, 500, 1000, 2500, 5000, 10000)
 
 
+# Not imported from workloads.py: ipyparallel's own map_sync pickles module functions by
+# reference, and engines cannot import this folder; functions of __main__ travel by value.
 def tiny(x):
     return x + 1
 
