@@ -32,7 +32,7 @@ run_backend() {
       "$PYTHON" -m pytest --pools local --ignore-glob='tests/test_*_cluster.py' tests ;;
     dask|ray|ipython|zmq)
       install "test,${backend}" || return 1
-      "$PYTHON" -m pytest --pools "$backend" tests/test_contract.py "tests/test_${backend}_cluster.py" ;;
+      "$PYTHON" -m pytest --pools "$backend" tests/test_contract.py tests/test_compat.py "tests/test_${backend}_cluster.py" ;;
     *)
       echo "ci/matrix.sh: unknown backend '$backend' (known: ${ALL_BACKENDS[*]})" >&2
       return 2 ;;

@@ -77,7 +77,7 @@ def test_connection_arguments_come_before_the_environment(ipython_external_clust
         profile_dir=str(ipython_external_cluster.profile_dir), cluster_id=ipython_external_cluster.cluster_id
     )
     assert pool.map(helpers.times_ten, [1]) == [10]
-    assert pool._cluster is None
+    assert pool.cluster is None
     _closed(pool)
 
 
@@ -86,7 +86,7 @@ def test_environment_names_the_cluster(ipython_external_cluster, isolated, monke
     monkeypatch.setenv("GLIMPSE_IPYTHON_CLUSTER_ID", ipython_external_cluster.cluster_id)
     pool = MakePool()
     assert pool.connection.profile_dir == str(ipython_external_cluster.profile_dir)
-    assert pool._cluster is None, "MakePool started a cluster although the environment named one"
+    assert pool.cluster is None, "MakePool started a cluster although the environment named one"
     assert pool.map(helpers.times_ten, [1]) == [10]
     _closed(pool)
 
@@ -96,7 +96,7 @@ def test_a_running_controller_of_the_default_profile_is_used(ipython_external_cl
     security.mkdir(parents=True)
     shutil.copy(_client_file(ipython_external_cluster), security / "ipcontroller-client.json")
     pool = MakePool()
-    assert pool._cluster is None, "MakePool started a cluster although the default profile's controller answers"
+    assert pool.cluster is None, "MakePool started a cluster although the default profile's controller answers"
     assert pool.map(helpers.times_ten, [1]) == [10]
     _closed(pool)
 
@@ -107,11 +107,11 @@ def test_a_stale_default_profile_falls_back_to_a_local_cluster(isolated):
     (security / "ipcontroller-client.json").write_text(json.dumps(_dead_connection_info()))
     pool = MakePool()
     try:
-        assert pool._cluster is not None
+        assert pool.cluster is not None
         assert pool.map(helpers.times_ten, [1]) == [10]
     finally:
         _closed(pool)
-    assert not Path(pool._cluster.profile_dir).exists(), "closing the pool left its cluster's profile directory"
+    assert not Path(pool.cluster.profile_dir).exists(), "closing the pool left its cluster's profile directory"
 
 
 # -- unreachable clusters ---------------------------------------------------------------------------

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 
 import pytest
 
 import glimpse.pools
 from glimpse.pools import GetClusterPackage, MakePool, MulticorePool, SinglecorePool
+from glimpse.pools.cluster import INTERFACE
 from glimpse.pools.registry import CLUSTER_TYPES, require_extra
 
 
@@ -61,3 +63,22 @@ def test_import_loads_no_engine():
     code = f"import sys, glimpse.pools; print(','.join(m for m in {engines!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"import glimpse.pools imported {loaded}"
+
+
+@pytest.mark.parametrize("name", sorted(CLUSTER_TYPES))
+def test_every_installed_cluster_module_provides_the_interface(name):
+    if not glimpse.pools.registry.extra_installed(name):
+        pytest.skip(f"{name} is not installed")
+    module = GetClusterPackage(name)
+    for attribute in INTERFACE:
+        assert hasattr(module, attribute), f"{module.__name__} lacks {attribute}"
+    assert set(module.VERBS) >= {"LaunchBroker", "LaunchWorker", "PingWorkers", "KillWorkers", "RestartWorkers"}
+
+
+def test_a_cluster_module_that_lacks_a_name_fails_when_looked_up(monkeypatch):
+    incomplete = types.ModuleType("glimpse.pools.incomplete_cluster")
+    incomplete.MakePool = incomplete.RunMain = lambda *args: None
+    monkeypatch.setitem(sys.modules, incomplete.__name__, incomplete)
+    monkeypatch.setitem(CLUSTER_TYPES, "incomplete", glimpse.pools.registry.ClusterType("incomplete", ("json",)))
+    with pytest.raises(AttributeError, match="lacks VERBS, ENVIRONMENT"):
+        GetClusterPackage("incomplete")

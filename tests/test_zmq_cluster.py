@@ -19,8 +19,8 @@ pytest.importorskip("zmq")
 psutil = pytest.importorskip("psutil")
 
 from glimpse.pools import ClusterConnectionError, cli  # noqa: E402
-from glimpse.pools.backends import zmq_protocol  # noqa: E402
-from glimpse.pools.backends.zmq import ZmqBackend  # noqa: E402
+from glimpse.pools.backends.zmq import protocol as zmq_protocol  # noqa: E402
+from glimpse.pools.backends.zmq.backend import ZmqBackend  # noqa: E402
 from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool, RunMain  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)

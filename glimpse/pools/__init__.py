@@ -7,7 +7,7 @@
 ``import glimpse.pools`` imports no cluster engine; cluster modules load on first use.
 """
 
-from glimpse.pools.backends.pool import Pool
+from glimpse.pools.contract import Pool
 from glimpse.pools.errors import (
     ClusterConnectionError,
     RemoteError,

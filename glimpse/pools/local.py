@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from glimpse.pools.backends.inline import InlineBackend
-from glimpse.pools.backends.pool import Pool
-from glimpse.pools.backends.processes import ProcessBackend
+from glimpse.pools.backends.inline.backend import InlineBackend
+from glimpse.pools.backends.processes.backend import ProcessBackend
+from glimpse.pools.contract import Pool
 
 
 class SinglecorePool(Pool):

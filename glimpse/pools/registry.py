@@ -2,6 +2,8 @@
 
 Adding a cluster type is one line in ``CLUSTER_TYPES``: the module
 ``glimpse.pools.<name>_cluster``, the extra that installs its engine, and the engine's modules.
+That module provides the names in :data:`glimpse.pools.cluster.INTERFACE`; ``GetClusterPackage``
+checks it, so an engine that forgets one fails its first test, not a user.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import re
 from dataclasses import dataclass
 from types import ModuleType
+
+from glimpse.pools.cluster import INTERFACE
 
 
 @dataclass(frozen=True)
@@ -44,13 +48,19 @@ def GetClusterPackage(cluster_type: str | None = None) -> ModuleType:
         cluster_type = os.environ.get("GLIMPSE_CLUSTER_TYPE") or DEFAULT_CLUSTER_TYPE
     name = _known_cluster_type(cluster_type)
     require_extra(name)
-    return importlib.import_module(f"glimpse.pools.{name}_cluster")
+    module = importlib.import_module(f"glimpse.pools.{name}_cluster")
+    missing = [attribute for attribute in INTERFACE if not hasattr(module, attribute)]
+    if missing:
+        raise AttributeError(
+            f"{module.__name__} lacks {', '.join(missing)}: every cluster module provides {', '.join(INTERFACE)}"
+        )
+    return module
 
 
 def MakePool(kind: str | None = None, **kwargs):
     """Return a new pool: ``multicore`` unless ``kind`` or ``$GLIMPSE_POOL`` names another.
 
-    ``kind`` is ``singlecore``, ``multicore`` or a cluster type (``dask``, ``ray``, ``ipython``),
+    ``kind`` is ``singlecore``, ``multicore`` or a cluster type (``dask``, ``ray``, ``ipython``, ``zmq``),
     so a script moves from a laptop to a cluster by setting ``GLIMPSE_POOL``. Keyword arguments
     go to the pool's constructor (for a cluster type, to its module's ``MakePool``).
     """

@@ -22,7 +22,7 @@ POOLS = {"ipython-embedded": "ipython_embedded_pool", "ipython-external": "ipyth
 LIMITS = {"ipython-external": {"no_worker_replacement"}}
 
 _START_SECONDS = 90.0
-_GUARD = [sys.executable, "-m", "glimpse.pools.backends._guard"]
+_GUARD = [sys.executable, "-m", "glimpse.pools.backends.ipython.guard"]
 # Guards end the controller and engines if ipcluster dies without stopping them (they run in
 # sessions of their own, out of reach of ipcluster's process group).
 _IPCLUSTER_CONFIG = f"""

@@ -28,7 +28,7 @@ class ZmqCluster:
 
     def add_workers(self, nworkers: int) -> subprocess.Popen:
         """Start one ``LaunchWorker`` process with ``nworkers`` slots and wait until they connect."""
-        from glimpse.pools.backends.zmq import ZmqBackend
+        from glimpse.pools.backends.zmq.backend import ZmqBackend
 
         backend = ZmqBackend(self.address)
         try:

@@ -1,0 +1,181 @@
+"""The backend of ``DaskPool``: each chunk is one Dask future on a ``distributed.Client``.
+
+The pickled function is published once per call on the scheduler, from which each worker
+fetches it on its first chunk of the call. A chunk still running when its call is cancelled
+holds a worker thread Dask cannot interrupt, so that worker is restarted through its nanny.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Collection
+from concurrent.futures import CancelledError
+
+from distributed import Client, Future, KilledWorker, get_client, get_worker, rejoin, secede
+
+from glimpse.pools.backends.dask import compat
+from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost
+from glimpse.pools.contract.worker_runner import run_chunk
+
+log = logging.getLogger(__name__)
+
+#: How long cancelled chunks may keep running before their workers are restarted.
+_CANCEL_GRACE_SECONDS = 1.0
+_RESTART_TIMEOUT_SECONDS = 60.0
+_THREADS_TTL_SECONDS = 1.0
+#: How long closing waits for workers being restarted, so that Dask does not log the interruption.
+_CLOSE_GRACE_SECONDS = 10.0
+
+
+class DaskBackend(Backend):
+    """Runs chunks as futures of ``client``; closes ``client`` (and ``cluster``) only if it owns them."""
+
+    # A chunk costs Dask a few round trips (submit, finish, fetch the result): milliseconds to tens
+    # of milliseconds on a loaded machine, and the window (below) does not hide them.
+    chunk_seconds = 0.3
+    # Dask already re-runs a task whose worker died, up to distributed.scheduler.allowed-failures
+    # times; one more attempt of ours covers a chunk that only sat queued on dying workers.
+    max_attempts = 2
+
+    def __init__(self, client: Client, owns_client: bool = False, cluster=None):
+        self.client = client
+        self.cluster = cluster
+        self._owns_client = owns_client
+        self._finished = threading.Condition()
+        self._functions: dict[str, str] = {}
+        self._seceded: set[str] = set()
+        self._restarting: threading.Thread | None = None
+        self._threads, self._threads_checked = 1, -_THREADS_TTL_SECONDS
+
+    def workers(self) -> int:
+        # Asked a few times per call: one scheduler round trip per second is enough.
+        if time.monotonic() - self._threads_checked > _THREADS_TTL_SECONDS:
+            self._threads = max(1, sum(self.client.nthreads().values()))
+            self._threads_checked = time.monotonic()
+        return self._threads
+
+    def window(self) -> int:
+        # Dask hands a task to a worker at once, where it may wait behind a long chunk (work
+        # stealing goes by estimated durations, slow to notice one), and several chunks per thread
+        # measured slower, not faster: keep no more chunks in flight than there are threads.
+        return self.workers()
+
+    def open_call(self, call: Call) -> None:
+        # Published on the scheduler, not scattered to a worker, so no worker's death can lose it;
+        # and chunks do not depend on it, since Dask would then send every chunk to its holders.
+        name = f"glimpse-function-{call.id}"
+        self.client.publish_dataset(**{name: call.blob})
+        self._functions[call.id] = name
+        if _secede_if_in_task():
+            self._seceded.add(call.id)
+
+    def close_call(self, call: Call) -> None:
+        name = self._functions.pop(call.id, None)
+        if name is not None and self.client.status == "running":
+            with contextlib.suppress(KeyError):
+                self.client.unpublish_dataset(name)
+        if call.id in self._seceded:
+            self._seceded.discard(call.id)
+            rejoin()
+
+    def submit(self, call: Call, chunk: Chunk) -> Future:
+        key = f"glimpse-chunk-{call.id}-{chunk.seq}-{chunk.attempts}"
+        function = functools.partial(_fetch_function, self._functions[call.id])
+        with warnings.catch_warnings():
+            # Big arguments must travel anyway; Dask's advice to load data through Dask does not apply.
+            warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+            future = self.client.submit(run_chunk, call.id, function, chunk.payload, chunk.start, key=key, pure=False)
+        future.add_done_callback(self._notify)
+        return future
+
+    def wait(self, handles: Collection[Future], timeout: float) -> list[Future]:
+        with self._finished:
+            self._finished.wait_for(lambda: any(f.done() for f in handles), timeout)
+        return [f for f in handles if f.done()]
+
+    def outcome(self, handle: Future) -> bytes:
+        # run_chunk never raises: an exception here is Dask's own.
+        try:
+            return handle.result()
+        except KilledWorker as lost:
+            raise ChunkLost(str(lost).rstrip(".")) from None
+        except CancelledError as cancelled:
+            # Not by us (we never ask for the outcome of a chunk we cancelled): Client.restart, or
+            # the connection to the scheduler was lost.
+            raise ChunkLost(f"Dask cancelled the task: {cancelled}".rstrip(".")) from None
+        finally:
+            # Now, not when the future is collected: Dask would recompute a lost result it still holds.
+            handle.release()
+
+    def cancel(self, handles: Collection[Future]) -> None:
+        futures = [f for f in handles if not f.done()]
+        if not futures:
+            return
+        keys = [f.key for f in futures]
+        self.client.cancel(futures)
+        busy = self._workers_running(keys)
+        deadline = time.monotonic() + _CANCEL_GRACE_SECONDS
+        while busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+            busy = self._workers_running(keys)
+        if busy:
+            log.info("restarting Dask workers %s to stop cancelled chunks", ", ".join(busy))
+            self._restarting = threading.Thread(target=self._restart, args=(busy,), daemon=True)
+            self._restarting.start()
+
+    def close(self) -> None:
+        if self._restarting is not None:
+            self._restarting.join(_CLOSE_GRACE_SECONDS)
+        if self._owns_client:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def _restart(self, workers: list[str]) -> None:
+        try:
+            self.client.restart_workers(workers, timeout=_RESTART_TIMEOUT_SECONDS, raise_for_error=False)
+        except Exception as exc:  # the pool may have been closed meanwhile
+            log.debug("could not restart Dask workers %s: %s", workers, exc)
+
+    def _notify(self, future: Future) -> None:
+        with self._finished:
+            self._finished.notify_all()
+
+    def _workers_running(self, keys: list[str]) -> list[str]:
+        """The workers whose threads are still executing any of ``keys``."""
+        running = self.client.run(_executing, keys, on_error="return")
+        return [worker for worker, found in running.items() if found is True]
+
+
+def _secede_if_in_task() -> bool:
+    """Leave the worker's thread pool if this thread runs a Dask task; return whether it left.
+
+    A pool used inside a task waits for its chunks, which may need this very thread.
+    """
+    if not compat.running_a_task_in_pool_thread():
+        return False
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    secede()
+    return True
+
+
+def _fetch_function(name: str) -> bytes:
+    """Run on a worker, on its first chunk of a call: the pickled function, from the scheduler."""
+    try:
+        return get_client().get_dataset(name)
+    except KeyError:
+        raise RuntimeError(f"this chunk's call has ended: its function ({name}) is gone from the scheduler") from None
+
+
+def _executing(keys: list[str], dask_worker=None) -> bool:
+    """Run on a worker: whether a thread of it is executing one of ``keys`` (cancelled or not)."""
+    wanted = set(keys)
+    return any(ts.key in wanted for ts in dask_worker.state.executing)

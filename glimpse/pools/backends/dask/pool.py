@@ -1,0 +1,97 @@
+"""``DaskPool`` and ``MakePool``: where a Dask pool runs, and the embedded cluster it may start.
+
+Where a pool runs, first that applies: a ``client`` passed in; an ``address``;
+``$DASK_SCHEDULER_ADDRESS`` or Dask's ``scheduler-address`` setting; else an embedded
+``distributed.LocalCluster`` on 127.0.0.1 that the pool starts and shuts down.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dask
+from distributed import Client, LocalCluster
+
+from glimpse.pools.backends.dask import compat
+from glimpse.pools.backends.dask.backend import DaskBackend
+from glimpse.pools.cluster.pool import ClusterPool, resolve_address
+from glimpse.pools.errors import ClusterConnectionError
+
+ADDRESS_VARIABLE = "DASK_SCHEDULER_ADDRESS"
+ENVIRONMENT = (ADDRESS_VARIABLE,)
+CONNECT_SECONDS = 5.0
+
+
+def MakePool(address: str | None = None, client: Client | None = None, **kwargs) -> DaskPool:
+    """Return a :class:`DaskPool`; see it for the arguments."""
+    return DaskPool(address, client, **kwargs)
+
+
+class DaskPool(ClusterPool):
+    """A pool whose chunks run as futures on a Dask cluster.
+
+    Args:
+        address: The scheduler's address (``tcp://host:8786``). Defaults to
+            ``$DASK_SCHEDULER_ADDRESS``, then Dask's ``scheduler-address`` setting; without any,
+            the pool starts a ``LocalCluster`` (one single-threaded worker process per core,
+            on 127.0.0.1) and shuts it down on :meth:`close`.
+        client: A ``distributed.Client`` to use instead; the pool never closes it.
+        **kwargs: Passed to ``LocalCluster`` for an embedded cluster, else to ``Client``.
+
+    A pool pickles to its scheduler's address: a copy unpickled in another process or in a
+    task connects to the same scheduler and never shuts down a cluster it did not start (used
+    in a task, it leaves the worker's thread pool while it waits, as ``worker_client`` does).
+
+    Leaving ``imap`` early cancels its pending chunks; Dask cannot interrupt a running task, so
+    a worker still running a cancelled chunk a second later is restarted through its nanny.
+    Like ``multiprocessing``, the embedded cluster imports the main module in its workers: a
+    script makes the pool under ``if __name__ == "__main__":``.
+    """
+
+    def __init__(self, address: str | None = None, client: Client | None = None, **kwargs):
+        backend = _backend(address, client, kwargs)
+        self.cluster: LocalCluster | None = backend.cluster
+        super().__init__(backend, backend.client.scheduler.address)
+
+
+def connect(address: str, source: str, **kwargs) -> Client:
+    """A client of the scheduler at ``address``; ``ClusterConnectionError`` naming it if none answers."""
+    kwargs.setdefault("timeout", CONNECT_SECONDS)
+    try:
+        return Client(address, set_as_default=False, **kwargs)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterConnectionError(
+            f"no Dask scheduler answered at {address} (from {source}) within {kwargs['timeout']:g} s: {exc}. "
+            f"Start one with `glimpse-cluster --type dask LaunchBroker` (or `dask scheduler`), "
+            f"or fix the address."
+        ) from None
+
+
+def _backend(address: str | None, client: Client | None, kwargs: dict) -> DaskBackend:
+    if client is not None:
+        if kwargs:
+            raise TypeError(f"with a client, DaskPool takes no other arguments; got {', '.join(kwargs)}")
+        return DaskBackend(client)
+    address, source = resolve_address(address, ADDRESS_VARIABLE)
+    if address is None and dask.config.get("scheduler-address", None):
+        address, source = dask.config.get("scheduler-address"), "Dask's scheduler-address setting"
+    if address is None:
+        cluster = _local_cluster(kwargs)
+        return DaskBackend(Client(cluster, set_as_default=False), owns_client=True, cluster=cluster)
+    return DaskBackend(connect(address, source, **kwargs), owns_client=True)
+
+
+def _local_cluster(kwargs: dict) -> LocalCluster:
+    options = {"n_workers": os.cpu_count() or 1, "threads_per_worker": 1, "processes": True}
+    options.update(host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    try:
+        # A task whose worker dies twice is given up on (Dask's default is four times); the chunk
+        # is then sent once more, so a function that kills its worker fails after four deaths.
+        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+            return compat.NeverShrinkingLocalCluster(**{**options, **kwargs})
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"could not start the embedded Dask cluster: {str(exc).rstrip('.')}. Dask starts its worker processes with "
+            "multiprocessing's spawn, which imports the main module again: if your script makes the pool "
+            'at import time, move that code under `if __name__ == "__main__":`.'
+        ) from exc

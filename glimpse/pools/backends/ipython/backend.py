@@ -1,0 +1,273 @@
+"""The backend of IPython parallel pools: chunks are tasks of an ipyparallel load-balanced view.
+
+The pickled function is pushed once per call to every engine under a per-call name (and to an
+engine that joins later), and each chunk refers to it with ``ipyparallel.Reference``. An engine
+that died while running a chunk (``EngineError``) loses that chunk; a cancelled chunk is aborted
+if queued, and the engine running it gets SIGUSR2 (through the engine's nanny), which ends it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+
+import ipyparallel
+from ipyparallel import error as ipp_error
+
+from glimpse.pools.backends.ipython import compat
+from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost
+from glimpse.pools.contract.worker_runner import run_chunk
+from glimpse.pools.errors import RemoteError, RemoteTraceback
+
+log = logging.getLogger(__name__)
+
+#: The signal that interrupts a cancelled chunk on its engine (ignored by engines outside chunks).
+INTERRUPT_SIGNAL = "SIGUSR2"
+#: How long cancel() waits to learn which engines run the chunks it interrupts.
+LOCATE_SECONDS = 2.0
+_MAX_RESENDS = 5
+
+
+@dataclass
+class _Shared:
+    """A call's function as pushed to engines: its name there, and the engines that have it."""
+
+    name: str
+    blob: bytes
+    engines: set[int] = field(default_factory=set)
+
+
+class IPythonBackend(Backend):
+    """Runs chunks on the engines of an ipyparallel ``Client``.
+
+    Closing it closes ``client`` if it ``owns_client``, and stops ``cluster``, an embedded
+    cluster the pool owns, whose dead engines it also replaces while it waits.
+    """
+
+    chunk_seconds = 0.1
+
+    def __init__(self, client, owns_client: bool = True, cluster=None):
+        self._client = client
+        self._view = client.load_balanced_view()
+        self._owns_client = owns_client
+        self.cluster = cluster
+        self._heal = cluster.replace_lost_engines if cluster is not None else None
+        self._shared: dict[str, _Shared] = {}
+        self._cancelled: set = set()
+        self._engine_ids: dict[str, int] = {}
+
+    def workers(self) -> int:
+        return max(1, len(self._client.ids))
+
+    def open_call(self, call: Call) -> None:
+        shared = self._shared[call.id] = _Shared(f"_glimpse_function_{call.id}", call.blob)
+        self._remember_engines()
+        self._push(shared, set(self._client.ids))
+
+    def close_call(self, call: Call) -> None:
+        shared = self._shared.pop(call.id, None)
+        engines = sorted(shared.engines & set(self._client.ids)) if shared else []
+        view = self._view_of(engines)
+        if view is not None:
+            view.execute(f"globals().pop({shared.name!r}, None)", block=False)
+
+    def submit(self, call: Call, chunk: Chunk) -> _Task:
+        shared = self._shared[call.id]
+        task = _Task(shared, (call.id, ipyparallel.Reference(shared.name), chunk.payload, chunk.start))
+        task.future = self._send(task)
+        return task
+
+    def wait(self, handles, timeout: float) -> list[_Task]:
+        if self._heal is not None:
+            self._heal()
+        if self._cancelled:
+            self._interrupt_cancelled()
+        self._remember_engines()
+        engines = set(self._client.ids)
+        for shared in self._shared.values():
+            self._push(shared, engines)
+        tasks = {task.future: task for task in handles}
+        done, _ = concurrent.futures.wait(tasks, timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+        finished = []
+        for future in done:
+            task = tasks[future]
+            engine = _engine_without_function(task)
+            if engine is None or task.resends >= _MAX_RESENDS:
+                finished.append(task)
+                continue
+            # An engine that registered after the function was pushed took the chunk first.
+            self._push(task.shared, {engine}, again=True)
+            task.resends += 1
+            task.future = self._send(task)
+        return finished
+
+    def outcome(self, handle: _Task) -> bytes:
+        try:
+            return handle.future.result()
+        except ipp_error.CompositeError as exc:
+            raise self._engine_failure(exc.elist[0] if exc.elist else exc) from None
+        except (ipp_error.RemoteError, ipp_error.EngineError) as exc:
+            raise self._engine_failure(exc) from None
+        finally:
+            self._forget(handle.future)
+
+    def cancel(self, handles) -> None:
+        futures = [task.future for task in handles if not task.future.done()]
+        if not futures:
+            return
+        with contextlib.suppress(ipp_error.NoEnginesRegistered):
+            self._client.abort([msg_id for future in futures for msg_id in future.msg_ids], block=False)
+        self._cancelled.update(futures)
+        deadline = time.monotonic() + LOCATE_SECONDS
+        while self._interrupt_cancelled() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def _send(self, task: _Task):
+        return self._view.apply_async(_run_interruptibly, *task.args)
+
+    def _engine_failure(self, exc: BaseException) -> BaseException:
+        """A lost engine becomes ChunkLost; anything else is the engine's own error, explained."""
+        name = getattr(exc, "ename", type(exc).__name__)
+        engine = _engine_named_by(exc, self._engine_ids)
+        if name == "EngineError" or isinstance(exc, ipp_error.EngineError):
+            if self._heal is not None:
+                self._heal()
+            return ChunkLost(f"ipyparallel engine {engine} died while running it")
+        message = str(getattr(exc, "evalue", exc))
+        failure = RemoteError(
+            f"ipyparallel engine {engine} could not run glimpse's chunk runner: {name}: {message} "
+            "(are glimpse-pools and its dependencies installed where the engines run?)"
+        )
+        failure.__cause__ = RemoteTraceback(getattr(exc, "traceback", None) or str(exc))
+        return failure
+
+    def _push(self, shared: _Shared, engines: set[int], again: bool = False) -> None:
+        """Send the function to each engine as a task of the load-balanced view bound to it.
+
+        The task scheduler hands an engine its tasks in the order they were submitted, so every
+        chunk submitted after this reaches an engine after the function does; no need to wait.
+        (``DirectView.push`` goes through another scheduler, and chunks could overtake it.)
+        Only an engine that registers later can take an older chunk first: :meth:`wait` sends
+        that chunk again.
+        """
+        live = set(self._client.ids)
+        for engine in sorted((engines if again else engines - shared.engines) & live):
+            with self._view.temp_flags(targets=[engine]):
+                self._view.apply_async(_store, shared.name, shared.blob)
+            shared.engines.add(engine)
+
+    def _interrupt_cancelled(self) -> bool:
+        """Signal the engines now running cancelled chunks; whether some are not located yet.
+
+        ``abort()`` only stops queued tasks. The signal (sent by the engine's nanny) raises
+        KeyboardInterrupt in the running chunk, which then ends at once.
+        """
+        engines = set()
+        for future in list(self._cancelled):
+            engine = None if future.done() else self._client.metadata.get(future.msg_ids[0], {}).get("engine_id")
+            if future.done() or engine is not None:
+                self._cancelled.discard(future)
+            if engine is not None:
+                engines.add(engine)
+        view = self._view_of(engines)
+        if view is not None:
+            self._client.send_signal(INTERRUPT_SIGNAL, targets=view.targets, block=False)
+        return bool(self._cancelled)
+
+    def _view_of(self, engines):
+        """A direct view on those of ``engines`` still registered, or ``None`` if none is."""
+        for _ in range(3):
+            live = sorted(set(engines) & set(self._client.ids))
+            if not live:
+                return None
+            try:
+                return self._client[live]
+            except (KeyError, IndexError, ipp_error.NoEnginesRegistered):
+                continue  # an engine unregistered between the two looks
+        return None
+
+    def _remember_engines(self) -> None:
+        # A dead engine's id is gone from the client when its loss is reported; keep the names.
+        self._engine_ids.update(compat.engine_ids_by_uuid(self._client))
+
+    def _forget(self, future) -> None:
+        """Drop a read chunk's result from the client's caches, which otherwise grow forever."""
+        if future.ready():
+            self._client.purge_local_results(jobs=future.msg_ids)
+
+
+class _Task:
+    """A submitted chunk: its arguments, its current ipyparallel task, and its re-sends."""
+
+    __slots__ = ("shared", "args", "future", "resends")
+
+    def __init__(self, shared: _Shared, args: tuple):
+        self.shared, self.args = shared, args
+        self.future = None
+        self.resends = 0
+
+
+def _store(name: str, blob: bytes) -> None:
+    """On an engine: keep a call's pickled function where ``ipyparallel.Reference`` looks.
+
+    It runs before any chunk of the call on that engine, so it also makes the engine ignore
+    the interrupt signal outside chunks.
+    """
+    from IPython import get_ipython
+
+    get_ipython().user_ns[name] = blob
+    _set_interrupt_handler(signal.SIG_IGN)
+
+
+def _run_interruptibly(call_id: str, func_blob: bytes, payload: bytes, start: int) -> bytes:
+    """On an engine: run a chunk, turning the interrupt signal into KeyboardInterrupt meanwhile.
+
+    Not SIGINT: a SIGINT that lands in the engine's own code, just before or after the chunk,
+    is caught by the kernel and the task never replies (so the scheduler never frees the engine).
+    """
+    _set_interrupt_handler(signal.default_int_handler)
+    try:
+        return run_chunk(call_id, func_blob, payload, start)
+    finally:
+        _set_interrupt_handler(signal.SIG_IGN)
+
+
+def _set_interrupt_handler(handler) -> None:
+    with contextlib.suppress(ValueError, AttributeError, OSError):  # not the main thread, or no SIGUSR2
+        signal.signal(getattr(signal, INTERRUPT_SIGNAL), handler)
+
+
+def _engine_without_function(task: _Task) -> int | None:
+    """The engine that failed the chunk for want of the call's function, if that is what happened."""
+    exc = task.future.exception()
+    if isinstance(exc, ipp_error.RemoteError) and exc.ename == "NameError" and task.shared.name in str(exc.evalue):
+        engine = (exc.engine_info or {}).get("engine_id")
+        return engine if isinstance(engine, int) else None
+    return None
+
+
+def _engine_named_by(exc: BaseException, engine_ids: dict[str, int]) -> str:
+    info = getattr(exc, "engine_info", None) or {}
+    uuid = info.get("engine_uuid") or _uuid_in(str(getattr(exc, "evalue", "")))
+    engine = info.get("engine_id")
+    if engine is None:
+        engine = engine_ids.get(uuid)
+    if engine is not None:
+        return f"{engine}" + (f" ({uuid})" if uuid else "")
+    return uuid or "(unknown)"
+
+
+def _uuid_in(message: str) -> str | None:
+    found = re.search(r"Engine b?'([0-9a-f-]+)'", message)
+    return found.group(1) if found else None

@@ -1,0 +1,92 @@
+"""Every use of ipyparallel's private internals, in one place. Checked on ipyparallel 8.6 to 9.2.
+
+``tests/test_compat.py`` calls :func:`missing` so an upgrade that removes one fails loudly there.
+"""
+
+from __future__ import annotations
+
+_URL_KEYS = ("control", "task", "mux", "iopub", "notification", "registration", "broadcast")
+
+
+def connection_info(client) -> dict:
+    """The connection info a client was made with, as ``ipyparallel.Client`` takes it back.
+
+    Private: ``Client._config``; ipyparallel keeps no public copy of it, and a pool made from a
+    client needs it to pickle to the same controller.
+    """
+    config = dict(client._config)
+    for key in _URL_KEYS:
+        if isinstance(config.get(key), str):
+            config[key] = int(config[key].rsplit(":", 1)[1])
+    return config
+
+
+def engine_ids_by_uuid(client) -> dict[str, int]:
+    """Each registered engine's id by its uuid. Private: ``Client._engines`` (id -> uuid).
+
+    Errors name a dead engine by uuid only, after its id is gone from ``client.ids``.
+    """
+    return {uuid: engine for engine, uuid in dict(client._engines).items()}
+
+
+def guarded_launch_config(guard: list[str]):
+    """A ``Cluster`` config that starts the controller and each engine under ``guard``.
+
+    Private in spirit: ``ipcontroller_cmd_argv``/``ipengine_cmd_argv`` are undocumented
+    module constants of ``ipyparallel.cluster.launcher``.
+    """
+    from ipyparallel.cluster.launcher import ipcontroller_cmd_argv, ipengine_cmd_argv
+    from traitlets.config import Config
+
+    config = Config()
+    config.LocalControllerLauncher.controller_cmd = [*guard, *ipcontroller_cmd_argv]
+    config.LocalEngineLauncher.engine_cmd = [*guard, *ipengine_cmd_argv]
+    return config
+
+
+def engine_processes(cluster) -> list:
+    """The psutil processes of a ``Cluster``'s engine launchers.
+
+    Private: ``EngineSetLauncher.launchers`` and ``LocalProcessLauncher.process``; a
+    ``Cluster`` says how many engines it started, not which are still alive.
+    """
+    return [
+        launcher.process
+        for engine_set in cluster.engines.values()
+        for launcher in getattr(engine_set, "launchers", {}).values()
+        if getattr(launcher, "process", None) is not None
+    ]
+
+
+def controller_and_engine_processes(cluster) -> list:
+    """The psutil processes of a ``Cluster``'s controller and engine launchers (same private names)."""
+    controller = getattr(cluster.controller, "process", None) if cluster.controller is not None else None
+    return ([controller] if controller is not None else []) + engine_processes(cluster)
+
+
+def missing() -> list[str]:
+    """The private names this module relies on that the installed ipyparallel lacks."""
+    import ipyparallel
+    from ipyparallel.cluster import launcher
+
+    gone = [
+        f"ipyparallel.cluster.launcher.{name}"
+        for name in ("ipcontroller_cmd_argv", "ipengine_cmd_argv")
+        if not hasattr(launcher, name)
+    ]
+    for owner, name in (
+        (launcher.LocalEngineSetLauncher, "launchers"),
+        (launcher.LocalProcessLauncher, "process"),
+        (ipyparallel.Client, "_config"),
+        (ipyparallel.Client, "_engines"),
+    ):
+        if name not in _trait_and_attribute_names(owner):
+            gone.append(f"{owner.__module__}.{owner.__qualname__}.{name}")
+    return gone
+
+
+def _trait_and_attribute_names(cls) -> set[str]:
+    names = set(dir(cls))
+    if hasattr(cls, "class_trait_names"):
+        names |= set(cls.class_trait_names())
+    return names

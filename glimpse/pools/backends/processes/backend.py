@@ -1,0 +1,170 @@
+"""The backend of ``MulticorePool``: worker processes of its own, each running one chunk at a time.
+
+Unlike ``multiprocessing.Pool`` it knows which chunk each worker runs, so a worker that dies
+(SIGKILL, ``os._exit``, a segfault) loses exactly that chunk, which is sent again to a fresh
+worker; and a cancelled chunk's worker is killed and replaced, so it is free at once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from collections import deque
+from multiprocessing.connection import wait
+
+import cloudpickle
+
+from glimpse.pools.backends.processes.child_process import ChildProcess
+from glimpse.pools.contract.backend import Backend, Call, Chunk, TrackedChunk
+
+_EXIT_GRACE_SECONDS = 5.0
+
+
+class ProcessChunk(TrackedChunk):
+    """A chunk handed to this backend: queued, running on a worker, or done."""
+
+    __slots__ = ("call", "chunk", "worker")
+
+    def __init__(self, call: Call, chunk: Chunk):
+        super().__init__()
+        self.call, self.chunk = call, chunk
+        self.worker: _Worker | None = None
+
+
+class ProcessBackend(Backend):
+    """Runs chunks on ``processes`` worker processes started on first use."""
+
+    chunk_seconds = 0.02
+
+    def __init__(self, processes: int | None = None, initializer=None, initargs=(), maxtasksperchild=None):
+        if processes is not None and processes < 1:
+            raise ValueError(f"processes must be at least 1, not {processes}")
+        if maxtasksperchild is not None and maxtasksperchild < 1:
+            raise ValueError(f"maxtasksperchild must be a positive integer or None, not {maxtasksperchild}")
+        self._size = processes or os.cpu_count() or 1
+        self._initializer = cloudpickle.dumps((initializer, initargs)) if initializer else None
+        self._chunks_per_worker = maxtasksperchild
+        self._workers: list[_Worker] = []
+        self._exiting: list[_Worker] = []
+        self._queue: deque[ProcessChunk] = deque()
+        self._terminated = False
+        self._finalizer = weakref.finalize(self, _kill_all, self._workers, self._exiting)
+
+    def workers(self) -> int:
+        return self._size
+
+    def submit(self, call: Call, chunk: Chunk) -> ProcessChunk:
+        if self._terminated:
+            raise ValueError("the pool was terminated; make a new pool")
+        job = ProcessChunk(call, chunk)
+        self._queue.append(job)
+        self._dispatch()
+        return job
+
+    def wait(self, handles, timeout: float) -> list[ProcessChunk]:
+        if not handles:
+            return []
+        deadline = time.monotonic() + timeout
+        self._dispatch()
+        while True:
+            done = [job for job in handles if job.done]
+            remaining = deadline - time.monotonic()
+            if done or remaining <= 0:
+                return done
+            for ready in wait([worker for worker in self._workers if worker.job is not None], remaining):
+                self._collect(ready)
+            self._dispatch()
+
+    def outcome(self, handle: ProcessChunk) -> bytes:
+        return handle.outcome()
+
+    def cancel(self, handles) -> None:
+        for job in handles:
+            if job.done:
+                continue
+            if job.worker is None:
+                self._queue.remove(job)
+            else:
+                self._retire(job.worker, kill=True)
+            job.lost = "cancelled"
+
+    def close(self) -> None:
+        for worker in [w for w in self._workers if w.job is None]:
+            self._retire(worker, kill=False)
+
+    def terminate(self) -> None:
+        self._terminated = True
+        for job in [*self._queue, *(w.job for w in self._workers if w.job is not None)]:
+            job.lost = "the pool was terminated"
+        self._queue.clear()
+        _kill_all(self._workers, self._exiting)
+        self._workers.clear()
+        self._exiting.clear()
+
+    def join(self) -> None:
+        busy = [worker.job for worker in self._workers if worker.job is not None]
+        self.wait(busy, _EXIT_GRACE_SECONDS)
+        for worker in list(self._workers):
+            self._retire(worker, kill=False)
+        for worker in self._exiting:
+            worker.stop(_EXIT_GRACE_SECONDS)
+        self._exiting.clear()
+
+    def _dispatch(self) -> None:
+        while self._queue:
+            worker = next((w for w in self._workers if w.job is None), None)
+            if worker is None:
+                if len(self._workers) >= self._size:
+                    return
+                worker = _Worker.start(self._initializer)
+                self._workers.append(worker)
+            job = self._queue.popleft()
+            call = job.call
+            blob = None if worker.last_call == call.id else call.blob
+            worker.job, job.worker, worker.last_call = job, worker, call.id
+            if not worker.send(("chunk", call.id, blob, job.chunk.payload, job.chunk.start)):
+                job.lost = f"worker {worker.describe_death()} before it took {job.chunk.describe()}"
+                self._retire(worker, kill=True)
+
+    def _collect(self, worker: _Worker) -> None:
+        job = worker.job
+        try:
+            job.result = worker.receive()
+        except (EOFError, OSError):
+            job.lost = f"worker {worker.describe_death()} while running {job.chunk.describe()}"
+            self._retire(worker, kill=True)
+            return
+        worker.job = None
+        job.worker = None
+        worker.chunks_done += 1
+        if self._chunks_per_worker is not None and worker.chunks_done >= self._chunks_per_worker:
+            self._retire(worker, kill=False)
+
+    def _retire(self, worker: _Worker, kill: bool) -> None:
+        """Take a worker out of service: kill it now, or ask it to exit and let join() reap it."""
+        if worker in self._workers:
+            self._workers.remove(worker)
+        if worker.job is not None:
+            worker.job.worker = None
+            worker.job = None
+        if kill:
+            worker.stop(0.0)
+        else:
+            worker.send(("exit",))
+            self._exiting.append(worker)
+
+
+class _Worker(ChildProcess):
+    """A worker process and the chunk it runs."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.job: ProcessChunk | None = None
+        self.chunks_done = 0
+
+
+def _kill_all(*groups: list[_Worker]) -> None:
+    for workers in groups:
+        for worker in workers:
+            worker.stop(0.0)

@@ -1,0 +1,93 @@
+"""The caller's handle on a worker process running ``worker_main``, and the two pipes to it.
+
+Used by ``MulticorePool`` (one per worker) and by zmq workers (one per slot). The pipes keep the
+protocol apart from the user's prints; ``fileno()`` lets ``multiprocessing.connection.wait``
+watch many of them at once.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+
+from glimpse.pools.subprocesses import child_environment
+
+
+class ChildProcess:
+    """One worker process; send it messages, receive outcome bytes, stop it."""
+
+    def __init__(self, process: subprocess.Popen, inbox: Connection, outbox: Connection):
+        self.process, self.inbox, self.outbox = process, inbox, outbox
+        self.last_call = None
+
+    @classmethod
+    def start(cls, initializer: bytes | None = None):
+        """Start a worker; ``initializer`` is the pickled ``(initializer, initargs)`` it runs first."""
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        try:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "glimpse.pools.backends.processes.worker_main",
+                    str(to_child_r),
+                    str(from_child_w),
+                ],
+                pass_fds=(to_child_r, from_child_w),
+                env=child_environment(),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        worker = cls(process, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False))
+        worker.send(("setup", initializer))
+        return worker
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def fileno(self) -> int:
+        return self.outbox.fileno()
+
+    def send(self, message: tuple) -> bool:
+        """Send a message; ``False`` if the process is gone."""
+        try:
+            self.inbox.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+            return True
+        except OSError:
+            return False
+
+    def receive(self) -> bytes:
+        """The next outcome; ``EOFError`` or ``OSError`` if the process died."""
+        return self.outbox.recv_bytes()
+
+    def describe_death(self, grace: float = 5.0) -> str:
+        """How the process ended, e.g. ``process pid 12 was killed by SIGKILL``."""
+        try:
+            code = self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            return f"process pid {self.pid} stopped answering"
+        if code < 0:
+            return f"process pid {self.pid} was killed by {signal.Signals(-code).name}"
+        return f"process pid {self.pid} exited with code {code}"
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Ask the process to exit and wait up to ``grace`` seconds, then kill it; close the pipes."""
+        if grace > 0:
+            self.send(("exit",))
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.inbox.close()
+        self.outbox.close()

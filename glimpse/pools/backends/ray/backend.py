@@ -1,0 +1,110 @@
+"""The backend of ``RayPool``: each chunk is one Ray task, and ``ray.wait`` says which finished.
+
+The pickled function goes into Ray's object store once per call (``ray.put``); every chunk's
+task takes that object ref as an argument, so Ray hands workers the bytes, not the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import ray
+import ray.exceptions
+
+from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost
+from glimpse.pools.contract.worker_runner import run_chunk
+from glimpse.pools.errors import RemoteTraceback
+
+#: Ray runs a task again itself this many times when its worker dies; a function that always
+#: kills its worker is then lost ``(RETRIES + 1) * RayBackend.max_attempts`` times in all.
+RETRIES = 1
+
+_LOST = (
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.TaskCancelledError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.LocalRayletDiedError,
+    ray.exceptions.RaySystemError,
+)
+_remote_chunk = None
+
+
+class RayBackend(Backend):
+    """Runs chunks as Ray tasks on the Ray this process is connected to.
+
+    Args:
+        owns_ray: Whether :meth:`close` calls ``ray.shutdown()``: true when the pool started
+            Ray or opened this process's connection to it, false for a Ray someone else set up.
+    """
+
+    chunk_seconds = 0.1
+    max_attempts = 2
+
+    def __init__(self, owns_ray: bool = False):
+        self._owns_ray = owns_ray
+        self._functions: dict[str, ray.ObjectRef] = {}
+
+    def workers(self) -> int:
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def open_call(self, call: Call) -> None:
+        self._functions[call.id] = ray.put(call.blob)
+
+    def close_call(self, call: Call) -> None:
+        self._functions.pop(call.id, None)
+
+    def submit(self, call: Call, chunk: Chunk) -> ray.ObjectRef:
+        return _chunk_task().remote(call.id, self._functions[call.id], chunk.payload, chunk.start)
+
+    def wait(self, handles: Collection[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:
+        handles = list(handles)
+        if not handles:
+            return []
+        ready, _ = ray.wait(handles, num_returns=1, timeout=timeout)
+        if not ready:
+            return []
+        ready, _ = ray.wait(handles, num_returns=len(handles), timeout=0)
+        return ready
+
+    def outcome(self, handle: ray.ObjectRef) -> bytes:
+        try:
+            return ray.get(handle)
+        except ray.exceptions.RayTaskError as error:
+            # run_chunk never raises, so this is Ray's own failure around the task.
+            if isinstance(error, _LOST) or isinstance(error.cause, _LOST):
+                raise ChunkLost(_describe_loss(error)) from None
+            if error.cause is None:
+                raise
+            raise error.cause from RemoteTraceback(str(error))
+        except _LOST as error:
+            raise ChunkLost(_describe_loss(error)) from None
+
+    def cancel(self, handles: Collection[ray.ObjectRef]) -> None:
+        for handle in handles:
+            # force=True kills the worker running the task, so it is free at once.
+            try:
+                ray.cancel(handle, force=True)
+            except (ValueError, TypeError, ray.exceptions.RayError):
+                pass
+
+    def close(self) -> None:
+        if self._owns_ray:
+            self._owns_ray = False
+            ray.shutdown()
+
+
+def _chunk_task():
+    """``run_chunk`` as a Ray remote function, made once per process."""
+    global _remote_chunk
+    if _remote_chunk is None:
+        _remote_chunk = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(run_chunk)
+    return _remote_chunk
+
+
+def _describe_loss(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = " ".join(lines[:3])
+    if len(detail) > 400:
+        detail = detail[:397] + "..."
+    return f"Ray lost the task with its worker ({type(error).__name__}: {detail})"

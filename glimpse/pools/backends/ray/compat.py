@@ -1,0 +1,110 @@
+"""Every use of Ray's private internals, in one place. Checked on Ray 2.9 to 2.60.
+
+``tests/test_compat.py`` calls :func:`missing` so an upgrade that removes one fails loudly there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+
+@contextlib.contextmanager
+def loopback_kept():
+    """Keep 127.0.0.1 as Ray's node address while starting or connecting to Ray here.
+
+    On Linux Ray replaces 127.0.0.1 with the machine's network address, both as the node
+    address of a new Ray and in an address to connect to (ray-project/ray#26293, #59110),
+    so its servers would listen on every interface and a head on 127.0.0.1 could not be
+    reached. In its single-machine mode it keeps it. Private:
+    ``ray._private.ray_constants.ENABLE_RAY_CLUSTER`` (what ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``
+    sets when Ray is imported, too late for a process that imported it already).
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+#: ``ray start`` that keeps 127.0.0.1 in ``--address`` (it replaces it with the machine's network
+#: address, ray-project/ray#59110), so a node can join a head on loopback. Private:
+#: ``ray._private.services.resolve_ip_for_localhost``.
+RAY_START_KEEPING_LOOPBACK = (
+    "import sys, ray._private.services as services; services.resolve_ip_for_localhost = lambda host: host; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"
+)
+
+
+def ask_gcs(address: str, timeout: float) -> list[BaseException | None]:
+    """Ask the GCS at ``address`` for a key; ``[None]`` if it answered, ``[error]``, or ``[]`` if silent.
+
+    ``ray.init`` can hang for minutes on an address that accepts connections but is not a Ray
+    head, and has no probe of its own. Private: ``ray._raylet.GcsClient.internal_kv_get``. Runs
+    in a daemon thread, because a GcsClient that gets no answer blocks for about 40 s.
+    """
+    import ray._raylet
+
+    answer: list[BaseException | None] = []
+
+    def ask() -> None:
+        try:
+            client = ray._raylet.GcsClient(address=address)
+            client.internal_kv_get(b"glimpse-probe", namespace=None, timeout=timeout)
+            answer.append(None)
+        except BaseException as exc:
+            answer.append(exc)
+
+    thread = threading.Thread(target=ask, name="glimpse-ray-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return answer
+
+
+def enable_token_if_this_machine_has_one() -> None:
+    """Turn on token authentication when this machine has a Ray token, as ``ray.init()`` does locally.
+
+    ``ray start --head`` turns token authentication on when this machine has a token
+    (``~/.ray/auth_token``, ``$RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN_PATH``), but
+    ``ray.init(address=...)`` sends it only with ``RAY_AUTH_MODE=token``. Private:
+    ``AuthenticationTokenLoader`` and ``_enable_token_auth`` (Ray >= 2.50; older Rays have no tokens).
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+        from ray._raylet import AuthenticationTokenLoader
+    except ImportError:
+        return
+    if AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        _enable_token_auth()
+
+
+def missing() -> list[str]:
+    """The private names this module relies on that the installed Ray lacks."""
+    import importlib
+
+    wanted = [
+        ("ray._private.ray_constants", "ENABLE_RAY_CLUSTER"),
+        ("ray._private.services", "resolve_ip_for_localhost"),
+        ("ray._raylet", "GcsClient"),
+        ("ray._raylet", "AuthenticationTokenLoader"),
+        ("ray._private.authentication.authentication_token_setup", "_enable_token_auth"),
+    ]
+    gone = []
+    for module_name, name in wanted:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            gone.append(f"{module_name} (module)")
+            continue
+        if not hasattr(module, name):
+            gone.append(f"{module_name}.{name}")
+    import ray._raylet
+
+    # GcsClient hands its methods over from the inner client it wraps.
+    inner = getattr(ray._raylet, "InnerGcsClient", ray._raylet.GcsClient)
+    if not hasattr(inner, "internal_kv_get"):
+        gone.append("ray._raylet.GcsClient.internal_kv_get")
+    return gone

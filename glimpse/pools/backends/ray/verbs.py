@@ -1,0 +1,122 @@
+"""``glimpse-cluster --type ray VERB``: run and inspect a Ray cluster with ``ray start``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import ray
+
+from glimpse.pools.backends.ray import compat
+from glimpse.pools.backends.ray.connection import (
+    PROG,
+    connect,
+    host_port,
+    is_loopback,
+    on_this_machine,
+    probe,
+    use_local_token,
+)
+from glimpse.pools.backends.ray.pool import ADDRESS_VARIABLE
+from glimpse.pools.cluster import verbs as common
+
+DEFAULT_PORT = 6379
+
+_address_option = common.address_option(ADDRESS_VARIABLE, "HOST:PORT", "the head node's address")
+
+
+def RunMain(argv: Sequence[str] | None = None) -> int:
+    """Run ``glimpse-cluster --type ray VERB [options]``; return the exit code."""
+    return common.run_verbs(PROG, "Run and inspect a Ray cluster.", VERBS, argv, _address_option)
+
+
+def _broker_options(parser: argparse.ArgumentParser) -> None:
+    common.listen_options(DEFAULT_PORT, "the node's address to listen on (default 127.0.0.1)")(parser)
+    parser.add_argument("--num-cpus", type=int, help="CPUs the head node offers to tasks (default: its cores)")
+    parser.add_argument("--temp-dir", help="where Ray keeps its session files (default /tmp/ray)")
+
+
+def _worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-cpus", type=int, help="CPUs this node offers to tasks (default: its cores)")
+    parser.add_argument("--temp-dir", help="where Ray keeps its session files (default /tmp/ray)")
+
+
+def _launch_broker(args: argparse.Namespace) -> int:
+    command = [f"--node-ip-address={args.host}", f"--port={args.port}", "--include-dashboard=false"]
+    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    if is_loopback(args.host):
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # see compat.loopback_kept
+    return _run_ray_start(["--head", *command, *_node_options(args)], env)
+
+
+def _launch_worker(args: argparse.Namespace) -> int:
+    address, source = common.required_address(args, ADDRESS_VARIABLE, "HOST:PORT")
+    if on_this_machine(host_port(address)[0]):
+        use_local_token()
+    probe(address, source)
+    command = [f"--address={address}", *_node_options(args)]
+    return _run_ray_start(command, {"RAY_USAGE_STATS_ENABLED": "0"}, keep_loopback=True)
+
+
+def _ping_workers(args: argparse.Namespace) -> int:
+    address, source = common.required_address(args, ADDRESS_VARIABLE, "HOST:PORT")
+    connect(address, source, {"log_to_driver": False})
+    try:
+        nodes = ray.nodes()
+    finally:
+        ray.shutdown()
+    for node in sorted(nodes, key=lambda n: (not n.get("Alive"), n["NodeManagerAddress"], n["NodeManagerPort"])):
+        cpus = node.get("Resources", {}).get("CPU", 0)
+        role = " head" if node.get("Resources", {}).get("node:__internal_head__") else ""
+        state = "alive" if node.get("Alive") else "dead"
+        print(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']} cpus={cpus:g} {state}{role}")
+    return 0 if any(node.get("Alive") for node in nodes) else 1
+
+
+def _kill_workers(args: argparse.Namespace) -> int:
+    return _cannot(
+        "KillWorkers",
+        "Ray has no API to stop a node from a client. Stop a node by ending its `ray start` process "
+        f"(the `{PROG} LaunchWorker` you started) on its machine; Ray replaces crashed worker processes itself.",
+    )
+
+
+def _restart_workers(args: argparse.Namespace) -> int:
+    return _cannot(
+        "RestartWorkers",
+        "Ray has no API to restart a node's worker processes from a client; it starts fresh ones itself "
+        "when one dies. To restart a node, end its `ray start` process and run LaunchWorker again.",
+    )
+
+
+VERBS: dict[str, common.Verb] = {
+    "LaunchBroker": common.Verb("run a Ray head node in the foreground until killed", _launch_broker, _broker_options),
+    "LaunchWorker": common.Verb(
+        "run a Ray node that joins the cluster, in the foreground", _launch_worker, _worker_options
+    ),
+    "PingWorkers": common.Verb("print one line per node: address, CPUs, alive or dead", _ping_workers),
+    "KillWorkers": common.Verb("not possible with Ray (says why and exits with code 1)", _kill_workers),
+    "RestartWorkers": common.Verb("not possible with Ray (says why and exits with code 1)", _restart_workers),
+}
+
+
+def _node_options(args: argparse.Namespace) -> list[str]:
+    options = [f"--temp-dir={args.temp_dir}"] if args.temp_dir else []
+    if args.num_cpus is None:
+        return options
+    if args.num_cpus < 1:
+        raise ValueError(f"--num-cpus must be at least 1, not {args.num_cpus}")
+    return [*options, f"--num-cpus={args.num_cpus}"]
+
+
+def _run_ray_start(options: list[str], env: dict, keep_loopback: bool = False) -> int:
+    launcher = ["-c", compat.RAY_START_KEEPING_LOOPBACK] if keep_loopback else ["-m", "ray.scripts.scripts"]
+    command = [sys.executable, *launcher, "start", "--block", "--disable-usage-stats", *options]
+    return common.run_foreground(command, env={**os.environ, **env})
+
+
+def _cannot(verb: str, reason: str) -> int:
+    print(f"{PROG} {verb}: error: {reason}", file=sys.stderr)
+    return 1

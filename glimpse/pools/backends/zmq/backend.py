@@ -1,0 +1,288 @@
+"""The backend of ``ZmqPool``: chunks go to a glimpse ZeroMQ broker over one DEALER socket.
+
+``submit`` sends a chunk message, ``wait`` polls the socket and records outcomes by task id,
+``cancel`` sends a cancel message. The function goes to the broker once per call; workers
+fetch it from there. A broker that stops answering while chunks are out is an error, not a hang;
+a chunk the broker no longer knows (it restarted, or a reply was dropped) is lost and re-sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+import uuid
+from collections.abc import Collection
+
+import zmq
+
+from glimpse.pools.backends.zmq import protocol as p
+from glimpse.pools.contract.backend import Backend, Call, Chunk, TrackedChunk
+from glimpse.pools.errors import ClusterConnectionError
+
+log = logging.getLogger(__name__)
+
+_WORKERS_FRESH_SECONDS = 1.0
+
+
+class SentChunk(TrackedChunk):
+    """A chunk sent to the broker, until its outcome or its loss arrives."""
+
+    __slots__ = ("number", "task_id")
+
+    def __init__(self, number: int):
+        super().__init__()
+        self.number = number
+        self.task_id = p.number(number)
+
+
+class ZmqBackend(Backend):
+    """Runs chunks on the workers of the broker at ``address``.
+
+    Args:
+        address: The broker's endpoint, ``tcp://HOST:PORT``.
+        source: Where the address came from, for error messages.
+        cluster: An embedded cluster (``embedded.EmbeddedZmqCluster``) this backend owns and ends.
+    """
+
+    chunk_seconds = 0.05
+
+    def __init__(self, address: str, source: str = "the address argument", cluster=None):
+        self.address = p.normalize_address(address)
+        self.cluster = cluster
+        self._source = source
+        # A name of its own keeps replies coming to this pool after the connection drops and comes back.
+        routing_id = f"pool-{uuid.uuid4().hex}".encode()
+        self._socket: zmq.Socket | None = p.dealer(zmq.Context.instance(), self.address, routing_id, bounded=False)
+        self._jobs: dict[bytes, SentChunk] = {}
+        self._calls: dict[str, bytes] = {}
+        self._task_numbers = itertools.count(1)
+        self._last_number = 0
+        self._broker: bytes | None = None
+        self._nworkers = 0
+        self._counted_at = 0.0
+        self._heard_at = time.monotonic()
+        self._pinged_at = 0.0
+        self._unanswered_since: float | None = None
+        self._replies: dict[bytes, list] = {}
+        self._warned = False
+        self._connect()
+
+    def workers(self) -> int:
+        if time.monotonic() - self._counted_at > _WORKERS_FRESH_SECONDS:
+            self._ping_and_wait()
+        return max(1, self._nworkers)
+
+    def open_call(self, call: Call) -> None:
+        self._calls[call.id] = call.blob
+        self._send(p.FUNC, call.id.encode(), call.blob)
+
+    def close_call(self, call: Call) -> None:
+        if self._calls.pop(call.id, None) is not None and self._socket is not None:
+            self._send(p.DROP, call.id.encode())
+
+    def submit(self, call: Call, chunk: Chunk) -> SentChunk:
+        job = SentChunk(next(self._task_numbers))
+        self._jobs[job.task_id] = job
+        self._last_number = job.number
+        self._send(p.CHUNK, job.task_id, call.id.encode(), chunk.payload, p.number(chunk.start))
+        return job
+
+    def wait(self, handles: Collection[SentChunk], timeout: float) -> list[SentChunk]:
+        if not handles:
+            return []
+        deadline = time.monotonic() + timeout
+        while True:
+            done = [job for job in handles if job.done]
+            remaining = deadline - time.monotonic()
+            if done or remaining <= 0:
+                return done
+            self._check_broker()
+            self._warn_without_workers()
+            if self._live_socket().poll(min(remaining, p.HEARTBEAT_SECONDS) * 1000):
+                self._receive_available()
+
+    def outcome(self, handle: SentChunk) -> bytes:
+        return handle.outcome()
+
+    def cancel(self, handles: Collection[SentChunk]) -> None:
+        tasks = [job.task_id for job in handles if not job.done]
+        for job in handles:
+            if not job.done:
+                job.lost = "cancelled"
+            self._jobs.pop(job.task_id, None)
+        if tasks and self._socket is not None:
+            self._send(p.CANCEL, *tasks)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._send(p.BYE)
+            self._socket.close(linger=500)
+            self._socket = None
+        for job in self._jobs.values():
+            job.lost = "the pool was closed"
+        self._jobs.clear()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def terminate(self) -> None:
+        self.close()
+        if self.cluster is not None:
+            self.cluster.kill()
+
+    def join(self) -> None:
+        if self.cluster is not None:
+            self.cluster.join()
+
+    def wait_for_workers(self, count: int, timeout: float) -> int:
+        """Wait until at least ``count`` workers are connected (or ``timeout`` passes); return how many are."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._ping_and_wait()
+            if self._nworkers >= count or time.monotonic() >= deadline:
+                return self._nworkers
+            time.sleep(0.1)
+
+    def describe_cluster(self) -> dict:
+        """The broker's view: its ``workers`` (dicts with ``id``, ``host``, ``pid``, ``task_pid``, ``state``),
+        how many chunks are ``queued`` and how many call ``functions`` it keeps."""
+        return json.loads(self._ask(p.LIST, reply=p.LISTED)[0])
+
+    def kill_workers(self) -> int:
+        """Tell every worker to exit; return how many there were."""
+        return int(self._ask(p.KILL, reply=p.KILLED)[0])
+
+    def restart_workers(self) -> int:
+        """Replace every worker's task process with a fresh one; return how many workers there are."""
+        return int(self._ask(p.RESTART, reply=p.RESTARTED)[0])
+
+    def _connect(self) -> None:
+        try:
+            self._ask(p.HELLO, p.VERSION, reply=p.WELCOME, timeout=p.CONNECT_SECONDS)
+        except _NoAnswer:
+            self._socket.close()
+            self._socket = None
+            raise ClusterConnectionError(
+                f"no glimpse zmq broker answered at {self.address} (from {self._source}) within "
+                f"{p.CONNECT_SECONDS:g} s. Start one with `glimpse-cluster --type zmq LaunchBroker --port PORT` "
+                f"and workers with `glimpse-cluster --type zmq LaunchWorker --address {self.address}`, "
+                "or fix the address."
+            ) from None
+
+    def _ask(self, kind: bytes, *frames: bytes, reply: bytes, timeout: float = p.BROKER_TIMEOUT_SECONDS) -> list:
+        """Send a request and return the frames of its reply, handling other messages meanwhile."""
+        self._replies.pop(reply, None)
+        self._send(kind, *frames)
+        deadline = time.monotonic() + timeout
+        while reply not in self._replies:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _NoAnswer(
+                    f"the glimpse zmq broker at {self.address} did not answer within {timeout:g} s; "
+                    "is it still running?"
+                )
+            if self._live_socket().poll(remaining * 1000):
+                self._receive_available()
+        return self._replies.pop(reply)
+
+    def _check_broker(self) -> None:
+        """Ping a broker that has been quiet; raise if pings stayed unanswered too long.
+
+        Silence counts from the first unanswered ping, not from the last message, so a consumer
+        that takes long between results (or a pool idle between calls) is not mistaken for a dead broker.
+        """
+        now = time.monotonic()
+        if self._unanswered_since is not None and now - self._unanswered_since > p.BROKER_TIMEOUT_SECONDS:
+            raise ClusterConnectionError(
+                f"the glimpse zmq broker at {self.address} stopped answering "
+                f"({now - self._unanswered_since:.0f} s without a reply) while {len(self._jobs)} chunks were out; "
+                "it was stopped or is unreachable. Restart it (and its workers) and run the call again."
+            )
+        if now - self._heard_at > p.HEARTBEAT_SECONDS and now - self._pinged_at > p.HEARTBEAT_SECONDS:
+            self._pinged_at = now
+            if self._unanswered_since is None:
+                self._unanswered_since = now
+            self._send(p.PING, p.number(self._last_number))
+
+    def _ping_and_wait(self) -> None:
+        self._ask(p.PING, p.number(self._last_number), reply=p.PONG)
+
+    def _warn_without_workers(self) -> None:
+        if self._nworkers > 0:
+            self._warned = False
+        elif not self._warned:
+            self._warned = True
+            log.warning(
+                "no workers are connected to the zmq broker at %s; chunks wait until one connects "
+                "(start some with `glimpse-cluster --type zmq LaunchWorker --address %s`)",
+                self.address,
+                self.address,
+            )
+
+    def _receive_available(self) -> None:
+        while True:
+            try:
+                kind, *frames = self._live_socket().recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._heard_at = time.monotonic()
+            self._unanswered_since = None
+            if kind == p.DONE:
+                job = self._jobs.pop(frames[0], None)
+                if job is not None:
+                    job.result = frames[1]
+            elif kind == p.LOST:
+                job = self._jobs.pop(frames[0], None)
+                if job is not None:
+                    job.lost = frames[1].decode(errors="replace")
+            elif kind == p.WELCOME:
+                self._count_workers(frames[0], int(frames[1]))
+                self._replies[kind] = frames
+            elif kind == p.PONG:
+                self._count_workers(frames[0], int(frames[1]))
+                self._reconcile(int(frames[2]), set(frames[3:]))
+                self._replies[kind] = frames
+            elif kind == p.NOFUNC:
+                call_id = frames[0].decode()
+                if call_id in self._calls:
+                    self._send(p.FUNC, frames[0], self._calls[call_id])
+            elif kind == p.REFUSED:
+                raise ClusterConnectionError(
+                    f"the glimpse zmq broker at {self.address} refused this pool: {frames[0].decode()}"
+                )
+            else:
+                self._replies[kind] = frames
+
+    def _count_workers(self, broker: bytes, nworkers: int) -> None:
+        if self._broker is not None and broker != self._broker:
+            self._broker_restarted()
+        self._broker, self._nworkers, self._counted_at = broker, nworkers, time.monotonic()
+
+    def _broker_restarted(self) -> None:
+        """A new broker answers at the address: give it the functions of the calls still running."""
+        log.warning("the glimpse zmq broker at %s restarted; chunks it had are sent again", self.address)
+        for call_id, blob in self._calls.items():
+            self._send(p.FUNC, call_id.encode(), blob)
+
+    def _reconcile(self, last_number: int, known: set[bytes]) -> None:
+        """Chunks sent before the ping that the broker does not hold and never answered are lost."""
+        for task_id, job in list(self._jobs.items()):
+            if job.number <= last_number and task_id not in known:
+                del self._jobs[task_id]
+                job.lost = (
+                    f"the glimpse zmq broker at {self.address} no longer had the chunk "
+                    "(it restarted, or the connection to it dropped)"
+                )
+
+    def _send(self, kind: bytes, *frames: bytes) -> None:
+        self._live_socket().send_multipart([kind, *frames], copy=False)
+
+    def _live_socket(self) -> zmq.Socket:
+        if self._socket is None:
+            raise ValueError(f"the connection to the zmq broker at {self.address} is closed; make a new pool")
+        return self._socket
+
+
+class _NoAnswer(ClusterConnectionError):
+    """The broker did not answer a request in time."""

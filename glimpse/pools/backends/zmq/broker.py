@@ -1,0 +1,312 @@
+"""The broker of the glimpse ZeroMQ cluster: one ROUTER socket between pools and workers.
+
+It queues the chunks pools send, hands each to an idle worker, forwards outcomes back, keeps
+each call's pickled function until the pool releases it, and reports the chunk of a worker that
+stops sending heartbeats as lost to the pool that sent it. See ``protocol.py`` for the messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import zmq
+
+from glimpse.pools.backends.zmq import protocol as p
+
+log = logging.getLogger(__name__)
+
+_POLL_SECONDS = 0.5
+
+
+def serve(host: str, port: int, ready_fd: int | None = None) -> None:
+    """Bind ``tcp://host:port`` (port 0 picks a free one) and run the broker until interrupted.
+
+    When ``ready_fd`` is given, the bound address is written to it and it is closed.
+    """
+    context = zmq.Context()
+    socket = context.socket(zmq.ROUTER)
+    socket.linger = 0
+    socket.sndhwm = 0
+    socket.rcvhwm = 0
+    # Workers name themselves; a worker that reconnects (after a network blip) keeps its name.
+    socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    try:
+        socket.bind(f"tcp://{host}:{port}")
+    except zmq.ZMQError as exc:
+        socket.close()
+        raise OSError(f"the zmq broker cannot listen on tcp://{host}:{port}: {exc}") from None
+    address = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+    log.info("glimpse zmq broker listening on %s", address)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "the broker listens on %s: anyone who can reach it can run code on its workers; "
+            "allow only trusted machines to reach this port",
+            address,
+        )
+    if ready_fd is not None:
+        with os.fdopen(ready_fd, "w") as ready:
+            ready.write(address + "\n")
+    try:
+        Broker(socket).run()
+    finally:
+        socket.close()
+        context.term()
+
+
+@dataclass(eq=False)
+class QueuedChunk:
+    """A chunk a pool sent: queued, or running on a worker."""
+
+    number: int
+    client: bytes
+    task: bytes
+    call: bytes
+    payload: bytes
+    start: bytes
+    worker: Worker | None = None
+
+
+@dataclass(eq=False)
+class Worker:
+    """One worker slot as the broker knows it."""
+
+    id: bytes
+    info: dict
+    seen: float
+    job: QueuedChunk | None = None
+    since: float = field(default_factory=time.monotonic)
+
+    def describe(self) -> str:
+        return f"zmq worker {self.id.decode(errors='replace')} (pid {self.info.get('pid')} on {self.info.get('host')})"
+
+
+class Broker:
+    """The broker's state and its message handlers; :meth:`run` is the event loop."""
+
+    def __init__(self, socket: zmq.Socket):
+        self.socket = socket
+        self.id = uuid.uuid4().hex.encode()
+        self.workers: OrderedDict[bytes, Worker] = OrderedDict()
+        self.queue: deque[QueuedChunk] = deque()
+        self.jobs: dict[tuple[bytes, bytes], QueuedChunk] = {}
+        self.running: dict[int, QueuedChunk] = {}
+        self.functions: dict[bytes, tuple[bytes, bytes]] = {}
+        self.next_job = 0
+        self.handlers = {
+            p.HELLO: self.on_hello,
+            p.PING: self.on_ping,
+            p.FUNC: self.on_func,
+            p.DROP: self.on_drop,
+            p.CHUNK: self.on_chunk,
+            p.CANCEL: self.on_cancel,
+            p.LIST: self.on_list,
+            p.KILL: self.on_kill,
+            p.RESTART: self.on_restart,
+            p.BYE: self.on_bye,
+            p.READY: self.on_ready,
+            p.HEARTBEAT: self.on_heartbeat,
+            p.RESULT: self.on_result,
+            p.FAILED: self.on_failed,
+            p.GETFUNC: self.on_getfunc,
+            p.LEAVING: self.on_leaving,
+        }
+
+    def run(self) -> None:
+        while True:
+            if self.socket.poll(_POLL_SECONDS * 1000):
+                self.receive_available()
+            self.expire_silent_workers()
+            self.dispatch()
+
+    def receive_available(self) -> None:
+        while True:
+            try:
+                sender, kind, *frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            worker = self.workers.get(sender)
+            if worker is not None:
+                worker.seen = time.monotonic()
+            handler = self.handlers.get(kind)
+            if handler is None:
+                log.warning("ignoring an unknown %r message", kind[:20])
+                continue
+            try:
+                handler(sender, *frames)
+            except (TypeError, ValueError):
+                log.warning("ignoring a malformed %s message", kind.decode(errors="replace"))
+            self.dispatch()
+
+    def dispatch(self) -> None:
+        while self.queue:
+            worker = next((w for w in self.workers.values() if w.job is None), None)
+            if worker is None:
+                return
+            job = self.queue.popleft()
+            job.worker, worker.job, worker.since = worker, job, time.monotonic()
+            self.running[job.number] = job
+            self.send(worker.id, p.TASK, p.number(job.number), job.call, job.payload, job.start)
+
+    def expire_silent_workers(self) -> None:
+        limit = time.monotonic() - p.WORKER_TIMEOUT_SECONDS
+        for worker in [w for w in self.workers.values() if w.seen < limit]:
+            self.remove_worker(
+                worker,
+                f"{worker.describe()} sent no heartbeat for {p.WORKER_TIMEOUT_SECONDS:g} s "
+                "(its process was killed, or its machine is unreachable)",
+            )
+
+    # -- messages from pools -----------------------------------------------------------------
+
+    def on_hello(self, client: bytes, version: bytes) -> None:
+        if version != p.VERSION:
+            self.send(client, p.REFUSED, f"the broker speaks {p.VERSION.decode()}, not {version.decode()}".encode())
+            return
+        self.send(client, p.WELCOME, self.id, p.number(len(self.workers)))
+
+    def on_ping(self, client: bytes, last_task: bytes) -> None:
+        held = [task for owner, task in self.jobs if owner == client]
+        self.send(client, p.PONG, self.id, p.number(len(self.workers)), last_task, *held)
+
+    def on_func(self, client: bytes, call: bytes, blob: bytes) -> None:
+        self.functions[call] = (client, blob)
+
+    def on_drop(self, client: bytes, call: bytes) -> None:
+        self.functions.pop(call, None)
+
+    def on_chunk(self, client: bytes, task: bytes, call: bytes, payload: bytes, start: bytes) -> None:
+        if call not in self.functions:
+            # The pool sent the function to an earlier broker at this address: ask for it again.
+            self.send(client, p.NOFUNC, call)
+            self.send(client, p.LOST, task, b"the zmq broker did not have the function of the call (it restarted)")
+            return
+        self.next_job += 1
+        job = QueuedChunk(self.next_job, client, task, call, payload, start)
+        self.jobs[client, task] = job
+        self.queue.append(job)
+
+    def on_cancel(self, client: bytes, *tasks: bytes) -> None:
+        for task in tasks:
+            job = self.jobs.pop((client, task), None)
+            if job is None:
+                continue
+            if job.worker is None:
+                self.queue.remove(job)
+            else:
+                self.running.pop(job.number, None)
+                self.send(job.worker.id, p.CANCEL, p.number(job.number))
+                job.worker.job = None
+
+    def on_list(self, client: bytes) -> None:
+        now = time.monotonic()
+        workers = [
+            {
+                "id": worker.id.decode(errors="replace"),
+                **worker.info,
+                "state": "idle" if worker.job is None else "busy",
+                "for_seconds": round(now - worker.since, 1),
+            }
+            for worker in self.workers.values()
+        ]
+        summary = {"workers": workers, "queued": len(self.queue), "functions": len(self.functions)}
+        self.send(client, p.LISTED, p.to_json(summary))
+
+    def on_kill(self, client: bytes) -> None:
+        count = len(self.workers)
+        for worker in list(self.workers.values()):
+            self.send(worker.id, p.EXIT)
+            self.remove_worker(worker, f"{worker.describe()} was stopped by KillWorkers")
+        self.send(client, p.KILLED, p.number(count))
+
+    def on_restart(self, client: bytes) -> None:
+        for worker in self.workers.values():
+            self.send(worker.id, p.RESTART)
+            self.lose_job(worker, f"{worker.describe()} was restarted by RestartWorkers")
+        self.send(client, p.RESTARTED, p.number(len(self.workers)))
+
+    def on_bye(self, client: bytes) -> None:
+        for call in [call for call, (owner, _) in self.functions.items() if owner == client]:
+            del self.functions[call]
+        tasks = [task for owner, task in self.jobs if owner == client]
+        self.on_cancel(client, *tasks)
+
+    # -- messages from workers ---------------------------------------------------------------
+
+    def on_ready(self, sender: bytes, version: bytes, info: bytes) -> None:
+        if version != p.VERSION:
+            log.warning("refusing worker %r: it speaks %r, not %r", sender, version, p.VERSION)
+            self.send(sender, p.EXIT)
+            return
+        old = self.workers.pop(sender, None)
+        if old is not None:
+            self.lose_job(old, f"{old.describe()} started over while running it")
+        self.workers[sender] = Worker(sender, p.from_json(info), time.monotonic())
+        self.send(sender, p.WELCOME, self.id)
+        log.info("worker %s joined (%d workers)", sender.decode(errors="replace"), len(self.workers))
+
+    def on_heartbeat(self, sender: bytes, info: bytes) -> None:
+        worker = self.workers.get(sender)
+        if worker is None:
+            # A worker this broker does not know (the broker restarted, or expired it): start over.
+            self.send(sender, p.RESET)
+            return
+        worker.info = p.from_json(info)
+
+    def on_result(self, sender: bytes, job_number: bytes, outcome: bytes) -> None:
+        job = self.finish(sender, job_number)
+        if job is not None:
+            self.send(job.client, p.DONE, job.task, outcome)
+
+    def on_failed(self, sender: bytes, job_number: bytes, reason: bytes) -> None:
+        job = self.finish(sender, job_number)
+        if job is not None:
+            self.send(job.client, p.LOST, job.task, reason)
+
+    def on_getfunc(self, sender: bytes, call: bytes) -> None:
+        entry = self.functions.get(call)
+        if entry is None:
+            self.send(sender, p.NOFUNC, call)
+        else:
+            self.send(sender, p.FUNC, call, entry[1])
+
+    def on_leaving(self, sender: bytes, reason: bytes) -> None:
+        worker = self.workers.get(sender)
+        if worker is not None:
+            self.remove_worker(worker, f"{worker.describe()} left: {reason.decode(errors='replace')}")
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def finish(self, sender: bytes, job_number: bytes) -> QueuedChunk | None:
+        """The job a worker reports on, taken off the books; ``None`` if it was cancelled or lost."""
+        job = self.running.get(int(job_number))
+        worker = self.workers.get(sender)
+        if job is None or worker is None or job.worker is not worker:
+            return None
+        del self.running[job.number]
+        self.jobs.pop((job.client, job.task), None)
+        worker.job, worker.since = None, time.monotonic()
+        return job
+
+    def lose_job(self, worker: Worker, reason: str) -> None:
+        job = worker.job
+        worker.job, worker.since = None, time.monotonic()
+        if job is None:
+            return
+        self.running.pop(job.number, None)
+        self.jobs.pop((job.client, job.task), None)
+        self.send(job.client, p.LOST, job.task, reason.encode())
+
+    def remove_worker(self, worker: Worker, reason: str) -> None:
+        self.workers.pop(worker.id, None)
+        log.info("%s (%d workers)", reason, len(self.workers))
+        self.lose_job(worker, reason)
+
+    def send(self, peer: bytes, kind: bytes, *frames: bytes) -> None:
+        self.socket.send_multipart([peer, kind, *frames])

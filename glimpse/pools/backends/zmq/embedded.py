@@ -1,0 +1,104 @@
+"""The embedded glimpse ZeroMQ cluster: a broker and workers on 127.0.0.1 that one pool starts and ends.
+
+The broker and the worker process each run in a process group of their own (their task
+processes join the worker's group), ended by group id; both also exit when the pool's process
+is gone, so a crashed program leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+
+from glimpse.pools.subprocesses import child_environment, signal_group
+
+STARTUP_SECONDS = 60.0
+_STOP_GRACE_SECONDS = 5.0
+
+
+class EmbeddedZmqCluster:
+    """A broker process and a worker process with ``nworkers`` slots, started by :meth:`start`."""
+
+    def __init__(self, address: str, broker: subprocess.Popen, workers: subprocess.Popen):
+        self.address, self.broker, self.workers = address, broker, workers
+
+    @classmethod
+    def start(cls, nworkers: int) -> EmbeddedZmqCluster:
+        """Start a broker on a free port of 127.0.0.1 and ``nworkers`` workers connected to it."""
+        ready_r, ready_w = os.pipe()
+        try:
+            broker = _launch(
+                ["LaunchBroker", "--host", "127.0.0.1", "--port", "0", "--ready-fd", str(ready_w)], ready_w
+            )
+        finally:
+            os.close(ready_w)
+        try:
+            address = _read_address(ready_r, broker)
+            workers = _launch(["LaunchWorker", "--address", address, "--nworkers", str(nworkers)])
+        except BaseException:
+            signal_group(broker.pid, signal.SIGKILL)
+            broker.wait()
+            raise
+        return cls(address, broker, workers)
+
+    def pids(self) -> list[int]:
+        """The process ids of the broker and the worker process (the leaders of their groups)."""
+        return [self.broker.pid, self.workers.pid]
+
+    def stop(self) -> None:
+        """Ask the broker and the workers to exit (SIGTERM to their process groups)."""
+        for process in (self.workers, self.broker):
+            signal_group(process.pid, signal.SIGTERM)
+
+    def join(self, grace: float = _STOP_GRACE_SECONDS) -> None:
+        """Wait up to ``grace`` seconds for the processes to exit, then kill whatever is left of their groups."""
+        deadline = time.monotonic() + grace
+        for process in (self.workers, self.broker):
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        """Kill the broker, the workers and their task processes at once."""
+        for process in (self.workers, self.broker):
+            signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _launch(verb_args: list[str], ready_fd: int | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "glimpse.pools.cli", "--type", "zmq", *verb_args, "--exit-with-parent", "--quiet"]
+    return subprocess.Popen(
+        command,
+        env=child_environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL if ready_fd is not None else None,
+        pass_fds=() if ready_fd is None else (ready_fd,),
+        start_new_session=True,
+    )
+
+
+def _read_address(ready_fd: int, broker: subprocess.Popen) -> str:
+    """The address the broker writes to ``ready_fd`` once it listens."""
+    text = b""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    with os.fdopen(ready_fd, "rb") as ready, selectors.DefaultSelector() as selector:
+        selector.register(ready, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if selector.select(max(0.0, deadline - time.monotonic())):
+                chunk = os.read(ready.fileno(), 4096)
+                if not chunk:
+                    break
+                text += chunk
+    address = text.decode().strip()
+    if address:
+        return address
+    code = broker.poll()
+    if code is None:
+        raise RuntimeError(f"the embedded zmq broker did not start listening within {STARTUP_SECONDS:g} s")
+    raise RuntimeError(f"the embedded zmq broker exited with code {code} before it listened (see its messages above)")

@@ -1,0 +1,92 @@
+"""The command-line shape shared by every cluster module's ``RunMain``: verbs and their options."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from glimpse.pools.errors import ClusterConnectionError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Verb:
+    """One verb of ``glimpse-cluster``: what it does, its options, and the function that runs it."""
+
+    help: str
+    run: Callable[[argparse.Namespace], int | None]
+    arguments: Callable[[argparse.ArgumentParser], None] = field(default=lambda parser: None)
+
+
+def run_verbs(
+    prog: str,
+    description: str,
+    verbs: dict[str, Verb],
+    argv: Sequence[str] | None,
+    common_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+) -> int:
+    """Parse ``argv`` as ``VERB [options]``, run the verb, and return an exit code.
+
+    ``common_arguments`` adds the options every verb takes (such as ``--address``).
+
+    ``--help`` and usage errors exit through argparse (code 0 and 2). An unreachable cluster or a
+    bad value prints one clear line on stderr and returns 1.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name, verb in verbs.items():
+        sub = subparsers.add_parser(name, help=verb.help, description=verb.help)
+        common_arguments(sub)
+        verb.arguments(sub)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return verbs[args.verb].run(args) or 0
+    except (ClusterConnectionError, ValueError, OSError, TimeoutError) as exc:
+        print(f"{prog} {args.verb}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def required_address(args: argparse.Namespace, variable: str, form: str, normalize=str.strip) -> tuple[str, str]:
+    """A verb's cluster address (``--address``, else ``$variable``) and where it came from; a
+    ``ValueError`` showing ``form`` (``tcp://HOST:PORT``) when neither is given."""
+    if getattr(args, "address", None):
+        return normalize(args.address), "--address"
+    if os.environ.get(variable):
+        return normalize(os.environ[variable]), f"${variable}"
+    raise ValueError(f"no cluster address: pass --address {form} or set ${variable}")
+
+
+def address_option(variable: str, form: str, what: str = "the cluster's address"):
+    """The ``--address`` option of a verb, defaulting to ``$variable``."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--address", help=f"{what}, {form} (default: ${variable})")
+
+    return add
+
+
+def listen_options(default_port: int, host_help: str = "interface to listen on (default 127.0.0.1)"):
+    """The ``--port`` and ``--host`` options of a verb that starts a server (on 127.0.0.1 by default)."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--port", type=int, default=default_port, help=f"port to listen on (default {default_port})"
+        )
+        parser.add_argument("--host", default="127.0.0.1", help=host_help)
+
+    return add
+
+
+def run_foreground(command: list[str], env: dict | None = None) -> int:
+    """Run an engine's own command until it exits (Ctrl-C: 130); return its exit code."""
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 130

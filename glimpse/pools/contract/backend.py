@@ -1,0 +1,158 @@
+"""The one interface every engine implements: submit a chunk, wait for finished chunks.
+
+:func:`glimpse.pools.contract.iteration.iterate` drives a backend; each hook's docstring says
+when and how often it calls it, so a backend author knows what must be cheap. Everything
+else (windowing, chunk sizes, ordering, errors, retries, cancellation, progress) is shared.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ChunkLost(Exception):
+    """Raised by :meth:`Backend.outcome` when the engine lost a chunk (its worker died, it was cancelled).
+
+    The message says how, and ends up in the ``WorkerLostError`` the caller sees if the chunk
+    is lost :attr:`Backend.max_attempts` times.
+    """
+
+
+@dataclass
+class Call:
+    """One ``map``/``imap`` call: the function, pickled once (``blob``), and an id unique to the call."""
+
+    func: Any
+    blob: bytes | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class Chunk:
+    """Consecutive items ``start .. start + len(items) - 1`` of a call, as sent to a worker.
+
+    ``payload`` is the pickled ``items`` (``None`` for a backend that does not serialize);
+    ``attempts`` counts how many times the engine lost it.
+    """
+
+    seq: int
+    start: int
+    items: list
+    payload: bytes | None = None
+    attempts: int = 0
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.items)
+
+    def describe(self) -> str:
+        if len(self.items) == 1:
+            return f"item #{self.start}"
+        return f"items #{self.start}..#{self.stop - 1}"
+
+
+class TrackedChunk:
+    """A handle for a backend that learns of a chunk's end itself: ``result`` bytes or ``lost`` reason."""
+
+    __slots__ = ("result", "lost")
+
+    def __init__(self):
+        self.result: bytes | None = None
+        self.lost: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.lost is not None
+
+    def outcome(self) -> bytes:
+        """The result, or :class:`ChunkLost` with the reason it was lost."""
+        if self.lost is not None:
+            raise ChunkLost(self.lost)
+        return self.result
+
+
+class Backend(ABC):
+    """How one engine runs chunks. Subclasses implement the abstract methods; the rest is optional.
+
+    A backend runs one call at a time (a pool is used from one thread at a time), but a call
+    may end early, so several calls' chunks can still be on the workers. On the workers, a chunk
+    runs :func:`glimpse.pools.contract.worker_runner.run_chunk`, which returns the pickled
+    outcome; :meth:`outcome` hands those bytes back unchanged.
+    """
+
+    #: Whether functions, arguments and results cross a process boundary (pickled).
+    serializes: bool = True
+    #: How many times a chunk is sent before its loss is an error (engine retries are extra).
+    max_attempts: int = 3
+    #: The compute time adaptive chunking aims for per chunk: well above the engine's per-task cost.
+    chunk_seconds: float = 0.05
+
+    @abstractmethod
+    def workers(self) -> int:
+        """How many chunks the engine can run at once now (at least 1).
+
+        Read once when a call starts, to size its chunks and (through :meth:`window`) how many
+        it keeps in flight. It may ask the cluster, but should cache the answer for a second.
+        """
+
+    def window(self) -> int:
+        """How many chunks one call keeps in flight: enough to keep every worker busy.
+
+        Read once when a call starts.
+        """
+        return 2 * self.workers() + 2
+
+    def open_call(self, call: Call) -> None:
+        """Make ``call.blob`` (the pickled function) available to the workers.
+
+        Called once per call, before its first :meth:`submit`. What the backend shares (an
+        object ref, a published name) stays inside the backend, keyed by ``call.id``.
+        """
+
+    def close_call(self, call: Call) -> None:
+        """Forget what :meth:`open_call` shared. Called once per call when it ends, however it ends."""
+
+    @abstractmethod
+    def submit(self, call: Call, chunk: Chunk) -> Any:
+        """Start running ``chunk``; return a handle for it. Called once per chunk and per re-send.
+
+        Must not block on the chunk's work: the caller keeps a window of chunks in flight.
+        """
+
+    @abstractmethod
+    def wait(self, handles: Collection[Any], timeout: float) -> list[Any]:
+        """Return the handles among ``handles`` that finished, waiting up to ``timeout`` seconds.
+
+        Called in a loop while a call has chunks in flight, with a timeout under a second; it
+        returns as soon as one chunk finished and must not busy-poll.
+        """
+
+    @abstractmethod
+    def outcome(self, handle: Any) -> Any:
+        """The finished chunk's outcome bytes; raise :class:`ChunkLost` if the engine lost it.
+
+        Called once per handle that :meth:`wait` returned. Without ``serializes``, the
+        :class:`~glimpse.pools.contract.worker_runner.ChunkOutcome` itself.
+        """
+
+    @abstractmethod
+    def cancel(self, handles: Collection[Any]) -> None:
+        """Stop the given chunks (queued or running) so workers are free for other work.
+
+        Called at most once per call, when it ends with chunks still in flight (the consumer
+        left the loop, or an error ended the call). Their outcomes are never asked for.
+        """
+
+    def close(self) -> None:
+        """Accept no more work; release what this backend owns once running work finishes."""
+
+    def terminate(self) -> None:
+        """Stop at once, killing running work."""
+        self.close()
+
+    def join(self) -> None:
+        """Wait until everything this backend owns has stopped (after close or terminate)."""

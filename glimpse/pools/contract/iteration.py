@@ -1,0 +1,172 @@
+"""The iteration contract, written once for every pool.
+
+One generator drives a backend: it reads chunks lazily within a bounded window, re-sends
+chunks the engine lost, yields results in input order (``imap``) or completion order
+(``imap_unordered``), re-raises the first error with its remote traceback after every
+earlier result, and cancels what is still in flight when the consumer stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+import cloudpickle
+
+from glimpse.pools.contract.backend import Backend, Call, Chunk, ChunkLost
+from glimpse.pools.contract.reader import ChunkReader
+from glimpse.pools.contract.sizing import AdaptiveSize, FixedSize, multiprocessing_chunksize
+from glimpse.pools.contract.worker_runner import ChunkOutcome, Failure
+from glimpse.pools.errors import RemoteTraceback, SerializationError, WorkerLostError
+
+log = logging.getLogger(__name__)
+
+_WAIT_SECONDS = 0.5
+
+
+def iterate(
+    backend: Backend,
+    func,
+    iterable: Iterable,
+    *,
+    ordered: bool,
+    chunksize: int | None,
+    progress: bool,
+    length: int | None,
+    whole: bool = False,
+) -> Iterator:
+    """Yield ``func(item)`` for every item, as the module docstring describes.
+
+    ``length`` is the input's length if it has one; ``whole`` says the caller wants every
+    result at once (``map``), so chunks of a known-length input are cut as ``multiprocessing``
+    does instead of adaptively.
+    """
+    workers = backend.workers()
+    sizes = _chunk_sizes(backend, workers, chunksize, length, whole)
+    window = backend.window()
+    reader = ChunkReader(iterable, sizes, backend.serializes, length)
+    call = _open_call(backend, func)
+    bar = _progress_bar(progress, length)
+    pending: dict = {}
+    finished: dict[int, tuple[Chunk, ChunkOutcome]] = {}
+    next_seq = 0
+    input_error: BaseException | None = None
+    try:
+        while True:
+            while input_error is None and not reader.exhausted and len(pending) + len(finished) < window:
+                try:
+                    chunk = reader.read()
+                except Exception as exc:
+                    input_error = exc
+                    break
+                if chunk is None:
+                    break
+                pending[backend.submit(call, chunk)] = chunk
+            if not pending and not finished:
+                if input_error is not None:
+                    raise input_error
+                return
+            for handle in backend.wait(list(pending), _WAIT_SECONDS):
+                chunk = pending.pop(handle)
+                outcome = _outcome_or_resubmit(backend, call, chunk, handle, pending)
+                if outcome is None:
+                    continue
+                sizes.observe(len(outcome.values) + (outcome.failure is not None), outcome.seconds)
+                bar.update(len(outcome.values))
+                if ordered:
+                    finished[chunk.seq] = (chunk, outcome)
+                else:
+                    yield from _deliver(outcome)
+            while next_seq in finished:
+                _, outcome = finished.pop(next_seq)
+                next_seq += 1
+                yield from _deliver(outcome)
+    finally:
+        if pending:
+            backend.cancel(list(pending))
+        backend.close_call(call)
+        bar.close()
+
+
+def _chunk_sizes(backend: Backend, workers: int, chunksize: int | None, length: int | None, whole: bool):
+    if chunksize:
+        return FixedSize(chunksize)
+    if whole and length is not None:
+        return FixedSize(multiprocessing_chunksize(length, workers) if length else 1)
+    return AdaptiveSize(backend.chunk_seconds, workers)
+
+
+def _open_call(backend: Backend, func) -> Call:
+    call = Call(func)
+    if backend.serializes:
+        try:
+            call.blob = cloudpickle.dumps(func)
+        except Exception as exc:
+            raise SerializationError(
+                f"the function {_name(func)} could not be pickled to send it to the workers: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    backend.open_call(call)
+    return call
+
+
+def _outcome_or_resubmit(backend, call, chunk, handle, pending) -> ChunkOutcome | None:
+    """The chunk's outcome; or ``None`` after sending a lost chunk again."""
+    try:
+        raw = backend.outcome(handle)
+    except ChunkLost as lost:
+        chunk.attempts += 1
+        if chunk.attempts >= backend.max_attempts:
+            raise WorkerLostError(
+                f"lost {chunk.describe()} {chunk.attempts} times with the worker running it; last: {lost}. "
+                "The function may crash its worker (os._exit, a segfault, running out of memory)."
+            ) from None
+        log.warning("re-sending %s after a worker was lost: %s", chunk.describe(), lost)
+        pending[backend.submit(call, chunk)] = chunk
+        return None
+    return _decode(raw, chunk) if backend.serializes else raw
+
+
+def _decode(raw: bytes, chunk: Chunk) -> ChunkOutcome:
+    try:
+        return cloudpickle.loads(raw)
+    except Exception as exc:
+        raise SerializationError(
+            f"the results of {chunk.describe()} could not be unpickled in the caller: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _deliver(outcome: ChunkOutcome) -> Iterator:
+    yield from outcome.values
+    if outcome.failure is not None:
+        _raise(outcome.failure)
+
+
+def _raise(failure: Failure):
+    exc = failure.exception
+    if failure.traceback:
+        exc.__cause__ = RemoteTraceback(failure.traceback)
+        note = f"raised by item #{failure.index} in worker {failure.where}"
+        if hasattr(exc, "add_note") and note not in getattr(exc, "__notes__", ()):
+            exc.add_note(note)
+    raise exc
+
+
+def _progress_bar(enabled: bool, total: int | None):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="item", dynamic_ncols=True)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _name(func) -> str:
+    return getattr(func, "__qualname__", None) or repr(func)

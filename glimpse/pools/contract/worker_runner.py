@@ -1,0 +1,133 @@
+"""Runs on the workers: apply a function to one chunk of items and report the outcome.
+
+Every engine's worker calls :func:`run_chunk`; it never raises, so every engine returns the
+same outcome bytes and the caller sees the user's own exception, never an engine wrapper.
+This module imports only the standard library and cloudpickle, so workers load it fast.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cloudpickle
+
+from glimpse.pools.errors import RemoteError, SerializationError
+
+_FUNCTION_CACHE_SIZE = 4
+_functions: OrderedDict[str, object] = OrderedDict()
+
+
+@dataclass
+class Failure:
+    """An exception raised by the function (or by pickling) at item ``index`` of the call."""
+
+    index: int
+    exception: BaseException
+    traceback: str = ""
+    where: str = ""
+
+
+@dataclass(eq=False)
+class ChunkOutcome:
+    """The results of a chunk, in order, up to the first failure, and the compute time."""
+
+    values: list = field(default_factory=list)
+    failure: Failure | None = None
+    seconds: float = 0.0
+
+
+def execute_chunk(func, items, start: int, catch=Exception) -> ChunkOutcome:
+    """Apply ``func`` to each item, stopping at the first exception (kept with its traceback)."""
+    values = []
+    began = time.perf_counter()
+    for offset, item in enumerate(items):
+        try:
+            values.append(func(item))
+        except catch as exc:
+            return ChunkOutcome(values, Failure(start + offset, exc), time.perf_counter() - began)
+    return ChunkOutcome(values, None, time.perf_counter() - began)
+
+
+#: How a chunk names its call's function: the pickled function, or a callable that returns it
+#: (called only when this process has not unpickled the call's function yet, for workers that
+#: fetch it on demand), or ``None`` when the sender knows this process has it already.
+PickledFunction = bytes | Callable[[], bytes] | None
+
+
+def run_chunk(call_id: str, function: PickledFunction, payload: bytes, start: int) -> bytes:
+    """Unpickle a function (cached per call) and a chunk, run it, and return the pickled outcome."""
+    try:
+        func = _function_for(call_id, function)
+        items = cloudpickle.loads(payload)
+    except BaseException as exc:
+        outcome = ChunkOutcome(failure=Failure(start, exc))
+    else:
+        outcome = execute_chunk(func, items, start, catch=BaseException)
+    return dumps_outcome(outcome, start)
+
+
+def _function_for(call_id: str, function: PickledFunction):
+    func = _functions.get(call_id)
+    if func is not None:
+        _functions.move_to_end(call_id)
+    else:
+        if function is None:
+            raise RuntimeError(f"this worker was sent a chunk of call {call_id} without its function")
+        func = cloudpickle.loads(function() if callable(function) else function)
+        _functions[call_id] = func
+        while len(_functions) > _FUNCTION_CACHE_SIZE:
+            _functions.popitem(last=False)
+    return func
+
+
+def dumps_outcome(outcome: ChunkOutcome, start: int) -> bytes:
+    """Pickle an outcome; a result that cannot be pickled becomes a failure at its item."""
+    if outcome.failure is not None:
+        outcome.failure = _portable_failure(outcome.failure)
+    try:
+        return cloudpickle.dumps(outcome)
+    except Exception:
+        return cloudpickle.dumps(_outcome_up_to_unpicklable_value(outcome, start))
+
+
+def _outcome_up_to_unpicklable_value(outcome: ChunkOutcome, start: int) -> ChunkOutcome:
+    for offset, value in enumerate(outcome.values):
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:
+            error = SerializationError(
+                f"the result of item #{start + offset} could not be pickled: "
+                f"{type(exc).__name__}: {exc} (result was {_short_repr(value)})"
+            )
+            failure = _portable_failure(Failure(start + offset, error))
+            return ChunkOutcome(outcome.values[:offset], failure, outcome.seconds)
+    raise AssertionError("an outcome that fails to pickle has an unpicklable value")
+
+
+def _portable_failure(failure: Failure) -> Failure:
+    """Format the traceback here, and make sure the exception survives a pickle round trip."""
+    exc = failure.exception
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        cloudpickle.loads(cloudpickle.dumps(exc))
+    except Exception:
+        exc = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    exc.__traceback__ = None
+    exc.__context__ = None
+    exc.__cause__ = None
+    where = f"pid {os.getpid()} on {socket.gethostname()}"
+    return Failure(failure.index, exc, text, where)
+
+
+def _short_repr(value, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,164 @@
+"""The contract machinery on its own: ``iterate`` driving a scripted in-memory backend.
+
+The backend runs each chunk with the real worker runner in this process, but the test decides
+in which order chunks finish, which are lost and how often, so ordering, retries, early exit
+and error delivery are checked in milliseconds, before any engine starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pytest
+
+from glimpse.pools import Pool, RemoteTraceback, SerializationError, WorkerLostError
+from glimpse.pools.contract import Backend, ChunkLost
+from glimpse.pools.contract.worker_runner import run_chunk
+
+
+class _Submitted:
+    def __init__(self, call, chunk):
+        self.call, self.chunk = call, chunk
+
+
+class ScriptedBackend(Backend):
+    """Chunks finish last-submitted first (``reverse``) or in order; ``losses[start]`` loses a chunk that often."""
+
+    def __init__(self, workers: int = 2, reverse: bool = True, losses: dict[int, int] | None = None):
+        self._workers = workers
+        self.reverse = reverse
+        self.losses = dict(losses or {})
+        self.submitted: list[tuple[int, int]] = []
+        self.cancelled: list[int] = []
+        self.opened: list[str] = []
+        self.closed: list[str] = []
+
+    def workers(self) -> int:
+        return self._workers
+
+    def open_call(self, call) -> None:
+        self.opened.append(call.id)
+
+    def close_call(self, call) -> None:
+        self.closed.append(call.id)
+
+    def submit(self, call, chunk):
+        self.submitted.append((chunk.start, len(chunk.items)))
+        return _Submitted(call, chunk)
+
+    def wait(self, handles, timeout):
+        handles = list(handles)
+        return [handles[-1] if self.reverse else handles[0]]
+
+    def outcome(self, handle):
+        chunk = handle.chunk
+        if self.losses.get(chunk.start, 0) > 0:
+            self.losses[chunk.start] -= 1
+            raise ChunkLost(f"scripted loss of {chunk.describe()}")
+        return run_chunk(handle.call.id, handle.call.blob, chunk.payload, chunk.start)
+
+    def cancel(self, handles) -> None:
+        self.cancelled.extend(handle.chunk.start for handle in handles)
+
+
+def _fail_on_three(x):
+    if x == 3:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def test_imap_keeps_input_order_when_chunks_finish_in_reverse():
+    pool = Pool(ScriptedBackend(reverse=True))
+    assert list(pool.imap(abs, range(-50, 0), chunksize=3)) == list(range(50, 0, -1))
+
+
+def test_imap_unordered_yields_in_completion_order():
+    pool = Pool(ScriptedBackend(workers=1, reverse=True))  # window of 4 chunks
+    results = list(pool.imap_unordered(abs, range(8), chunksize=1))
+    assert sorted(results) == list(range(8))
+    assert results[0] == 3, f"the last submitted chunk finished first, but {results[0]} came first: {results}"
+
+
+def test_a_lost_chunk_is_sent_again_and_delivered_once():
+    backend = ScriptedBackend(losses={4: 2})
+    assert Pool(backend).map(abs, range(10), chunksize=2) == list(range(10))
+    assert backend.submitted.count((4, 2)) == 3, backend.submitted
+
+
+def test_a_chunk_lost_max_attempts_times_is_a_worker_lost_error_naming_the_items():
+    backend = ScriptedBackend(losses={4: 99})
+    with pytest.raises(WorkerLostError, match=r"lost items #4\.\.#5 3 times.*scripted loss"):
+        Pool(backend).map(abs, range(10), chunksize=2)
+    assert backend.submitted.count((4, 2)) == backend.max_attempts
+
+
+def test_breaking_out_of_imap_cancels_pending_chunks_and_closes_the_call():
+    backend = ScriptedBackend(workers=2, reverse=False)
+    results = Pool(backend).imap(abs, itertools.count(), chunksize=1)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    results.close()
+    assert backend.cancelled, "no pending chunk was cancelled"
+    assert all(start >= 3 for start in backend.cancelled)
+    assert backend.opened == backend.closed and len(backend.opened) == 1
+
+
+def test_an_error_comes_after_every_earlier_result_with_the_remote_traceback():
+    results = Pool(ScriptedBackend(reverse=True)).imap(_fail_on_three, range(6), chunksize=1)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="bad item 3") as caught:
+        next(results)
+    assert isinstance(caught.value.__cause__, RemoteTraceback)
+    assert "_fail_on_three" in caught.value.__cause__.text
+    assert any("item #3" in note for note in getattr(caught.value, "__notes__", []))
+
+
+def test_an_unpicklable_item_is_named_after_the_items_before_it():
+    items = [1, 2, threading.Lock(), 4]
+    results = Pool(ScriptedBackend()).imap(abs, items, chunksize=1)
+    assert [next(results), next(results)] == [1, 2]
+    with pytest.raises(SerializationError, match=r"argument item #2 could not be pickled"):
+        next(results)
+
+
+def test_an_error_from_the_input_is_raised_unchanged_after_earlier_results():
+    error = KeyError("from the input")
+
+    def items():
+        yield from range(3)
+        raise error
+
+    results = Pool(ScriptedBackend()).imap(abs, items(), chunksize=2)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(KeyError) as caught:
+        next(results)
+    assert caught.value is error
+
+
+def test_input_is_read_at_most_one_window_ahead():
+    pulled = []
+
+    def items():
+        for x in itertools.count():
+            pulled.append(x)
+            yield x
+
+    backend = ScriptedBackend(workers=1, reverse=False)
+    results = Pool(backend).imap(abs, items(), chunksize=1)
+    next(results)
+    assert len(pulled) <= backend.window() + 1, f"read {len(pulled)} items for one result"
+    results.close()
+
+
+def test_map_cuts_about_four_chunks_per_worker_like_multiprocessing():
+    backend = ScriptedBackend(workers=2, reverse=False)
+    Pool(backend).map(abs, range(100))
+    assert {size for _, size in backend.submitted} == {13, 9}, backend.submitted
+
+
+def test_every_call_is_opened_and_closed_once_even_when_it_fails():
+    backend = ScriptedBackend()
+    with pytest.raises(ValueError):
+        Pool(backend).map(_fail_on_three, range(10), chunksize=1)
+    Pool(backend).map(abs, range(3))
+    assert len(backend.opened) == 2 and backend.opened == backend.closed

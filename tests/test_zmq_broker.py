@@ -1,0 +1,163 @@
+"""The zmq broker's message handling, driven directly over real ZeroMQ sockets in this process.
+
+No worker process and no event loop: the test sends a message, lets the broker handle what
+arrived, and reads what it sent back, so each protocol rule is checked in milliseconds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+zmq = pytest.importorskip("zmq")
+
+from glimpse.pools.backends.zmq import protocol as p  # noqa: E402
+from glimpse.pools.backends.zmq.broker import Broker  # noqa: E402
+
+_ENDPOINT = "inproc://glimpse-broker-test"
+
+
+@pytest.fixture
+def context():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def broker(context):
+    socket = context.socket(zmq.ROUTER)
+    socket.linger = 0
+    socket.bind(_ENDPOINT)
+    yield Broker(socket)
+    socket.close()
+
+
+def _peer(context, name: bytes):
+    return p.dealer(context, _ENDPOINT, name)
+
+
+def _deliver(broker: Broker) -> None:
+    """Let the broker handle everything its peers sent so far."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and broker.socket.poll(50):
+        broker.receive_available()
+    broker.dispatch()
+
+
+def _receive(socket, kind: bytes) -> list[bytes]:
+    """The frames of the next message of ``kind`` the peer gets (other kinds are skipped)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if socket.poll(100):
+            got, *frames = socket.recv_multipart()
+            if got == kind:
+                return frames
+    raise AssertionError(f"no {kind.decode()} message arrived")
+
+
+def _nothing(socket, kind: bytes) -> bool:
+    while socket.poll(100):
+        got, *_ = socket.recv_multipart()
+        if got == kind:
+            return False
+    return True
+
+
+def _ready_worker(context, broker, name=b"w1"):
+    worker = _peer(context, name)
+    worker.send_multipart([p.READY, p.VERSION, p.to_json({"pid": 1, "host": "here"})])
+    _deliver(broker)
+    _receive(worker, p.WELCOME)
+    return worker
+
+
+def test_a_chunk_goes_to_an_idle_worker_and_its_result_back_to_its_pool(context, broker):
+    worker = _ready_worker(context, broker)
+    pool = _peer(context, b"pool-1")
+    pool.send_multipart([p.FUNC, b"call", b"function-bytes"])
+    pool.send_multipart([p.CHUNK, b"7", b"call", b"payload", b"0"])
+    _deliver(broker)
+    job, call, payload, start = _receive(worker, p.TASK)
+    assert (call, payload, start) == (b"call", b"payload", b"0")
+    worker.send_multipart([p.RESULT, job, b"outcome"])
+    _deliver(broker)
+    assert _receive(pool, p.DONE) == [b"7", b"outcome"]
+
+
+def test_a_chunk_of_an_unknown_call_asks_for_the_function_and_is_lost(context, broker):
+    pool = _peer(context, b"pool-1")
+    pool.send_multipart([p.CHUNK, b"1", b"unknown-call", b"payload", b"0"])
+    _deliver(broker)
+    assert _receive(pool, p.NOFUNC) == [b"unknown-call"]
+    task, reason = _receive(pool, p.LOST)
+    assert task == b"1" and b"function" in reason
+
+
+def test_a_cancelled_running_chunk_stops_on_its_worker_and_its_late_result_is_dropped(context, broker):
+    worker = _ready_worker(context, broker)
+    pool = _peer(context, b"pool-1")
+    pool.send_multipart([p.FUNC, b"call", b"f"])
+    pool.send_multipart([p.CHUNK, b"1", b"call", b"payload", b"0"])
+    _deliver(broker)
+    job, *_ = _receive(worker, p.TASK)
+    pool.send_multipart([p.CANCEL, b"1"])
+    _deliver(broker)
+    assert _receive(worker, p.CANCEL) == [job]
+    worker.send_multipart([p.RESULT, job, b"late"])
+    _deliver(broker)
+    assert _nothing(pool, p.DONE), "the pool got the result of a chunk it cancelled"
+
+
+def test_a_silent_worker_is_dropped_and_its_chunk_reported_lost(context, broker):
+    worker = _ready_worker(context, broker)
+    pool = _peer(context, b"pool-1")
+    pool.send_multipart([p.FUNC, b"call", b"f"])
+    pool.send_multipart([p.CHUNK, b"1", b"call", b"payload", b"0"])
+    _deliver(broker)
+    _receive(worker, p.TASK)
+    broker.workers[b"w1"].seen -= p.WORKER_TIMEOUT_SECONDS + 1
+    broker.expire_silent_workers()
+    task, reason = _receive(pool, p.LOST)
+    assert task == b"1" and b"heartbeat" in reason
+    assert not broker.workers
+
+
+def test_a_ping_lists_the_chunks_the_broker_holds_for_that_pool(context, broker):
+    pool, other = _peer(context, b"pool-1"), _peer(context, b"pool-2")
+    for sender, task in ((pool, b"1"), (pool, b"2"), (other, b"9")):
+        sender.send_multipart([p.FUNC, b"call", b"f"])
+        sender.send_multipart([p.CHUNK, task, b"call", b"payload", b"0"])
+    pool.send_multipart([p.PING, b"2"])
+    _deliver(broker)
+    _broker_id, workers, last, *held = _receive(pool, p.PONG)
+    assert (workers, last, sorted(held)) == (b"0", b"2", [b"1", b"2"])
+
+
+def test_malformed_and_unknown_messages_are_ignored_and_the_broker_keeps_serving(context, broker):
+    stranger = _peer(context, b"stranger")
+    stranger.send_multipart([p.CHUNK, b"only-one-frame"])
+    stranger.send_multipart([b"NONSENSE", b"x"])
+    stranger.send_multipart([p.RESULT, b"not-a-number", b"x"])
+    _deliver(broker)
+    pool = _peer(context, b"pool-1")
+    pool.send_multipart([p.HELLO, p.VERSION])
+    _deliver(broker)
+    assert _receive(pool, p.WELCOME)[1] == b"0"
+
+
+def test_a_pool_of_another_protocol_version_is_refused(context, broker):
+    pool = _peer(context, b"pool-1")
+    pool.send_multipart([p.HELLO, b"glimpse-zmq-0"])
+    _deliver(broker)
+    assert b"glimpse-zmq-0" in _receive(pool, p.REFUSED)[0]
+
+
+def test_a_pool_that_says_bye_loses_its_chunks_and_functions(context, broker):
+    pool = _peer(context, b"pool-1")
+    pool.send_multipart([p.FUNC, b"call", b"f"])
+    pool.send_multipart([p.CHUNK, b"1", b"call", b"payload", b"0"])
+    pool.send_multipart([p.BYE])
+    _deliver(broker)
+    assert not broker.queue and not broker.jobs and not broker.functions
