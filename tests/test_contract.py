@@ -14,6 +14,26 @@ import pytest
 from glimpse.pools import SerializationError, WorkerLostError
 from tests import helpers
 
+MIB = 2**20
+
+
+def _reset_peak_memory() -> None:
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current resident size
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field)) / 1024
+
+
+def _resident_mib() -> float:
+    return _status_mib("VmRSS")
+
+
+def _peak_mib() -> float:
+    return _status_mib("VmHWM")
+
 
 def _skip_if(limits: set[str], *traits: str) -> None:
     hit = sorted(set(traits) & limits)
@@ -71,13 +91,16 @@ def test_imap_unordered_is_not_held_back_by_a_slow_first_item(pool, tmp_path, li
 
 
 class _CountingInput:
-    def __init__(self):
+    """An endless input that counts what the pool pulled: integers, or fresh items of ``size`` bytes."""
+
+    def __init__(self, size: int | None = None):
         self.pulled = 0
+        self.size = size
 
     def __iter__(self):
         for x in itertools.count():
             self.pulled += 1
-            yield x
+            yield x if self.size is None else bytes([x % 256]) * self.size
 
 
 @pytest.mark.parametrize("method", ["imap", "imap_unordered"])
@@ -88,6 +111,26 @@ def test_imap_pulls_input_lazily_from_an_endless_generator(pool, method):
     results.close()
     assert len(first) == 50
     assert source.pulled < 50 + 200, f"pulled {source.pulled} items to deliver 50 with chunksize=1"
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_large_items_are_read_a_bounded_number_of_megabytes_ahead(pool, method):
+    source = _CountingInput(size=MIB)
+    results = getattr(pool, method)(len, source)
+    assert list(itertools.islice(results, 20)) == [MIB] * 20
+    results.close()
+    ahead = source.pulled - 20
+    assert ahead < 280, f"read {ahead} MiB of 1 MiB items ahead to deliver 20 (window budget 256 MiB)"
+
+
+def test_streaming_gigabytes_of_large_items_keeps_the_callers_memory_flat(pool):
+    source = _CountingInput(size=MIB)
+    _reset_peak_memory()
+    before = _resident_mib()
+    total = sum(itertools.islice(pool.imap(len, source), 1536))
+    growth = _peak_mib() - before
+    assert total == 1536 * MIB
+    assert growth < 512, f"streaming 1.5 GiB of 1 MiB items grew the caller's peak memory by {growth:.0f} MiB"
 
 
 def test_adaptive_chunks_handle_an_endless_generator(pool):
@@ -201,9 +244,15 @@ def test_unpicklable_function_is_a_clear_error(pool, limits):
 
 
 def test_arguments_and_results_of_tens_of_megabytes(pool):
-    size = 20 * 1024 * 1024
+    size = 20 * MIB
     assert pool.map(helpers.size_of, [b"a" * size, b"b"]) == [size, 1]
     assert [len(b) for b in pool.imap(helpers.make_blob, [size, 3])] == [size, 3]
+
+
+def test_an_argument_and_a_result_of_over_100_megabytes(pool):
+    size = 120 * MIB
+    assert pool.map(helpers.size_of, [b"a" * size]) == [size]
+    assert [len(b) for b in pool.imap(helpers.make_blob, [size])] == [size]
 
 
 # -- progress and lifecycle -------------------------------------------------------------------------

@@ -33,24 +33,27 @@ class Call:
 
 @dataclass
 class Chunk:
-    """Consecutive items ``start .. start + len(items) - 1`` of a call, as sent to a worker.
+    """``count`` consecutive items of a call from item ``start`` on, as sent to a worker.
 
-    ``payload`` is the pickled ``items`` (``None`` for a backend that does not serialize);
-    ``attempts`` counts how many times the engine lost it.
+    ``payload`` is the pickled items, of ``nbytes`` bytes; a backend that does not serialize
+    gets the ``items`` themselves instead (a serializing one gets ``None``, so the caller does
+    not hold every item twice). ``attempts`` counts how many times the engine lost the chunk.
     """
 
     seq: int
     start: int
-    items: list
+    count: int
+    items: list | None = None
     payload: bytes | None = None
+    nbytes: int = 0
     attempts: int = 0
 
     @property
     def stop(self) -> int:
-        return self.start + len(self.items)
+        return self.start + self.count
 
     def describe(self) -> str:
-        if len(self.items) == 1:
+        if self.count == 1:
             return f"item #{self.start}"
         return f"items #{self.start}..#{self.stop - 1}"
 

@@ -1,9 +1,10 @@
 """The iteration contract, written once for every pool.
 
-One generator drives a backend: it reads chunks lazily within a bounded window, re-sends
-chunks the engine lost, yields results in input order (``imap``) or completion order
-(``imap_unordered``), re-raises the first error with its remote traceback after every
-earlier result, and cancels what is still in flight when the consumer stops.
+One generator drives a backend: it reads chunks lazily within a window bounded in chunks and
+in bytes (``$GLIMPSE_WINDOW_MB``), re-sends chunks the engine lost, yields results in input
+order (``imap``) or completion order (``imap_unordered``), re-raises the first error with its
+remote traceback after every earlier result, and cancels what is still in flight when the
+consumer stops.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import cloudpickle
 
 from glimpse.pools.contract.backend import Backend, Call, Chunk, ChunkLost
 from glimpse.pools.contract.reader import ChunkReader
-from glimpse.pools.contract.sizing import AdaptiveSize, FixedSize, multiprocessing_chunksize
+from glimpse.pools.contract.sizing import AdaptiveSize, FixedSize, multiprocessing_chunksize, window_bytes
 from glimpse.pools.contract.worker_runner import ChunkOutcome, Failure
 from glimpse.pools.errors import RemoteTraceback, SerializationError, WorkerLostError
 
@@ -43,17 +44,15 @@ def iterate(
     """
     workers = backend.workers()
     sizes = _chunk_sizes(backend, workers, chunksize, length, whole)
-    window = backend.window()
+    window = _Window(backend.window(), window_bytes())
     reader = ChunkReader(iterable, sizes, backend.serializes, length)
     call = _open_call(backend, func)
     bar = _progress_bar(progress, length)
-    pending: dict = {}
-    finished: dict[int, tuple[Chunk, ChunkOutcome]] = {}
     next_seq = 0
     input_error: BaseException | None = None
     try:
         while True:
-            while input_error is None and not reader.exhausted and len(pending) + len(finished) < window:
+            while input_error is None and not reader.exhausted and window.has_room():
                 try:
                     chunk = reader.read()
                 except Exception as exc:
@@ -61,38 +60,78 @@ def iterate(
                     break
                 if chunk is None:
                     break
-                pending[backend.submit(call, chunk)] = chunk
-            if not pending and not finished:
+                window.send(backend.submit(call, chunk), chunk)
+            if window.empty():
                 if input_error is not None:
                     raise input_error
                 return
-            for handle in backend.wait(list(pending), _WAIT_SECONDS):
-                chunk = pending.pop(handle)
-                outcome = _outcome_or_resubmit(backend, call, chunk, handle, pending)
+            for handle in backend.wait(list(window.pending), _WAIT_SECONDS):
+                chunk = window.finish(handle)
+                outcome, nbytes = _outcome_or_resubmit(backend, call, chunk, handle, window)
                 if outcome is None:
                     continue
                 sizes.observe(len(outcome.values) + (outcome.failure is not None), outcome.seconds)
                 bar.update(len(outcome.values))
                 if ordered:
-                    finished[chunk.seq] = (chunk, outcome)
+                    window.hold(chunk.seq, outcome, nbytes)
                 else:
                     yield from _deliver(outcome)
-            while next_seq in finished:
-                _, outcome = finished.pop(next_seq)
+            while next_seq in window.held:
+                outcome = window.release(next_seq)
                 next_seq += 1
                 yield from _deliver(outcome)
     finally:
-        if pending:
-            backend.cancel(list(pending))
+        if window.pending:
+            backend.cancel(list(window.pending))
         backend.close_call(call)
         bar.close()
+
+
+class _Window:
+    """What one call holds: chunks in flight and results held back for order, by count and bytes.
+
+    There is room for another chunk while both are under their limits, and always when the
+    window is empty, so an item larger than the byte budget still runs, alone.
+    """
+
+    def __init__(self, chunks: int, budget: int):
+        self.chunks, self.budget = chunks, budget
+        self.pending: dict = {}
+        self.held: dict[int, tuple[ChunkOutcome, int]] = {}
+        self.nbytes = 0
+
+    def has_room(self) -> bool:
+        if self.empty():
+            return True
+        return len(self.pending) + len(self.held) < self.chunks and self.nbytes < self.budget
+
+    def empty(self) -> bool:
+        return not self.pending and not self.held
+
+    def send(self, handle, chunk: Chunk) -> None:
+        self.pending[handle] = chunk
+        self.nbytes += chunk.nbytes
+
+    def finish(self, handle) -> Chunk:
+        chunk = self.pending.pop(handle)
+        self.nbytes -= chunk.nbytes
+        return chunk
+
+    def hold(self, seq: int, outcome: ChunkOutcome, nbytes: int) -> None:
+        self.held[seq] = (outcome, nbytes)
+        self.nbytes += nbytes
+
+    def release(self, seq: int) -> ChunkOutcome:
+        outcome, nbytes = self.held.pop(seq)
+        self.nbytes -= nbytes
+        return outcome
 
 
 def _chunk_sizes(backend: Backend, workers: int, chunksize: int | None, length: int | None, whole: bool):
     if chunksize:
         return FixedSize(chunksize)
     if whole and length is not None:
-        return FixedSize(multiprocessing_chunksize(length, workers) if length else 1)
+        return FixedSize(multiprocessing_chunksize(length, workers) if length else 1, byte_capped=True)
     return AdaptiveSize(backend.chunk_seconds, workers)
 
 
@@ -110,8 +149,8 @@ def _open_call(backend: Backend, func) -> Call:
     return call
 
 
-def _outcome_or_resubmit(backend, call, chunk, handle, pending) -> ChunkOutcome | None:
-    """The chunk's outcome; or ``None`` after sending a lost chunk again."""
+def _outcome_or_resubmit(backend, call, chunk, handle, window: _Window) -> tuple[ChunkOutcome | None, int]:
+    """The chunk's outcome and its size in bytes; or ``None`` after sending a lost chunk again."""
     try:
         raw = backend.outcome(handle)
     except ChunkLost as lost:
@@ -122,9 +161,11 @@ def _outcome_or_resubmit(backend, call, chunk, handle, pending) -> ChunkOutcome 
                 "The function may crash its worker (os._exit, a segfault, running out of memory)."
             ) from None
         log.warning("re-sending %s after a worker was lost: %s", chunk.describe(), lost)
-        pending[backend.submit(call, chunk)] = chunk
-        return None
-    return _decode(raw, chunk) if backend.serializes else raw
+        window.send(backend.submit(call, chunk), chunk)
+        return None, 0
+    if not backend.serializes:
+        return raw, 0
+    return _decode(raw, chunk), len(raw)
 
 
 def _decode(raw: bytes, chunk: Chunk) -> ChunkOutcome:

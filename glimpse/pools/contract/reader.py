@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import sys
+import time
 from collections.abc import Iterable, Iterator
 
 import cloudpickle
@@ -13,6 +15,9 @@ from glimpse.pools.errors import SerializationError
 
 class ChunkReader:
     """Pulls items from an iterable only when a chunk is asked for, and pickles the chunk.
+
+    It tells the sizes how large and how slow to pickle the items were, so chunks of large
+    items stay small in bytes.
 
     An exception from the iterable, or an item that cannot be pickled, ends the chunk before
     it: the items read so far are still returned, and the error is raised on the next call.
@@ -37,17 +42,24 @@ class ChunkReader:
         if self.exhausted:
             return None
         items = self._take(self._sizes.next_size(self._remaining))
-        payload = None
+        chunk = Chunk(self._next_seq, self._next_start, len(items))
         if self._serialize and items:
-            items, payload = self._pickle(items)
+            began = time.perf_counter()
+            items, chunk.payload = self._pickle(items)
+            chunk.count, chunk.nbytes = len(items), len(chunk.payload or b"")
+            if items:
+                self._sizes.observe_payload(chunk.count, chunk.nbytes, time.perf_counter() - began)
+        elif items:
+            chunk.items = items
+            # Nothing is pickled, so estimate (shallowly: bytes and arrays count, containers do not).
+            self._sizes.observe_payload(chunk.count, sum(map(sys.getsizeof, items)), 0.0)
         if not items:
             return self.read() if self._error is not None else None
-        task = Chunk(self._next_seq, self._next_start, items, payload)
         self._next_seq += 1
-        self._next_start += len(items)
+        self._next_start += chunk.count
         if self._remaining is not None:
-            self._remaining -= len(items)
-        return task
+            self._remaining -= chunk.count
+        return chunk
 
     def _take(self, size: int) -> list:
         items = []
