@@ -13,6 +13,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+import cloudpickle
+
 
 class ChunkLost(Exception):
     """Raised by :meth:`Backend.outcome` when the engine lost a chunk (its worker died, it was cancelled).
@@ -44,7 +46,7 @@ class Chunk:
     start: int
     count: int
     items: list | None = None
-    payload: bytes | None = None
+    payload: Any = None
     nbytes: int = 0
     attempts: int = 0
 
@@ -94,6 +96,11 @@ class Backend(ABC):
     #: The compute time adaptive chunking aims for per chunk: well above the engine's per-task cost.
     chunk_seconds: float = 0.05
 
+    def encode(self, items: list):
+        """Pickle a chunk's items for the workers: bytes, or a payload object with ``__len__`` (its
+        size in bytes) that the engine's workers know how to load. Called once per chunk."""
+        return cloudpickle.dumps(items)
+
     @abstractmethod
     def workers(self) -> int:
         """How many chunks the engine can run at once now (at least 1).
@@ -138,8 +145,9 @@ class Backend(ABC):
     def outcome(self, handle: Any) -> Any:
         """The finished chunk's outcome bytes; raise :class:`ChunkLost` if the engine lost it.
 
-        Called once per handle that :meth:`wait` returned. Without ``serializes``, the
-        :class:`~glimpse.pools.contract.worker_runner.ChunkOutcome` itself.
+        Called once per handle that :meth:`wait` returned. It may also be an object whose
+        ``load()`` returns the outcome and whose ``len()`` is its size; without ``serializes``,
+        the :class:`~glimpse.pools.contract.worker_runner.ChunkOutcome` itself.
         """
 
     @abstractmethod

@@ -45,7 +45,7 @@ def iterate(
     workers = backend.workers()
     sizes = _chunk_sizes(backend, workers, chunksize, length, whole)
     window = _Window(backend.window(), window_bytes())
-    reader = ChunkReader(iterable, sizes, backend.serializes, length)
+    reader = ChunkReader(iterable, sizes, backend.encode if backend.serializes else None, length)
     call = _open_call(backend, func)
     bar = _progress_bar(progress, length)
     next_seq = 0
@@ -160,7 +160,8 @@ def _outcome_or_resubmit(backend, call, chunk, handle, window: _Window) -> tuple
                 f"lost {chunk.describe()} {chunk.attempts} times with the worker running it; last: {lost}. "
                 "The function may crash its worker (os._exit, a segfault, running out of memory)."
             ) from None
-        log.warning("re-sending %s after a worker was lost: %s", chunk.describe(), lost)
+        # The reason as text: a log record that kept the exception would keep its frames and the chunk.
+        log.warning("re-sending %s after a worker was lost: %s", chunk.describe(), str(lost))
         window.send(backend.submit(call, chunk), chunk)
         return None, 0
     if not backend.serializes:
@@ -168,9 +169,9 @@ def _outcome_or_resubmit(backend, call, chunk, handle, window: _Window) -> tuple
     return _decode(raw, chunk), len(raw)
 
 
-def _decode(raw: bytes, chunk: Chunk) -> ChunkOutcome:
+def _decode(raw, chunk: Chunk) -> ChunkOutcome:
     try:
-        return cloudpickle.loads(raw)
+        return raw.load() if hasattr(raw, "load") else cloudpickle.loads(raw)
     except Exception as exc:
         raise SerializationError(
             f"the results of {chunk.describe()} could not be unpickled in the caller: {type(exc).__name__}: {exc}"

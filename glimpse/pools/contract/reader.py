@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import cloudpickle
 
@@ -23,10 +24,10 @@ class ChunkReader:
     it: the items read so far are still returned, and the error is raised on the next call.
     """
 
-    def __init__(self, iterable: Iterable, sizes, serialize: bool, length: int | None):
+    def __init__(self, iterable: Iterable, sizes, encode: Callable[[list], Any] | None, length: int | None):
         self._items: Iterator = iter(iterable)
         self._sizes = sizes
-        self._serialize = serialize
+        self._encode = encode
         self._remaining = length
         self._next_start = 0
         self._next_seq = 0
@@ -43,7 +44,7 @@ class ChunkReader:
             return None
         items = self._take(self._sizes.next_size(self._remaining))
         chunk = Chunk(self._next_seq, self._next_start, len(items))
-        if self._serialize and items:
+        if self._encode is not None and items:
             began = time.perf_counter()
             items, chunk.payload = self._pickle(items)
             chunk.count, chunk.nbytes = len(items), len(chunk.payload or b"")
@@ -71,9 +72,9 @@ class ChunkReader:
             self.exhausted = True
         return items
 
-    def _pickle(self, items: list) -> tuple[list, bytes | None]:
+    def _pickle(self, items: list) -> tuple[list, Any]:
         try:
-            return items, cloudpickle.dumps(items)
+            return items, self._encode(items)
         except Exception:
             pass
         for offset, item in enumerate(items):
@@ -82,8 +83,8 @@ class ChunkReader:
             except Exception as exc:
                 self._error = _unpicklable_argument(self._next_start + offset, item, exc)
                 good = items[:offset]
-                return good, cloudpickle.dumps(good) if good else None
-        return items, cloudpickle.dumps(items)
+                return good, self._encode(good) if good else None
+        return items, self._encode(items)
 
 
 def _unpicklable_argument(index: int, item, exc: Exception) -> SerializationError:

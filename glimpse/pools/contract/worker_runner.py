@@ -60,16 +60,21 @@ def execute_chunk(func, items, start: int, catch=Exception) -> ChunkOutcome:
 PickledFunction = bytes | Callable[[], bytes] | None
 
 
-def run_chunk(call_id: str, function: PickledFunction, payload: bytes, start: int) -> bytes:
-    """Unpickle a function (cached per call) and a chunk, run it, and return the pickled outcome."""
+def run_chunk(call_id: str, function: PickledFunction, payload, start: int, dumps=cloudpickle.dumps):
+    """Unpickle a function (cached per call) and a chunk, run it, and return the pickled outcome.
+
+    ``payload`` is the pickled items: bytes, or an object whose ``load()`` returns them (pickled
+    with its large buffers elsewhere); ``dumps`` pickles the outcome (an engine may keep its
+    large buffers out of band the same way).
+    """
     try:
         func = _function_for(call_id, function)
-        items = cloudpickle.loads(payload)
+        items = payload.load() if hasattr(payload, "load") else cloudpickle.loads(payload)
     except BaseException as exc:
         outcome = ChunkOutcome(failure=Failure(start, exc))
     else:
         outcome = execute_chunk(func, items, start, catch=BaseException)
-    return dumps_outcome(outcome, start)
+    return dumps_outcome(outcome, start, dumps)
 
 
 def _function_for(call_id: str, function: PickledFunction):
@@ -86,14 +91,14 @@ def _function_for(call_id: str, function: PickledFunction):
     return func
 
 
-def dumps_outcome(outcome: ChunkOutcome, start: int) -> bytes:
-    """Pickle an outcome; a result that cannot be pickled becomes a failure at its item."""
+def dumps_outcome(outcome: ChunkOutcome, start: int, dumps=cloudpickle.dumps):
+    """Pickle an outcome with ``dumps``; a result that cannot be pickled becomes a failure at its item."""
     if outcome.failure is not None:
         outcome.failure = _portable_failure(outcome.failure)
     try:
-        return cloudpickle.dumps(outcome)
+        return dumps(outcome)
     except Exception:
-        return cloudpickle.dumps(_outcome_up_to_unpicklable_value(outcome, start))
+        return dumps(_outcome_up_to_unpicklable_value(outcome, start))
 
 
 def _outcome_up_to_unpicklable_value(outcome: ChunkOutcome, start: int) -> ChunkOutcome:

@@ -15,6 +15,7 @@ from multiprocessing.connection import wait
 
 import cloudpickle
 
+from glimpse.pools.backends.processes import shared_memory
 from glimpse.pools.backends.processes.child_process import ChildProcess
 from glimpse.pools.contract.backend import Backend, Call, Chunk, TrackedChunk
 
@@ -53,6 +54,9 @@ class ProcessBackend(Backend):
 
     def workers(self) -> int:
         return self._size
+
+    def encode(self, items: list):
+        return shared_memory.dumps(items)
 
     def submit(self, call: Call, chunk: Chunk) -> ProcessChunk:
         if self._terminated:
@@ -123,7 +127,7 @@ class ProcessBackend(Backend):
             call = job.call
             blob = None if worker.last_call == call.id else call.blob
             worker.job, job.worker, worker.last_call = job, worker, call.id
-            if not worker.send(("chunk", call.id, blob, job.chunk.payload, job.chunk.start)):
+            if not worker.send_chunk(call.id, blob, job.chunk.payload, job.chunk.start):
                 job.lost = f"worker {worker.describe_death()} before it took {job.chunk.describe()}"
                 self._retire(worker, kill=True)
 

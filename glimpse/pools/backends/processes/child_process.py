@@ -10,25 +10,36 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 from multiprocessing.connection import Connection
 
+from glimpse.pools.backends.processes import shared_memory
 from glimpse.pools.subprocesses import child_environment
 
 
 class ChildProcess:
-    """One worker process; send it messages, receive outcome bytes, stop it."""
+    """One worker process; send it messages, receive outcomes, stop it.
 
-    def __init__(self, process: subprocess.Popen, inbox: Connection, outbox: Connection):
-        self.process, self.inbox, self.outbox = process, inbox, outbox
+    Large buffers of chunks and outcomes go through shared memory (see ``shared_memory``), whose
+    descriptors travel on a socket beside the pipes.
+    """
+
+    def __init__(self, process: subprocess.Popen, inbox: Connection, outbox: Connection, fds: socket.socket):
+        self.process, self.inbox, self.outbox, self.fds = process, inbox, outbox, fds
         self.last_call = None
 
     @classmethod
-    def start(cls, initializer: bytes | None = None):
-        """Start a worker; ``initializer`` is the pickled ``(initializer, initargs)`` it runs first."""
+    def start(cls, initializer: bytes | None = None, shared_outcomes: bool = True):
+        """Start a worker; ``initializer`` is the pickled ``(initializer, initargs)`` it runs first.
+
+        With ``shared_outcomes`` the worker sends large result buffers through shared memory
+        (:meth:`receive` then returns a ``SharedPayload``); without, outcomes are always bytes.
+        """
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
+        fds, child_fds = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             process = subprocess.Popen(
                 [
@@ -37,16 +48,18 @@ class ChildProcess:
                     "glimpse.pools.backends.processes.worker_main",
                     str(to_child_r),
                     str(from_child_w),
+                    str(child_fds.fileno()),
                 ],
-                pass_fds=(to_child_r, from_child_w),
+                pass_fds=(to_child_r, from_child_w, child_fds.fileno()),
                 env=child_environment(),
                 stdin=subprocess.DEVNULL,
             )
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
-        worker = cls(process, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False))
-        worker.send(("setup", initializer))
+            child_fds.close()
+        worker = cls(process, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False), fds)
+        worker.send(("setup", initializer, shared_outcomes))
         return worker
 
     @property
@@ -64,9 +77,20 @@ class ChildProcess:
         except OSError:
             return False
 
-    def receive(self) -> bytes:
-        """The next outcome; ``EOFError`` or ``OSError`` if the process died."""
-        return self.outbox.recv_bytes()
+    def send_chunk(self, call_id: str, function: bytes | None, payload, start: int) -> bool:
+        """Send a chunk to run; ``False`` if the process is gone. The payload (bytes or a
+        ``SharedPayload``) follows its header as a frame of its own, so it is not pickled again."""
+        if not self.send(("chunk", call_id, function, start)):
+            return False
+        try:
+            shared_memory.send(self.inbox, self.fds, payload)
+            return True
+        except OSError:
+            return False
+
+    def receive(self):
+        """The next outcome (bytes or a ``SharedPayload``); ``EOFError`` or ``OSError`` if the process died."""
+        return shared_memory.receive(self.outbox, self.fds)
 
     def describe_death(self, grace: float = 5.0) -> str:
         """How the process ended, e.g. ``process pid 12 was killed by SIGKILL``."""
@@ -91,3 +115,4 @@ class ChildProcess:
             self.process.wait()
         self.inbox.close()
         self.outbox.close()
+        self.fds.close()

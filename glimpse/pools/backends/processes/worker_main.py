@@ -10,20 +10,24 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import socket
 import sys
 from multiprocessing.connection import Connection
 
 import cloudpickle
 
+from glimpse.pools.backends.processes import shared_memory
 from glimpse.pools.contract.worker_runner import ChunkOutcome, Failure, dumps_outcome, run_chunk
 from glimpse.pools.subprocesses import when_orphaned
 
 
-def main(read_fd: int, write_fd: int) -> None:
+def main(read_fd: int, write_fd: int, fds_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     when_orphaned(lambda: os._exit(1))
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    fds = socket.socket(fileno=fds_fd)
     setup_error: BaseException | None = None
+    dumps = cloudpickle.dumps
     while True:
         try:
             message = pickle.loads(inbox.recv_bytes())
@@ -34,13 +38,19 @@ def main(read_fd: int, write_fd: int) -> None:
             return
         if kind == "setup":
             setup_error = _run_initializer(message[1])
+            dumps = shared_memory.dumps if message[2] else cloudpickle.dumps
         elif kind == "chunk":
-            _, call_id, func_blob, payload, start = message
+            _, call_id, func_blob, start = message
+            try:
+                payload = shared_memory.receive(inbox, fds)
+            except (EOFError, OSError):
+                return
             if setup_error is None:
-                result = run_chunk(call_id, func_blob, payload, start)
+                result = run_chunk(call_id, func_blob, payload, start, dumps)
             else:
-                result = dumps_outcome(ChunkOutcome(failure=Failure(start, setup_error)), start)
-            outbox.send_bytes(result)
+                result = dumps_outcome(ChunkOutcome(failure=Failure(start, setup_error)), start, dumps)
+            del payload  # unmap the chunk's shared buffers before waiting for the next
+            shared_memory.send(outbox, fds, result)
 
 
 def _run_initializer(blob: bytes | None) -> BaseException | None:
@@ -55,4 +65,4 @@ def _run_initializer(blob: bytes | None) -> BaseException | None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

@@ -83,7 +83,7 @@ class Slot:
         self.index = index
         self.socket = p.dealer(context, address, self.id)
         self.functions = functions
-        self.process = ChildProcess.start()
+        self.process = ChildProcess.start(shared_outcomes=False)
         self.job: SlotChunk | None = None
         self.chunks = 0
         self.welcomed = False
@@ -152,7 +152,7 @@ class Slot:
     def run(self, blob: bytes | None) -> None:
         job = self.job
         job.running = True
-        if not self.process.send(("chunk", job.call.decode(), blob, job.payload, job.start)):
+        if not self.process.send_chunk(job.call.decode(), blob, job.payload, job.start):
             self.fail(f"its task {self.process.describe_death(2.0)} before it took the chunk")
             self.replace_process()
             return
@@ -182,7 +182,7 @@ class Slot:
 
     def replace_process(self) -> None:
         self.process.stop()
-        self.process = ChildProcess.start()
+        self.process = ChildProcess.start(shared_outcomes=False)
 
     def close(self, reason: str) -> None:
         self.send(p.LEAVING, reason.encode())

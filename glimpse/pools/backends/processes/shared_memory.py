@@ -1,0 +1,150 @@
+"""Large buffers between a MulticorePool caller and its workers through shared memory, not the pipe.
+
+Used on both sides. A chunk's items (and a chunk's results) are pickled with protocol 5: the
+large buffers they hold (numpy arrays, ``bytearray``, ``bytes`` items of 256 KiB or more) stay
+out of the pickle, are copied once into an anonymous ``memfd``, and the receiver maps it instead
+of reading the bytes through the pipe. The memfd has no name, so nothing can leak into
+``/dev/shm``: the kernel frees it when the last descriptor and mapping are gone, whoever dies.
+
+On the wire a payload is one pipe frame: a pickle (``\\x80...``) when nothing was large, or
+``S`` + the pickled buffer sizes and skeleton, whose memfd travels just before it on the
+worker's descriptor socket (``socket.send_fds``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+import os
+import pickle
+import socket
+import weakref
+from multiprocessing.connection import Connection
+
+import cloudpickle
+
+from glimpse.pools.contract.worker_runner import ChunkOutcome
+
+#: Buffers at least this large travel out of band; smaller ones cost less through the pipe.
+OUT_OF_BAND_BYTES = 256 * 1024
+_SHARED = b"S"
+
+
+class SharedPayload:
+    """A pickle whose large buffers live in a memfd (``fd``, owned) or its mapping (``view``)."""
+
+    def __init__(self, skeleton: bytes, sizes: list[int], fd: int | None = None, view: memoryview | None = None):
+        self.skeleton, self.sizes, self.fd, self.view = skeleton, sizes, fd, view
+        if fd is not None:
+            weakref.finalize(self, os.close, fd)
+
+    def __len__(self) -> int:
+        return len(self.skeleton) + sum(self.sizes)
+
+    def frame(self) -> bytes:
+        return _SHARED + pickle.dumps((self.sizes, self.skeleton), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def load(self):
+        """The pickled object; its arrays are backed by the shared pages (copy-on-write)."""
+        view = self.view if self.view is not None else _map(self.fd, sum(self.sizes))
+        buffers, offset = [], 0
+        for size in self.sizes:
+            buffers.append(view[offset : offset + size])
+            offset += size
+        return pickle.loads(self.skeleton, buffers=buffers)
+
+
+def dumps(obj) -> bytes | SharedPayload:
+    """Pickle ``obj``; as a :class:`SharedPayload` if it holds large buffers, else as bytes."""
+    buffers: list[pickle.PickleBuffer] = []
+
+    def keep_large(buffer: pickle.PickleBuffer) -> bool:
+        if buffer.raw().nbytes < OUT_OF_BAND_BYTES:
+            return True  # pickled in band
+        buffers.append(buffer)
+        return False
+
+    skeleton = cloudpickle.dumps(_with_large_bytes_marked(obj), protocol=5, buffer_callback=keep_large)
+    if not buffers:
+        return skeleton
+    raws = [buffer.raw() for buffer in buffers]
+    fd = os.memfd_create("glimpse-payload", os.MFD_CLOEXEC)
+    try:
+        _write_all(fd, raws)
+    except BaseException:
+        os.close(fd)
+        raise
+    return SharedPayload(skeleton, [raw.nbytes for raw in raws], fd=fd)
+
+
+def loads(payload: bytes | SharedPayload):
+    """The object a :func:`dumps` payload holds."""
+    return payload.load() if isinstance(payload, SharedPayload) else cloudpickle.loads(payload)
+
+
+def send(connection: Connection, fds: socket.socket, payload: bytes | SharedPayload) -> None:
+    """Send a payload: its memfd first (if any) on ``fds``, then its frame on ``connection``."""
+    if isinstance(payload, SharedPayload):
+        socket.send_fds(fds, [b"m"], [payload.fd])
+        connection.send_bytes(payload.frame())
+    else:
+        connection.send_bytes(payload)
+
+
+def receive(connection: Connection, fds: socket.socket) -> bytes | SharedPayload:
+    """Receive what :func:`send` sent; a shared payload arrives mapped, its descriptor closed."""
+    frame = connection.recv_bytes()
+    if not frame.startswith(_SHARED):
+        return frame
+    sizes, skeleton = pickle.loads(memoryview(frame)[1:])
+    _, (fd,), _, _ = socket.recv_fds(fds, 1, 1)
+    try:
+        view = _map(fd, sum(sizes))
+    finally:
+        os.close(fd)
+    return SharedPayload(skeleton, sizes, view=view)
+
+
+class _LargeBytes:
+    """A ``bytes`` item pickled out of band (pickle keeps ``bytes`` in band unless wrapped)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes):
+        self.value = value
+
+    def __reduce_ex__(self, protocol):
+        return bytes, (pickle.PickleBuffer(self.value),)
+
+
+def _with_large_bytes_marked(obj):
+    """``obj`` with each large ``bytes`` item of a chunk (a list) or of an outcome's values marked
+    to go out of band."""
+    if isinstance(obj, ChunkOutcome) and _has_large_bytes(obj.values):
+        return dataclasses.replace(obj, values=[_marked(value) for value in obj.values])
+    if type(obj) is list and _has_large_bytes(obj):
+        return [_marked(item) for item in obj]
+    return obj
+
+
+def _has_large_bytes(items: list) -> bool:
+    return any(type(item) is bytes and len(item) >= OUT_OF_BAND_BYTES for item in items)
+
+
+def _marked(item):
+    return _LargeBytes(item) if type(item) is bytes and len(item) >= OUT_OF_BAND_BYTES else item
+
+
+def _write_all(fd: int, raws: list[memoryview]) -> None:
+    offset = 0
+    for raw in raws:
+        view = raw.cast("B")
+        while view:
+            written = os.pwrite(fd, view, offset)
+            offset += written
+            view = view[written:]
+
+
+def _map(fd: int, size: int) -> memoryview:
+    # Private and writable: the receiver may change its arrays in place without touching the sender's.
+    return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE))
