@@ -270,3 +270,18 @@ class _listening_socket:
 
     def __exit__(self, *exc_info) -> None:
         self.sock.close()
+
+
+def _writeable(array) -> bool:
+    return bool(array.flags.writeable)
+
+
+def test_large_arrays_go_through_the_object_store_zero_copy(ray_embedded_pool):
+    np = pytest.importorskip("numpy")
+    arrays = [np.full(2**19, float(i)) for i in range(6)]  # 4 MiB each
+    assert ray_embedded_pool.map(np.sum, arrays) == [2**19 * float(i) for i in range(6)]
+    assert ray_embedded_pool.map(_writeable, arrays[:2]) == [False, False], (
+        "arrays were copied, not read from the store"
+    )
+    doubled = ray_embedded_pool.map(np.negative, arrays[:2])
+    assert [float(a[0]) for a in doubled] == [0.0, -1.0]

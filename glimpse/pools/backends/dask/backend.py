@@ -20,6 +20,7 @@ from distributed import Client, Future, KilledWorker, get_client, get_worker, re
 
 from glimpse.pools.backends.dask import compat
 from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost
+from glimpse.pools.contract.out_of_band import unpickled_if_large
 from glimpse.pools.contract.worker_runner import run_chunk
 
 log = logging.getLogger(__name__)
@@ -83,13 +84,19 @@ class DaskBackend(Backend):
             self._seceded.discard(call.id)
             rejoin()
 
+    def encode(self, items: list):
+        # Large arrays travel as objects Dask serializes itself, in frames, without a copy into a pickle.
+        return unpickled_if_large(items)
+
     def submit(self, call: Call, chunk: Chunk) -> Future:
         key = f"glimpse-chunk-{call.id}-{chunk.seq}-{chunk.attempts}"
         function = functools.partial(_fetch_function, self._functions[call.id])
         with warnings.catch_warnings():
             # Big arguments must travel anyway; Dask's advice to load data through Dask does not apply.
             warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
-            future = self.client.submit(run_chunk, call.id, function, chunk.payload, chunk.start, key=key, pure=False)
+            future = self.client.submit(
+                run_chunk_in_dask, call.id, function, chunk.payload, chunk.start, key=key, pure=False
+            )
         future.add_done_callback(self._notify)
         return future
 
@@ -165,6 +172,11 @@ def _secede_if_in_task() -> bool:
         return False
     secede()
     return True
+
+
+def run_chunk_in_dask(call_id: str, function, payload, start: int):
+    """On a Dask worker: run a chunk; an outcome with large arrays goes back for Dask to serialize."""
+    return run_chunk(call_id, function, payload, start, dumps=unpickled_if_large)
 
 
 def _fetch_function(name: str) -> bytes:

@@ -1,10 +1,10 @@
 """Large buffers between a MulticorePool caller and its workers through shared memory, not the pipe.
 
-Used on both sides. A chunk's items (and a chunk's results) are pickled with protocol 5: the
-large buffers they hold (numpy arrays, ``bytearray``, ``bytes`` items of 256 KiB or more) stay
-out of the pickle, are copied once into an anonymous ``memfd``, and the receiver maps it instead
-of reading the bytes through the pipe. The memfd has no name, so nothing can leak into
-``/dev/shm``: the kernel frees it when the last descriptor and mapping are gone, whoever dies.
+Used on both sides. A chunk's items (and a chunk's results) are pickled with their large
+buffers out of band (``contract.out_of_band``); those buffers are copied once into an anonymous
+``memfd``, and the receiver maps it instead of reading the bytes through the pipe. The memfd
+has no name, so nothing can leak into ``/dev/shm``: the kernel frees it when the last
+descriptor and mapping are gone, whoever dies.
 
 On the wire a payload is one pipe frame: a pickle (``\\x80...``) when nothing was large, or
 ``S`` + the pickled buffer sizes and skeleton, whose memfd travels just before it on the
@@ -13,7 +13,6 @@ worker's descriptor socket (``socket.send_fds``).
 
 from __future__ import annotations
 
-import dataclasses
 import mmap
 import os
 import pickle
@@ -23,10 +22,8 @@ from multiprocessing.connection import Connection
 
 import cloudpickle
 
-from glimpse.pools.contract.worker_runner import ChunkOutcome
+from glimpse.pools.contract.out_of_band import pickle_out_of_band
 
-#: Buffers at least this large travel out of band; smaller ones cost less through the pipe.
-OUT_OF_BAND_BYTES = 256 * 1024
 _SHARED = b"S"
 
 
@@ -56,18 +53,9 @@ class SharedPayload:
 
 def dumps(obj) -> bytes | SharedPayload:
     """Pickle ``obj``; as a :class:`SharedPayload` if it holds large buffers, else as bytes."""
-    buffers: list[pickle.PickleBuffer] = []
-
-    def keep_large(buffer: pickle.PickleBuffer) -> bool:
-        if buffer.raw().nbytes < OUT_OF_BAND_BYTES:
-            return True  # pickled in band
-        buffers.append(buffer)
-        return False
-
-    skeleton = cloudpickle.dumps(_with_large_bytes_marked(obj), protocol=5, buffer_callback=keep_large)
-    if not buffers:
+    skeleton, raws = pickle_out_of_band(obj)
+    if not raws:
         return skeleton
-    raws = [buffer.raw() for buffer in buffers]
     fd = os.memfd_create("glimpse-payload", os.MFD_CLOEXEC)
     try:
         _write_all(fd, raws)
@@ -103,36 +91,6 @@ def receive(connection: Connection, fds: socket.socket) -> bytes | SharedPayload
     finally:
         os.close(fd)
     return SharedPayload(skeleton, sizes, view=view)
-
-
-class _LargeBytes:
-    """A ``bytes`` item pickled out of band (pickle keeps ``bytes`` in band unless wrapped)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: bytes):
-        self.value = value
-
-    def __reduce_ex__(self, protocol):
-        return bytes, (pickle.PickleBuffer(self.value),)
-
-
-def _with_large_bytes_marked(obj):
-    """``obj`` with each large ``bytes`` item of a chunk (a list) or of an outcome's values marked
-    to go out of band."""
-    if isinstance(obj, ChunkOutcome) and _has_large_bytes(obj.values):
-        return dataclasses.replace(obj, values=[_marked(value) for value in obj.values])
-    if type(obj) is list and _has_large_bytes(obj):
-        return [_marked(item) for item in obj]
-    return obj
-
-
-def _has_large_bytes(items: list) -> bool:
-    return any(type(item) is bytes and len(item) >= OUT_OF_BAND_BYTES for item in items)
-
-
-def _marked(item):
-    return _LargeBytes(item) if type(item) is bytes and len(item) >= OUT_OF_BAND_BYTES else item
 
 
 def _write_all(fd: int, raws: list[memoryview]) -> None:

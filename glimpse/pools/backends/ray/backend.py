@@ -12,6 +12,7 @@ import ray
 import ray.exceptions
 
 from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost
+from glimpse.pools.contract.out_of_band import unpickled_if_large
 from glimpse.pools.contract.worker_runner import run_chunk
 from glimpse.pools.errors import RemoteTraceback
 
@@ -54,8 +55,15 @@ class RayBackend(Backend):
     def close_call(self, call: Call) -> None:
         self._functions.pop(call.id, None)
 
+    def encode(self, items: list):
+        # Large arrays go into the object store as they are, so workers read them zero-copy
+        # (read-only, as with Ray's own API); small items travel inline in the task, pickled.
+        payload = unpickled_if_large(items)
+        return payload if isinstance(payload, bytes) else _Stored(ray.put(payload), len(payload))
+
     def submit(self, call: Call, chunk: Chunk) -> ray.ObjectRef:
-        return _chunk_task().remote(call.id, self._functions[call.id], chunk.payload, chunk.start)
+        payload = chunk.payload.ref if isinstance(chunk.payload, _Stored) else chunk.payload
+        return _chunk_task().remote(call.id, self._functions[call.id], payload, chunk.start)
 
     def wait(self, handles: Collection[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:
         handles = list(handles)
@@ -94,11 +102,28 @@ class RayBackend(Backend):
             ray.shutdown()
 
 
+class _Stored:
+    """A chunk's items in Ray's object store: the ref, and their size for the window."""
+
+    __slots__ = ("ref", "nbytes")
+
+    def __init__(self, ref: ray.ObjectRef, nbytes: int):
+        self.ref, self.nbytes = ref, nbytes
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+
+def run_chunk_in_ray(call_id: str, function, payload, start: int):
+    """On a Ray worker: run a chunk; an outcome with large arrays goes back for Ray to store zero-copy."""
+    return run_chunk(call_id, function, payload, start, dumps=unpickled_if_large)
+
+
 def _chunk_task():
-    """``run_chunk`` as a Ray remote function, made once per process."""
+    """:func:`run_chunk_in_ray` as a Ray remote function, made once per process."""
     global _remote_chunk
     if _remote_chunk is None:
-        _remote_chunk = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(run_chunk)
+        _remote_chunk = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(run_chunk_in_ray)
     return _remote_chunk
 
 

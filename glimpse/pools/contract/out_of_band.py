@@ -1,0 +1,97 @@
+"""Large buffers kept out of a pickle, so an engine can move them without copying them into it.
+
+Used on both sides. :func:`pickle_out_of_band` pickles with protocol 5 and hands back the large
+buffers (numpy arrays, ``bytearray``, and ``bytes`` items or results of 256 KiB or more)
+instead of copying them into the pickle; MulticorePool then moves them through shared memory,
+Ray and Dask through their own zero-copy serialization (:class:`Unpickled`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import cloudpickle
+
+from glimpse.pools.contract.worker_runner import ChunkOutcome
+
+#: Buffers at least this large travel out of band; smaller ones cost less inside the pickle.
+OUT_OF_BAND_BYTES = 256 * 1024
+
+
+def pickle_out_of_band(obj) -> tuple[bytes, list[memoryview]]:
+    """``obj`` pickled without its large buffers, and those buffers (raw, in order)."""
+    buffers: list[memoryview] = []
+
+    def keep_large(buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if raw.nbytes < OUT_OF_BAND_BYTES:
+            return True  # pickled in band
+        buffers.append(raw)
+        return False
+
+    skeleton = cloudpickle.dumps(_with_large_bytes_marked(obj), protocol=5, buffer_callback=keep_large)
+    return skeleton, buffers
+
+
+class Unpickled:
+    """A chunk's items or outcome handed to an engine that pickles them itself, zero-copy.
+
+    ``load()`` returns the value and ``len()`` its size in bytes, as the contract expects of a
+    payload or an outcome that is not plain bytes.
+    """
+
+    __slots__ = ("value", "nbytes")
+
+    def __init__(self, value, nbytes: int):
+        self.value, self.nbytes = value, nbytes
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def load(self):
+        return self.value
+
+    def __reduce__(self):
+        return Unpickled, (self.value, self.nbytes)
+
+
+def unpickled_if_large(value):
+    """``value`` pickled (bytes) if it holds no large buffer, else :class:`Unpickled` for the engine.
+
+    Pickling the skeleton checks that ``value`` can be pickled at all without copying its buffers.
+    """
+    skeleton, buffers = pickle_out_of_band(value)
+    if not buffers:
+        return skeleton
+    return Unpickled(value, len(skeleton) + sum(buffer.nbytes for buffer in buffers))
+
+
+class _LargeBytes:
+    """A ``bytes`` item pickled out of band (pickle keeps ``bytes`` in band unless wrapped)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes):
+        self.value = value
+
+    def __reduce_ex__(self, protocol):
+        return bytes, (pickle.PickleBuffer(self.value),)
+
+
+def _with_large_bytes_marked(obj):
+    """``obj`` with each large ``bytes`` item of a chunk (a list) or of an outcome's values marked
+    to go out of band."""
+    if isinstance(obj, ChunkOutcome) and _has_large_bytes(obj.values):
+        return dataclasses.replace(obj, values=[_marked(value) for value in obj.values])
+    if type(obj) is list and _has_large_bytes(obj):
+        return [_marked(item) for item in obj]
+    return obj
+
+
+def _has_large_bytes(items: list) -> bool:
+    return any(type(item) is bytes and len(item) >= OUT_OF_BAND_BYTES for item in items)
+
+
+def _marked(item):
+    return _LargeBytes(item) if type(item) is bytes and len(item) >= OUT_OF_BAND_BYTES else item
