@@ -84,3 +84,8 @@ def make_blob(n: int) -> bytes:
 
 def worker_pid(x):
     return os.getpid()
+
+
+def sleep_then_pid(seconds):
+    time.sleep(seconds)
+    return os.getpid()

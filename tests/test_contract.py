@@ -273,6 +273,26 @@ def test_pool_pickles_to_a_working_pool(pool):
     assert pool.map(helpers.times_ten, [3]) == [30], "closing the copy closed the original"
 
 
+def test_close_then_join_lets_a_call_in_flight_deliver_every_result(pool):
+    copy = pickle.loads(pickle.dumps(pool))  # closing the shared pool would end the session's engine
+    results = copy.imap(helpers.times_ten, range(40), chunksize=1)
+    first = [next(results) for _ in range(3)]
+    copy.close()
+    copy.join()
+    assert first + list(results) == [x * 10 for x in range(40)]
+
+
+def test_a_closed_pool_cannot_be_entered_or_given_new_calls(pool):
+    copy = pickle.loads(pickle.dumps(pool))
+    copy.close()
+    copy.join()
+    with pytest.raises(ValueError, match="closed"):
+        copy.map(helpers.times_ten, [1])
+    with pytest.raises(ValueError, match="closed"):
+        with copy:
+            pass
+
+
 # -- lost workers ----------------------------------------------------------------------------------
 
 
@@ -280,6 +300,13 @@ def test_killed_worker_is_replaced_and_its_chunk_rerun(pool, tmp_path, limits):
     _skip_if(limits, "in_process", "no_worker_replacement")
     items = [(str(tmp_path / f"marker{i}"), i) for i in range(4)]
     assert pool.map(helpers.die_once, items, chunksize=1) == [0, 1, 2, 3]
+
+
+def test_worker_deaths_during_a_long_imap_lose_and_reorder_nothing(pool, tmp_path, limits):
+    _skip_if(limits, "in_process", "no_worker_replacement")
+    # Six items kill their worker (SIGKILL) the first time they run; every other item names a marker that exists.
+    items = [(str(tmp_path / f"died-{i}") if i % 100 == 50 else str(tmp_path), i) for i in range(600)]
+    assert list(pool.imap(helpers.die_once, items, chunksize=1)) == list(range(600))
 
 
 def test_function_that_always_kills_its_worker_is_a_named_error(pool, limits):

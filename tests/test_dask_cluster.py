@@ -13,14 +13,17 @@ import pytest
 
 pytest.importorskip("distributed")
 
+import signal  # noqa: E402
+
 import dask  # noqa: E402
 import psutil  # noqa: E402
 from distributed import Client  # noqa: E402
 
-from glimpse.pools import ClusterConnectionError, WorkerLostError  # noqa: E402
+from glimpse.pools import ClusterConnectionError, ClusterLostError, NoWorkersError, WorkerLostError  # noqa: E402
 from glimpse.pools.dask_cluster import ADDRESS_VARIABLE, MakePool, RunMain  # noqa: E402
 from tests import helpers  # noqa: E402
 from tests.engines._processes import free_port, start_process, stop_process_group, wait_for_port  # noqa: E402
+from tests.engines.dask import start_dask_cluster  # noqa: E402
 
 STARTUP_SECONDS = 60.0
 
@@ -238,3 +241,66 @@ def test_large_arrays_are_serialized_by_dask_and_come_back_intact(dask_embedded_
     arrays = [np.full(2**19, float(i)) for i in range(6)]  # 4 MiB each
     assert dask_embedded_pool.map(np.sum, arrays) == [2**19 * float(i) for i in range(6)]
     assert [float(a[-1]) for a in dask_embedded_pool.map(np.negative, arrays)] == [-float(i) for i in range(6)]
+
+
+def test_a_scheduler_without_workers_is_a_no_workers_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLIMPSE_NO_WORKERS_TIMEOUT", "10")
+    cluster = start_dask_cluster(tmp_path, nworkers=0)
+    try:
+        pool = MakePool(cluster.address)
+        started = time.monotonic()
+        with pytest.raises(NoWorkersError, match=rf"{cluster.address}.*LaunchWorker --address {cluster.address}"):
+            pool.map(abs, [1, 2, 3])
+        assert time.monotonic() - started < 40
+        pool.close()
+    finally:
+        cluster.stop()
+
+
+def test_a_killed_scheduler_is_a_cluster_lost_error_not_a_crashing_function(tmp_path):
+    cluster = start_dask_cluster(tmp_path, nworkers=2)
+    try:
+        pool = MakePool(cluster.address)
+        results = pool.imap(helpers.sleep_then_return, [(0.2, i) for i in range(200)], chunksize=1)
+        assert [next(results) for _ in range(3)] == [0, 1, 2]
+        os.killpg(cluster.scheduler.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        with pytest.raises(ClusterLostError, match=rf"scheduler at {cluster.address}.*delivered \d+ results"):
+            list(results)
+        assert time.monotonic() - killed_at < 60
+        pool.terminate()
+    finally:
+        cluster.stop()
+
+
+def test_workers_that_join_mid_call_are_used(tmp_path):
+    cluster = start_dask_cluster(tmp_path, nworkers=1)
+    try:
+        with MakePool(cluster.address) as pool:
+            results = pool.imap_unordered(helpers.sleep_then_pid, [0.5] * 60)  # 30 s on one worker
+            pids = {next(results)}
+            started = time.monotonic()
+            extra = start_process(
+                [sys.executable, "-m", "dask", "worker", cluster.address, "--nworkers", "4", "--nthreads", "1"]
+                + ["--host", "127.0.0.1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0"],
+                tmp_path / "joined.log",
+            )
+            cluster.workers.append(extra)
+            pids.update(results)
+            elapsed = time.monotonic() - started
+    finally:
+        cluster.stop()
+    assert len(pids) >= 4, f"only {len(pids)} worker processes ran chunks after 4 joined"
+    assert elapsed < 22, f"{elapsed:.0f} s: the workers that joined barely helped (30 s on one worker)"
+
+
+def test_cancelling_on_an_external_cluster_restarts_none_of_its_workers(dask_external_cluster):
+    with Client(dask_external_cluster.address, set_as_default=False) as client:
+        before = client.run(os.getpid)
+        with MakePool(dask_external_cluster.address) as pool:
+            results = pool.imap(helpers.sleep_then_return, [(0, 0)] + [(3, i) for i in range(1, 6)], chunksize=1)
+            assert next(results) == 0
+            time.sleep(0.5)
+            results.close()
+            time.sleep(4)
+        assert client.run(os.getpid) == before, "cancelling restarted workers of a cluster the pool does not own"

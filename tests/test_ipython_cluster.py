@@ -18,6 +18,7 @@ import ipyparallel  # noqa: E402
 
 from glimpse.pools import (  # noqa: E402
     ClusterConnectionError,
+    ClusterLostError,
     GetClusterPackage,
     ipython_cluster,  # noqa: E402
 )
@@ -219,6 +220,29 @@ def test_launch_broker_and_worker_make_a_working_cluster(tmp_path, capsys):
         _closed(pool)
         assert RunMain(["KillWorkers", *options]) == 0
         worker.wait(timeout=60)  # LaunchWorker ends when its engines stop
+    finally:
+        if worker is not None:
+            stop_process_group(worker)
+        stop_process_group(broker)
+
+
+def test_a_killed_controller_is_a_cluster_lost_error(tmp_path, capsys):
+    profile_dir, cluster_id = tmp_path / "profile", "killed"
+    options = [f"--profile-dir={profile_dir}", f"--cluster-id={cluster_id}"]
+    broker = _run_verb(tmp_path, "LaunchBroker", profile_dir, cluster_id)
+    worker = None
+    try:
+        _wait_for_file(profile_dir / "security" / f"ipcontroller-{cluster_id}-engine.json", broker)
+        worker = _run_verb(tmp_path, "LaunchWorker", profile_dir, cluster_id, "-n", "1")
+        _wait_for_engines(options, capsys, 1)
+        pool = MakePool(profile_dir=str(profile_dir), cluster_id=cluster_id)
+        results = pool.imap(helpers.sleep_then_return, [(0.2, i) for i in range(200)], chunksize=1)
+        assert next(results) == 0
+        stop_process_group(broker, grace=0)
+        killed_at = time.monotonic()
+        with pytest.raises(ClusterLostError, match=r"IPython controller at 127.0.0.1:\d+ does not answer.*delivered"):
+            list(results)
+        assert time.monotonic() - killed_at < 60
     finally:
         if worker is not None:
             stop_process_group(worker)

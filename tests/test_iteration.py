@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 
 import pytest
 
-from glimpse.pools import Pool, RemoteTraceback, SerializationError, WorkerLostError
-from glimpse.pools.contract import Backend, ChunkLost
+from glimpse.pools import ClusterLostError, NoWorkersError, Pool, RemoteTraceback, SerializationError, WorkerLostError
+from glimpse.pools.contract import Backend, ChunkLost, Health, watch
 from glimpse.pools.contract.worker_runner import run_chunk
 
 
@@ -25,8 +26,18 @@ class _Submitted:
 class ScriptedBackend(Backend):
     """Chunks finish last-submitted first (``reverse``) or in order; ``losses[start]`` loses a chunk that often."""
 
-    def __init__(self, workers: int = 2, reverse: bool = True, losses: dict[int, int] | None = None):
+    def __init__(
+        self,
+        workers: int = 2,
+        reverse: bool = True,
+        losses: dict[int, int] | None = None,
+        health=None,
+        stall_after=None,
+    ):
         self._workers = workers
+        self._health = health
+        self.stall_after = stall_after
+        self.finished = 0
         self.reverse = reverse
         self.losses = dict(losses or {})
         self.submitted: list[tuple[int, int]] = []
@@ -48,8 +59,15 @@ class ScriptedBackend(Backend):
         return _Submitted(call, chunk)
 
     def wait(self, handles, timeout):
+        if self.stall_after is not None and self.finished >= self.stall_after:
+            time.sleep(min(timeout, 0.01))
+            return []
+        self.finished += 1
         handles = list(handles)
         return [handles[-1] if self.reverse else handles[0]]
+
+    def health(self):
+        return self._health
 
     def outcome(self, handle):
         chunk = handle.chunk
@@ -163,3 +181,53 @@ def test_every_call_is_opened_and_closed_once_even_when_it_fails():
         Pool(backend).map(_fail_on_three, range(10), chunksize=1)
     Pool(backend).map(abs, range(3))
     assert len(backend.opened) == 2 and backend.opened == backend.closed
+
+
+@pytest.fixture
+def quick_health_checks(monkeypatch):
+    monkeypatch.setattr(watch, "HEALTH_SECONDS", 0.02)
+    monkeypatch.setattr(watch, "NO_WORKERS_WARNING_SECONDS", 0.05)
+    monkeypatch.setenv(watch.NO_WORKERS_VARIABLE, "0.2")
+
+
+def test_a_lost_cluster_is_a_cluster_lost_error_saying_what_was_delivered(quick_health_checks):
+    backend = ScriptedBackend(reverse=False, stall_after=3, health=Health(2, lost="the scheduler at tcp://x:1 is gone"))
+    results = Pool(backend).imap(abs, range(10), chunksize=1)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ClusterLostError, match=r"scheduler at tcp://x:1 is gone; the call had delivered 3 results"):
+        next(results)
+
+
+def test_no_workers_is_a_no_workers_error_naming_the_address_and_the_command(quick_health_checks, caplog):
+    health = Health(0, address="tcp://x:1", start_workers="glimpse-cluster LaunchWorker")
+    backend = ScriptedBackend(stall_after=0, health=health)
+    with pytest.raises(
+        NoWorkersError, match=r"tcp://x:1 .*GLIMPSE_NO_WORKERS_TIMEOUT=0.2.*glimpse-cluster LaunchWorker"
+    ):
+        Pool(backend).map(abs, range(4))
+    assert "no worker is connected to the cluster at tcp://x:1" in caplog.text
+
+
+def test_a_call_with_workers_keeps_waiting_however_long_nothing_finishes(quick_health_checks):
+    backend = ScriptedBackend(stall_after=0, health=Health(2))
+    results = Pool(backend).imap(abs, range(4))
+    thread = threading.Thread(target=lambda: list(results), daemon=True)
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive(), "a call on a healthy cluster gave up while its chunks were still running"
+    backend.stall_after = None
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_the_window_follows_workers_that_join_during_a_call(monkeypatch):
+    monkeypatch.setattr(watch, "RESIZE_SECONDS", 0.0)
+    backend = ScriptedBackend(workers=1, reverse=False)
+    results = Pool(backend).imap(abs, itertools.count(), chunksize=1)
+    next(results)
+    backend._workers = 10
+    for _ in range(30):
+        next(results)
+    in_flight = len(backend.submitted) - backend.finished
+    results.close()
+    assert in_flight > 2 * 1 + 2, f"only {in_flight} chunks in flight after the cluster grew to 10 workers"

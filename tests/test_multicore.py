@@ -92,3 +92,46 @@ def test_cancelled_chunk_frees_its_worker_at_once():
 def test_bad_process_count_is_rejected(processes):
     with pytest.raises(ValueError, match="processes"):
         MulticorePool(processes)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        ({"processes": "2"}, TypeError),
+        ({"processes": 1.5}, TypeError),
+        ({"maxtasksperchild": "12"}, ValueError),
+        ({"maxtasksperchild": 1.5}, ValueError),
+        ({"maxtasksperchild": 0}, ValueError),
+        ({"initializer": 1}, TypeError),
+    ],
+)
+def test_arguments_are_checked_at_construction_as_multiprocessing_does(arguments, error):
+    with pytest.raises(error):
+        MulticorePool(**arguments)
+
+
+def test_a_closed_pool_cannot_be_entered_again():
+    pool = MulticorePool(1)
+    pool.close()
+    with pytest.raises(ValueError, match="closed"):
+        with pool:
+            pass
+
+
+def test_close_then_join_lets_a_call_in_flight_deliver_every_result():
+    pool = MulticorePool(3, maxtasksperchild=2)
+    results = pool.imap(helpers.sleep_then_return, [(0.05, i) for i in range(12)], chunksize=1)
+    first = [next(results) for _ in range(3)]
+    pool.close()
+    pool.join()
+    assert first + list(results) == list(range(12))
+
+
+def test_a_call_in_flight_raises_a_clear_error_after_terminate():
+    pool = MulticorePool(2)
+    results = pool.imap(helpers.sleep_then_return, [(0.05, i) for i in range(50)], chunksize=1)
+    next(results)
+    pool.terminate()
+    with pytest.raises(ValueError, match="terminated"):
+        list(results)
+    pool.join()

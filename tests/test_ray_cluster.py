@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -285,3 +287,64 @@ def test_large_arrays_go_through_the_object_store_zero_copy(ray_embedded_pool):
     )
     doubled = ray_embedded_pool.map(np.negative, arrays[:2])
     assert [float(a[0]) for a in doubled] == [0.0, -1.0]
+
+
+_RUN_ON_HEAD = """
+import os, signal, sys, time
+from glimpse.pools import ClusterLostError, NoWorkersError
+from glimpse.pools.ray_cluster import MakePool
+
+address, head_group, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+pool = MakePool(address)
+if scenario == "no-workers":
+    try:
+        pool.map(abs, [1, 2, 3])
+    except NoWorkersError as error:
+        print("no workers:", error, flush=True)
+    sys.exit(0)
+results = pool.imap(lambda x: (time.sleep(0.2), x)[1], range(500), chunksize=1)
+print("first", next(results), flush=True)
+os.killpg(head_group, signal.SIGKILL)
+killed = time.monotonic()
+try:
+    list(results)
+except ClusterLostError as error:
+    print(f"lost after {time.monotonic() - killed:.0f} s:", error, flush=True)
+time.sleep(25)  # past Ray's own limit (set to 20 s below) for a driver that lost its head node
+print("alive", flush=True)
+"""
+
+
+def _run_on_own_head(num_cpus: int, scenario: str, extra_env: dict) -> str:
+    """Run ``_RUN_ON_HEAD`` in a fresh process against a head node of its own; return its output."""
+    from tests.engines.ray import start_ray_head
+
+    temp_dir = tempfile.mkdtemp(prefix="glimpse-ray-")
+    head, address = start_ray_head(temp_dir, num_cpus=num_cpus)
+    try:
+        env = {**os.environ, **extra_env, "RAY_ADDRESS": ""}
+        done = subprocess.run(
+            [sys.executable, "-c", _RUN_ON_HEAD, address, str(head.pid), scenario],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+        )
+        return f"{done.stdout}\n(exit {done.returncode})\n{done.stderr[-3000:]}"
+    finally:
+        stop_process_group(head, grace=5)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_killed_head_node_is_a_cluster_lost_error_and_the_caller_lives_on(ray_auth_token):
+    output = _run_on_own_head(2, "lost", {"RAY_gcs_rpc_server_reconnect_timeout_s": "20"})
+    lost = re.search(r"lost after (\d+) s: (.*)", output)
+    assert lost, f"no ClusterLostError:\n{output}"
+    assert int(lost.group(1)) < 30 and "Ray head node at 127.0.0.1" in lost.group(2)
+    assert "alive" in output, f"the caller did not survive losing its head node:\n{output}"
+
+
+def test_a_head_without_cpus_is_a_no_workers_error(ray_auth_token):
+    output = _run_on_own_head(0, "no-workers", {"GLIMPSE_NO_WORKERS_TIMEOUT": "10"})
+    assert "no workers: no worker was connected to the cluster at 127.0.0.1" in output, output
+    assert "LaunchWorker --address 127.0.0.1" in output

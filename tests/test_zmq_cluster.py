@@ -18,7 +18,7 @@ from tests.engines.zmq import start_zmq_cluster
 pytest.importorskip("zmq")
 psutil = pytest.importorskip("psutil")
 
-from glimpse.pools import ClusterConnectionError, cli  # noqa: E402
+from glimpse.pools import ClusterConnectionError, ClusterLostError, NoWorkersError, cli  # noqa: E402
 from glimpse.pools.backends.zmq import protocol as zmq_protocol  # noqa: E402
 from glimpse.pools.backends.zmq.backend import ZmqBackend  # noqa: E402
 from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool, RunMain  # noqa: E402
@@ -137,7 +137,7 @@ def test_broker_death_mid_call_is_a_clear_error(small_cluster, tmp_path):
     results = pool.imap(helpers.held_until_released, [0, ("hold", str(tmp_path / "never"))], chunksize=1)
     assert next(results) == 0
     killed_at = _when_busy(small_cluster.address, lambda: os.killpg(small_cluster.broker.pid, signal.SIGKILL))
-    with pytest.raises(ClusterConnectionError, match=rf"{small_cluster.address} stopped answering"):
+    with pytest.raises(ClusterLostError, match=rf"{small_cluster.address} stopped answering.*delivered 1 results"):
         next(results)
     assert time.monotonic() - killed_at < 30
     pool.close()
@@ -306,3 +306,29 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def test_a_broker_without_workers_is_a_no_workers_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLIMPSE_NO_WORKERS_TIMEOUT", "10")
+    cluster = start_zmq_cluster(tmp_path / "cluster", nworkers=0)
+    try:
+        with MakePool(cluster.address) as pool:
+            started = time.monotonic()
+            with pytest.raises(NoWorkersError, match=rf"{cluster.address}.*LaunchWorker --address {cluster.address}"):
+                pool.map(helpers.times_ten, [1, 2, 3])
+            assert time.monotonic() - started < 40
+    finally:
+        cluster.stop()
+
+
+def test_workers_that_join_mid_call_are_used(small_cluster):
+    items = [0.5] * 60  # 30 s on the one worker the cluster starts with
+    with MakePool(small_cluster.address) as pool:
+        results = pool.imap_unordered(helpers.sleep_then_pid, items)
+        pids = {next(results)}
+        started = time.monotonic()
+        small_cluster.add_workers(4)
+        pids.update(results)
+        elapsed = time.monotonic() - started
+    assert len(pids) >= 4, f"only {len(pids)} worker processes ran chunks after 4 joined"
+    assert elapsed < 22, f"{elapsed:.0f} s: the workers that joined barely helped (30 s on one worker)"

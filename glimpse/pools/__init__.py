@@ -10,6 +10,8 @@
 from glimpse.pools.contract import Pool
 from glimpse.pools.errors import (
     ClusterConnectionError,
+    ClusterLostError,
+    NoWorkersError,
     RemoteError,
     RemoteTraceback,
     SerializationError,
@@ -20,9 +22,11 @@ from glimpse.pools.registry import GetClusterPackage, MakePool
 
 __all__ = [
     "ClusterConnectionError",
+    "ClusterLostError",
     "GetClusterPackage",
     "MakePool",
     "MulticorePool",
+    "NoWorkersError",
     "Pool",
     "RemoteError",
     "RemoteTraceback",

@@ -31,6 +31,21 @@ class ClusterConnectionError(ConnectionError):
     """A cluster could not be reached; the message names the address and what to start."""
 
 
+class ClusterLostError(ClusterConnectionError):
+    """The cluster's scheduler, head node, controller or broker went away during a call.
+
+    The message names its address and how many results the call delivered before; nothing
+    after those was delivered. It is never reported as a crashing function (``WorkerLostError``).
+    """
+
+
+class NoWorkersError(RuntimeError):
+    """A call waited ``$GLIMPSE_NO_WORKERS_TIMEOUT`` seconds with no worker connected to the cluster.
+
+    The message names the cluster's address and the command that starts a worker.
+    """
+
+
 class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker, chained as ``__cause__`` of that exception.
 

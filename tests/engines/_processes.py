@@ -1,4 +1,8 @@
-"""Starting engine processes for tests in their own process group, and ending them by its id."""
+"""Starting engine processes for tests in their own process group, and ending them by its id.
+
+Every group is also registered with a small reaper process, which ends them all when the test
+session's process goes away, even by SIGKILL (a crashed session leaves no engine behind).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,34 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+_REAPER = """
+import os, signal, sys, time
+groups = set()
+for line in sys.stdin:  # ends when the test session's process is gone, however it ended
+    group = int(line)
+    if group > 0:
+        groups.add(group)
+    else:
+        groups.discard(-group)  # ended by the test: its id may be reused by then
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for group in groups:
+        try:
+            os.killpg(group, sig)
+        except OSError:
+            pass
+    time.sleep(2)
+"""
+_reaper: subprocess.Popen | None = None
 
 
 def start_process(args: list[str], log_path: Path, env: dict | None = None, cwd: str | None = None) -> subprocess.Popen:
     """Start ``args`` in a new session (its own process group), output to ``log_path``."""
     log = open(log_path, "ab")
-    return subprocess.Popen(
+    process = subprocess.Popen(
         args,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -22,6 +46,19 @@ def start_process(args: list[str], log_path: Path, env: dict | None = None, cwd:
         cwd=cwd,
         start_new_session=True,
     )
+    _register_with_reaper(process.pid)
+    return process
+
+
+def _register_with_reaper(pgid: int) -> None:
+    """Tell the reaper about a group (a negative id: the group has ended)."""
+    global _reaper
+    if _reaper is None or _reaper.poll() is not None:
+        _reaper = subprocess.Popen(
+            [sys.executable, "-c", _REAPER], stdin=subprocess.PIPE, text=True, start_new_session=True
+        )
+    _reaper.stdin.write(f"{pgid}\n")
+    _reaper.stdin.flush()
 
 
 def stop_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
@@ -38,6 +75,7 @@ def stop_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
     _signal_group(pgid, signal.SIGKILL)
     if process.poll() is None:
         process.wait(timeout=grace)
+    _register_with_reaper(-pgid)
 
 
 def free_port() -> int:

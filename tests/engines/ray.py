@@ -64,20 +64,30 @@ def ray_temp_dir():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def ray_head(ray_auth_token, ray_temp_dir) -> str:
-    """The address of a ``ray start --head`` node with 2 CPUs on 127.0.0.1."""
-    pytest.importorskip("ray")
+def start_ray_head(temp_dir: str, num_cpus: int = 2):
+    """Start ``ray start --head`` on 127.0.0.1 in its own process group; return it and its address."""
     port = free_port()
-    log_path = Path(ray_temp_dir) / "head.log"
+    log_path = Path(temp_dir) / "head.log"
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"]
-    command += ["--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
-    command += ["--disable-usage-stats", f"--temp-dir={ray_temp_dir}"]
+    command += ["--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}", "--include-dashboard=false"]
+    command += ["--disable-usage-stats", f"--temp-dir={temp_dir}"]
     process = start_process(command, log_path, env=RAY_NODE_ENV)
     try:
         wait_for_port(port, 60, process, log_path)
         _wait_for_log(log_path, "Ray runtime started", 60, process)
-        yield f"127.0.0.1:{port}"
+    except BaseException:
+        stop_process_group(process, grace=5)
+        raise
+    return process, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def ray_head(ray_auth_token, ray_temp_dir) -> str:
+    """The address of a ``ray start --head`` node with 2 CPUs on 127.0.0.1."""
+    pytest.importorskip("ray")
+    process, address = start_ray_head(ray_temp_dir)
+    try:
+        yield address
     finally:
         stop_process_group(process, grace=5)
 

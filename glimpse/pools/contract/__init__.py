@@ -26,7 +26,7 @@ lives here. Modules whose names start with ``worker_`` run on the workers; the r
 caller's process.
 """
 
-from glimpse.pools.contract.backend import Backend, Call, Chunk, ChunkLost
+from glimpse.pools.contract.backend import Backend, Call, Chunk, ChunkLost, ClusterLost, Health
 from glimpse.pools.contract.pool import Pool
 
-__all__ = ["Backend", "Call", "Chunk", "ChunkLost", "Pool"]
+__all__ = ["Backend", "Call", "Chunk", "ChunkLost", "ClusterLost", "Health", "Pool"]

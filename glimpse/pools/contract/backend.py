@@ -24,6 +24,22 @@ class ChunkLost(Exception):
     """
 
 
+class ClusterLost(Exception):
+    """Raised by a backend's hooks when the cluster itself (scheduler, head, controller, broker) is
+    gone; the message names it. The caller sees a ``ClusterLostError``."""
+
+
+@dataclass
+class Health:
+    """What :meth:`Backend.health` found: the workers connected now, and why the cluster is gone, if it is."""
+
+    workers: int
+    lost: str | None = None
+    #: Where the cluster is and the command that starts a worker there, for the no-workers message.
+    address: str = ""
+    start_workers: str = ""
+
+
 @dataclass
 class Call:
     """One ``map``/``imap`` call: the function, pickled once (``blob``), and an id unique to the call."""
@@ -157,6 +173,14 @@ class Backend(ABC):
         Called at most once per call, when it ends with chunks still in flight (the consumer
         left the loop, or an error ended the call). Their outcomes are never asked for.
         """
+
+    def health(self) -> Health | None:
+        """Whether the cluster is still there and how many workers it has (``None``: nothing to check).
+
+        Called only while a call waits and no chunk has finished for a few seconds, then every few
+        seconds while that lasts; it may take a second or two (a connection probe), never more.
+        """
+        return None
 
     def close(self) -> None:
         """Accept no more work; release what this backend owns once running work finishes."""

@@ -10,15 +10,16 @@ consumer stops.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import cloudpickle
 
-from glimpse.pools.contract.backend import Backend, Call, Chunk, ChunkLost
+from glimpse.pools.contract.backend import Backend, Call, Chunk, ChunkLost, ClusterLost
 from glimpse.pools.contract.reader import ChunkReader
 from glimpse.pools.contract.sizing import AdaptiveSize, FixedSize, multiprocessing_chunksize, window_bytes
+from glimpse.pools.contract.watch import CallWatch
 from glimpse.pools.contract.worker_runner import ChunkOutcome, Failure
-from glimpse.pools.errors import RemoteTraceback, SerializationError, WorkerLostError
+from glimpse.pools.errors import ClusterLostError, RemoteTraceback, SerializationError, WorkerLostError
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,13 @@ def iterate(
     progress: bool,
     length: int | None,
     whole: bool = False,
+    on_end: Callable[[], None] = lambda: None,
 ) -> Iterator:
     """Yield ``func(item)`` for every item, as the module docstring describes.
 
     ``length`` is the input's length if it has one; ``whole`` says the caller wants every
     result at once (``map``), so chunks of a known-length input are cut as ``multiprocessing``
-    does instead of adaptively.
+    does instead of adaptively. ``on_end`` is called once the call has ended, however it ended.
     """
     workers = backend.workers()
     sizes = _chunk_sizes(backend, workers, chunksize, length, whole)
@@ -48,10 +50,13 @@ def iterate(
     reader = ChunkReader(iterable, sizes, backend.encode if backend.serializes else None, length)
     call = _open_call(backend, func)
     bar = _progress_bar(progress, length)
-    next_seq = 0
+    watch = CallWatch(backend)
+    next_seq = delivered = 0
     input_error: BaseException | None = None
     try:
         while True:
+            if watch.resize_due():
+                _follow_cluster_size(backend, window, sizes)
             while input_error is None and not reader.exhausted and window.has_room():
                 try:
                     chunk = reader.read()
@@ -65,7 +70,11 @@ def iterate(
                 if input_error is not None:
                     raise input_error
                 return
-            for handle in backend.wait(list(window.pending), _WAIT_SECONDS):
+            finished = backend.wait(list(window.pending), _WAIT_SECONDS)
+            if not finished:
+                watch.check()
+            for handle in finished:
+                watch.progress()
                 chunk = window.finish(handle)
                 outcome, nbytes = _outcome_or_resubmit(backend, call, chunk, handle, window)
                 if outcome is None:
@@ -76,15 +85,23 @@ def iterate(
                     window.hold(chunk.seq, outcome, nbytes)
                 else:
                     yield from _deliver(outcome)
+                    delivered += len(outcome.values)
             while next_seq in window.held:
                 outcome = window.release(next_seq)
                 next_seq += 1
                 yield from _deliver(outcome)
+                delivered += len(outcome.values)
+    except ClusterLost as lost:
+        raise ClusterLostError(
+            f"{lost}; the call had delivered {delivered} results, none after them. "
+            "Restart the cluster (or fix the address) and run the call again."
+        ) from None
     finally:
         if window.pending:
             backend.cancel(list(window.pending))
         backend.close_call(call)
         bar.close()
+        on_end()
 
 
 class _Window:
@@ -125,6 +142,13 @@ class _Window:
         outcome, nbytes = self.held.pop(seq)
         self.nbytes -= nbytes
         return outcome
+
+
+def _follow_cluster_size(backend: Backend, window: _Window, sizes) -> None:
+    """Workers joined or left: keep the window and the chunk sizes in step with the cluster."""
+    window.chunks = backend.window()
+    if isinstance(sizes, AdaptiveSize):
+        sizes.workers = backend.workers()
 
 
 def _chunk_sizes(backend: Backend, workers: int, chunksize: int | None, length: int | None, whole: bool):

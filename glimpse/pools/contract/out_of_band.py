@@ -30,7 +30,13 @@ def pickle_out_of_band(obj) -> tuple[bytes, list[memoryview]]:
         buffers.append(raw)
         return False
 
-    skeleton = cloudpickle.dumps(_with_large_bytes_marked(obj), protocol=5, buffer_callback=keep_large)
+    skeleton = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_large)
+    if len(skeleton) >= OUT_OF_BAND_BYTES:
+        # Only a large pickle can hold a large bytes item: look for one only then, not on every chunk.
+        marked = _with_large_bytes_marked(obj)
+        if marked is not obj:
+            buffers.clear()
+            skeleton = cloudpickle.dumps(marked, protocol=5, buffer_callback=keep_large)
     return skeleton, buffers
 
 

@@ -2,7 +2,8 @@
 
 The pickled function is published once per call on the scheduler, from which each worker
 fetches it on its first chunk of the call. A chunk still running when its call is cancelled
-holds a worker thread Dask cannot interrupt, so that worker is restarted through its nanny.
+holds a worker thread Dask cannot interrupt: on an embedded cluster the pool owns, that worker
+is restarted through its nanny; on any other cluster the chunk is left to finish.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from concurrent.futures import CancelledError
 from distributed import Client, Future, KilledWorker, get_client, get_worker, rejoin, secede
 
 from glimpse.pools.backends.dask import compat
-from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost
+from glimpse.pools.cluster.reachability import tcp_answers
+from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, ClusterLost, Health
 from glimpse.pools.contract.out_of_band import unpickled_if_large
 from glimpse.pools.contract.worker_runner import run_chunk
 
@@ -105,6 +107,16 @@ class DaskBackend(Backend):
             self._finished.wait_for(lambda: any(f.done() for f in handles), timeout)
         return [f for f in handles if f.done()]
 
+    def health(self) -> Health:
+        address = self.client.scheduler.address
+        if not tcp_answers(address):
+            return Health(0, lost=_scheduler_gone(address))
+        return Health(
+            len(self.client.nthreads()),
+            address=address,
+            start_workers=f"glimpse-cluster --type dask LaunchWorker --address {address}",
+        )
+
     def outcome(self, handle: Future) -> bytes:
         # run_chunk never raises: an exception here is Dask's own.
         try:
@@ -114,6 +126,9 @@ class DaskBackend(Backend):
         except CancelledError as cancelled:
             # Not by us (we never ask for the outcome of a chunk we cancelled): Client.restart, or
             # the connection to the scheduler was lost.
+            address = self.client.scheduler.address
+            if not tcp_answers(address):
+                raise ClusterLost(_scheduler_gone(address)) from None
             raise ChunkLost(f"Dask cancelled the task: {cancelled}".rstrip(".")) from None
         finally:
             # Now, not when the future is collected: Dask would recompute a lost result it still holds.
@@ -125,6 +140,10 @@ class DaskBackend(Backend):
             return
         keys = [f.key for f in futures]
         self.client.cancel(futures)
+        if self.cluster is None:
+            # Not our cluster: its workers may run other clients' tasks, so never restart them.
+            # Cancelled chunks still running finish there (adaptive chunks are short).
+            return
         busy = self._workers_running(keys)
         deadline = time.monotonic() + _CANCEL_GRACE_SECONDS
         while busy and time.monotonic() < deadline:
@@ -157,6 +176,10 @@ class DaskBackend(Backend):
         """The workers whose threads are still executing any of ``keys``."""
         running = self.client.run(_executing, keys, on_error="return")
         return [worker for worker, found in running.items() if found is True]
+
+
+def _scheduler_gone(address: str) -> str:
+    return f"the Dask scheduler at {address} does not answer (it stopped, or the network to it is down)"
 
 
 def _secede_if_in_task() -> bool:

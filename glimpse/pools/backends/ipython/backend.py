@@ -20,7 +20,8 @@ import ipyparallel
 from ipyparallel import error as ipp_error
 
 from glimpse.pools.backends.ipython import compat
-from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost
+from glimpse.pools.cluster.reachability import tcp_answers
+from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, Health
 from glimpse.pools.contract.worker_runner import run_chunk
 from glimpse.pools.errors import RemoteError, RemoteTraceback
 
@@ -63,6 +64,18 @@ class IPythonBackend(Backend):
 
     def workers(self) -> int:
         return max(1, len(self._client.ids))
+
+    def health(self) -> Health:
+        address = compat.controller_address(self._client)
+        if address and not tcp_answers(address):
+            return Health(
+                0, lost=f"the IPython controller at {address} does not answer (it stopped, or is unreachable)"
+            )
+        return Health(
+            len(self._client.ids),
+            address=address or "the IPython controller",
+            start_workers="glimpse-cluster --type ipython LaunchWorker (with the cluster's --profile or --profile-dir)",
+        )
 
     def open_call(self, call: Call) -> None:
         shared = self._shared[call.id] = _Shared(f"_glimpse_function_{call.id}", call.blob)

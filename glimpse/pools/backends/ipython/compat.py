@@ -21,6 +21,16 @@ def connection_info(client) -> dict:
     return config
 
 
+def controller_address(client) -> str:
+    """``host:port`` of the controller's registration socket (same private ``Client._config``)."""
+    config = dict(client._config)
+    interface, port = config.get("interface"), config.get("registration")
+    if not interface or port is None:
+        return ""
+    port = int(str(port).rsplit(":", 1)[-1])
+    return f"{interface.split('://', 1)[-1]}:{port}"
+
+
 def engine_ids_by_uuid(client) -> dict[str, int]:
     """Each registered engine's id by its uuid. Private: ``Client._engines`` (id -> uuid).
 

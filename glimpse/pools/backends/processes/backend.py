@@ -39,10 +39,17 @@ class ProcessBackend(Backend):
     chunk_seconds = 0.02
 
     def __init__(self, processes: int | None = None, initializer=None, initargs=(), maxtasksperchild=None):
+        # The same checks, errors and messages as multiprocessing.Pool, at construction.
+        if processes is not None and (not isinstance(processes, int) or isinstance(processes, bool)):
+            raise TypeError(f"processes must be an int or None, not {type(processes).__name__}")
         if processes is not None and processes < 1:
-            raise ValueError(f"processes must be at least 1, not {processes}")
-        if maxtasksperchild is not None and maxtasksperchild < 1:
-            raise ValueError(f"maxtasksperchild must be a positive integer or None, not {maxtasksperchild}")
+            raise ValueError(f"Number of processes must be at least 1, not {processes}")
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int) or isinstance(maxtasksperchild, bool) or maxtasksperchild <= 0
+        ):
+            raise ValueError(f"maxtasksperchild must be a positive int or None, not {maxtasksperchild!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be a callable, not {type(initializer).__name__}")
         self._size = processes or os.cpu_count() or 1
         self._initializer = cloudpickle.dumps((initializer, initargs)) if initializer else None
         self._chunks_per_worker = maxtasksperchild

@@ -18,6 +18,9 @@ from multiprocessing.connection import Connection
 from glimpse.pools.backends.processes import shared_memory
 from glimpse.pools.subprocesses import child_environment
 
+#: Payloads smaller than this travel inside the chunk's message.
+_INLINE_PAYLOAD_BYTES = 64 * 1024
+
 
 class ChildProcess:
     """One worker process; send it messages, receive outcomes, stop it.
@@ -78,9 +81,14 @@ class ChildProcess:
             return False
 
     def send_chunk(self, call_id: str, function: bytes | None, payload, start: int) -> bool:
-        """Send a chunk to run; ``False`` if the process is gone. The payload (bytes or a
-        ``SharedPayload``) follows its header as a frame of its own, so it is not pickled again."""
-        if not self.send(("chunk", call_id, function, start)):
+        """Send a chunk to run; ``False`` if the process is gone.
+
+        A small payload travels inside the message (one write); a large one (bytes or a
+        ``SharedPayload``) follows it as a frame of its own, so it is not pickled a second time.
+        """
+        if isinstance(payload, bytes) and len(payload) < _INLINE_PAYLOAD_BYTES:
+            return self.send(("chunk", call_id, function, start, payload))
+        if not self.send(("chunk", call_id, function, start, None)):
             return False
         try:
             shared_memory.send(self.inbox, self.fds, payload)

@@ -40,11 +40,12 @@ def main(read_fd: int, write_fd: int, fds_fd: int) -> None:
             setup_error = _run_initializer(message[1])
             dumps = shared_memory.dumps if message[2] else cloudpickle.dumps
         elif kind == "chunk":
-            _, call_id, func_blob, start = message
-            try:
-                payload = shared_memory.receive(inbox, fds)
-            except (EOFError, OSError):
-                return
+            _, call_id, func_blob, start, payload = message
+            if payload is None:  # it follows as a frame of its own
+                try:
+                    payload = shared_memory.receive(inbox, fds)
+                except (EOFError, OSError):
+                    return
             if setup_error is None:
                 result = run_chunk(call_id, func_blob, payload, start, dumps)
             else:

@@ -6,12 +6,15 @@ task takes that object ref as an argument, so Ray hands workers the bytes, not t
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Collection
 
 import ray
 import ray.exceptions
 
-from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost
+from glimpse.pools.cluster.reachability import tcp_answers
+from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, Health
 from glimpse.pools.contract.out_of_band import unpickled_if_large
 from glimpse.pools.contract.worker_runner import run_chunk
 from glimpse.pools.errors import RemoteTraceback
@@ -28,7 +31,9 @@ _LOST = (
     ray.exceptions.LocalRayletDiedError,
     ray.exceptions.RaySystemError,
 )
+log = logging.getLogger(__name__)
 _remote_chunk = None
+_CPUS_TTL_SECONDS = 1.0
 
 
 class RayBackend(Backend):
@@ -42,12 +47,38 @@ class RayBackend(Backend):
     chunk_seconds = 0.1
     max_attempts = 2
 
-    def __init__(self, owns_ray: bool = False):
+    def __init__(self, owns_ray: bool = False, address: str = ""):
         self._owns_ray = owns_ray
+        self._address = address
         self._functions: dict[str, ray.ObjectRef] = {}
+        self._cpus, self._cpus_read_at = 1, -_CPUS_TTL_SECONDS
+        self._cancelled: list[ray.ObjectRef] = []
+        self._cancelled_at = self._recancelled_at = 0.0
+        self._warned_of_cancelled = False
 
     def workers(self) -> int:
-        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # Re-read during a call to follow nodes that join or leave: once a second is enough.
+        if time.monotonic() - self._cpus_read_at > _CPUS_TTL_SECONDS:
+            self._cpus = int(ray.cluster_resources().get("CPU", 0))
+            self._cpus_read_at = time.monotonic()
+        return max(1, self._cpus)
+
+    def health(self) -> Health:
+        if self._address and not tcp_answers(self._address):
+            # Ray's core worker ends this whole process once it gives up on the head node (60 s
+            # by default); disconnecting first keeps the caller alive to see the error.
+            ray.shutdown()
+            self._owns_ray = False
+            return Health(
+                0, lost=f"the Ray head node at {self._address} does not answer (it stopped, or is unreachable)"
+            )
+        self._cpus_read_at = -_CPUS_TTL_SECONDS
+        self.workers()
+        return Health(
+            self._cpus,
+            address=self._address,
+            start_workers=f"glimpse-cluster --type ray LaunchWorker --address {self._address}",
+        )
 
     def open_call(self, call: Call) -> None:
         self._functions[call.id] = ray.put(call.blob)
@@ -66,6 +97,7 @@ class RayBackend(Backend):
         return _chunk_task().remote(call.id, self._functions[call.id], payload, chunk.start)
 
     def wait(self, handles: Collection[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:
+        self._cancel_again()
         handles = list(handles)
         if not handles:
             return []
@@ -90,11 +122,28 @@ class RayBackend(Backend):
 
     def cancel(self, handles: Collection[ray.ObjectRef]) -> None:
         for handle in handles:
-            # force=True kills the worker running the task, so it is free at once.
-            try:
-                ray.cancel(handle, force=True)
-            except (ValueError, TypeError, ray.exceptions.RayError):
-                pass
+            _cancel(handle)
+        self._cancelled.extend(handles)
+        self._cancelled_at = time.monotonic()
+        self._warned_of_cancelled = False
+
+    def _cancel_again(self) -> None:
+        """Cancel again, once a second, the cancelled tasks still running: under load a cancel can
+        miss a task that was being scheduled, and its worker would stay busy with abandoned work."""
+        now = time.monotonic()
+        if not self._cancelled or now - self._recancelled_at < 1.0:
+            return
+        self._recancelled_at = now
+        _, self._cancelled = ray.wait(self._cancelled, num_returns=len(self._cancelled), timeout=0)
+        for handle in self._cancelled:
+            _cancel(handle)
+        if self._cancelled and now - self._cancelled_at > 10 and not self._warned_of_cancelled:
+            self._warned_of_cancelled = True
+            log.warning(
+                "%d cancelled Ray tasks still hold workers %.0f s after they were cancelled; cancelling them again",
+                len(self._cancelled),
+                now - self._cancelled_at,
+            )
 
     def close(self) -> None:
         if self._owns_ray:
@@ -125,6 +174,14 @@ def _chunk_task():
     if _remote_chunk is None:
         _remote_chunk = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(run_chunk_in_ray)
     return _remote_chunk
+
+
+def _cancel(handle: ray.ObjectRef) -> None:
+    # force=True ends the worker process running our task (only that task's), so it is free at once.
+    try:
+        ray.cancel(handle, force=True)
+    except (ValueError, TypeError, ray.exceptions.RayError):
+        pass
 
 
 def _describe_loss(error: BaseException) -> str:

@@ -44,7 +44,8 @@ class RayPool(ClusterPool):
     def __init__(self, address: str | None = None, **init_kwargs):
         address, owns_ray = _join_ray(address, init_kwargs)
         # Not ended when dropped: Ray is one per process, and a later pool may be using it.
-        super().__init__(RayBackend(owns_ray=owns_ray), address, end_when_dropped=False)
+        probed = address if "://" not in address and address != "auto" else ""
+        super().__init__(RayBackend(owns_ray=owns_ray, address=probed), address, end_when_dropped=False)
 
 
 def _join_ray(address: str | None, init_kwargs: dict) -> tuple[str, bool]:

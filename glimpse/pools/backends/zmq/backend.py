@@ -18,7 +18,7 @@ from collections.abc import Collection
 import zmq
 
 from glimpse.pools.backends.zmq import protocol as p
-from glimpse.pools.contract.backend import Backend, Call, Chunk, TrackedChunk
+from glimpse.pools.contract.backend import Backend, Call, Chunk, ClusterLost, Health, TrackedChunk
 from glimpse.pools.errors import ClusterConnectionError
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,6 @@ class ZmqBackend(Backend):
         self._pinged_at = 0.0
         self._unanswered_since: float | None = None
         self._replies: dict[bytes, list] = {}
-        self._warned = False
         self._connect()
 
     def workers(self) -> int:
@@ -99,9 +98,16 @@ class ZmqBackend(Backend):
             if done or remaining <= 0:
                 return done
             self._check_broker()
-            self._warn_without_workers()
             if self._live_socket().poll(min(remaining, p.HEARTBEAT_SECONDS) * 1000):
                 self._receive_available()
+
+    def health(self) -> Health:
+        # The broker's liveness is checked on every wait (_check_broker); its PONGs count the workers.
+        return Health(
+            self._nworkers,
+            address=self.address,
+            start_workers=f"glimpse-cluster --type zmq LaunchWorker --address {self.address}",
+        )
 
     def outcome(self, handle: SentChunk) -> bytes:
         return handle.outcome()
@@ -194,10 +200,10 @@ class ZmqBackend(Backend):
         """
         now = time.monotonic()
         if self._unanswered_since is not None and now - self._unanswered_since > p.BROKER_TIMEOUT_SECONDS:
-            raise ClusterConnectionError(
+            raise ClusterLost(
                 f"the glimpse zmq broker at {self.address} stopped answering "
                 f"({now - self._unanswered_since:.0f} s without a reply) while {len(self._jobs)} chunks were out; "
-                "it was stopped or is unreachable. Restart it (and its workers) and run the call again."
+                "it was stopped or is unreachable"
             )
         if now - self._heard_at > p.HEARTBEAT_SECONDS and now - self._pinged_at > p.HEARTBEAT_SECONDS:
             self._pinged_at = now
@@ -207,18 +213,6 @@ class ZmqBackend(Backend):
 
     def _ping_and_wait(self) -> None:
         self._ask(p.PING, p.number(self._last_number), reply=p.PONG)
-
-    def _warn_without_workers(self) -> None:
-        if self._nworkers > 0:
-            self._warned = False
-        elif not self._warned:
-            self._warned = True
-            log.warning(
-                "no workers are connected to the zmq broker at %s; chunks wait until one connects "
-                "(start some with `glimpse-cluster --type zmq LaunchWorker --address %s`)",
-                self.address,
-                self.address,
-            )
 
     def _receive_available(self) -> None:
         while True:
