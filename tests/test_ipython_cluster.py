@@ -20,6 +20,7 @@ from glimpse.pools import (  # noqa: E402
     ClusterConnectionError,
     ClusterLostError,
     GetClusterPackage,
+    NoWorkersError,
     ipython_cluster,  # noqa: E402
 )
 from glimpse.pools.ipython_cluster import MakePool, RunMain  # noqa: E402
@@ -243,6 +244,30 @@ def test_a_killed_controller_is_a_cluster_lost_error(tmp_path, capsys):
         with pytest.raises(ClusterLostError, match=r"IPython controller at 127.0.0.1:\d+ does not answer.*delivered"):
             list(results)
         assert time.monotonic() - killed_at < 60
+    finally:
+        if worker is not None:
+            stop_process_group(worker)
+        stop_process_group(broker)
+
+
+def test_engines_that_all_die_mid_call_are_a_no_workers_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GLIMPSE_NO_WORKERS_TIMEOUT", "10")
+    profile_dir, cluster_id = tmp_path / "profile", "noengines"
+    options = [f"--profile-dir={profile_dir}", f"--cluster-id={cluster_id}"]
+    broker = _run_verb(tmp_path, "LaunchBroker", profile_dir, cluster_id)
+    worker = None
+    try:
+        _wait_for_file(profile_dir / "security" / f"ipcontroller-{cluster_id}-engine.json", broker)
+        worker = _run_verb(tmp_path, "LaunchWorker", profile_dir, cluster_id, "-n", "1")
+        _wait_for_engines(options, capsys, 1)
+        pool = MakePool(profile_dir=str(profile_dir), cluster_id=cluster_id)
+        results = pool.imap(helpers.sleep_then_return, [(0.2, i) for i in range(200)], chunksize=1)
+        assert next(results) == 0
+        stop_process_group(worker, grace=0)
+        started = time.monotonic()
+        with pytest.raises(NoWorkersError, match="no worker was connected to the cluster at 127.0.0.1"):
+            list(results)
+        assert time.monotonic() - started < 60
     finally:
         if worker is not None:
             stop_process_group(worker)

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -296,6 +297,15 @@ from glimpse.pools.ray_cluster import MakePool
 
 address, head_group, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 pool = MakePool(address)
+if scenario == "grow":
+    started = time.monotonic()
+    results = pool.imap_unordered(lambda seconds: (time.sleep(seconds), os.getpid())[1], [0.5] * 60)
+    pids = {next(results)}
+    print("first", flush=True)
+    input()  # the test starts a second node, then says go
+    pids.update(results)
+    print(f"grew: {len(pids)} processes in {time.monotonic() - started:.0f} s", flush=True)
+    sys.exit(0)
 if scenario == "no-workers":
     try:
         pool.map(abs, [1, 2, 3])
@@ -313,6 +323,41 @@ except ClusterLostError as error:
 time.sleep(25)  # past Ray's own limit (set to 20 s below) for a driver that lost its head node
 print("alive", flush=True)
 """
+
+
+def test_a_node_that_joins_mid_call_is_used(ray_auth_token):
+    from tests.engines.ray import RAY_NODE_ENV, _wait_for_log, start_ray_head
+
+    temp_dir = tempfile.mkdtemp(prefix="glimpse-ray-")
+    head, address = start_ray_head(temp_dir, num_cpus=1)
+    node = None
+    try:
+        driver = subprocess.Popen(
+            [sys.executable, "-c", _RUN_ON_HEAD, address, str(head.pid), "grow"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "RAY_ADDRESS": ""},
+        )
+        assert driver.stdout.readline().strip() == "first"
+        node_log = Path(temp_dir) / "node.log"
+        node = start_process(
+            [sys.executable, "-m", "glimpse.pools", "cluster", "--type", "ray", "LaunchWorker"]
+            + ["--address", address, "--num-cpus", "4", "--temp-dir", temp_dir],
+            node_log,
+            env=RAY_NODE_ENV,
+        )
+        _wait_for_log(node_log, "Ray runtime started", 60, node)
+        output, _ = driver.communicate("go\n", timeout=120)
+    finally:
+        if node is not None:
+            stop_process_group(node, grace=5)
+        stop_process_group(head, grace=5)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    grew = re.search(r"grew: (\d+) processes in (\d+) s", output)
+    assert grew, output
+    assert int(grew.group(1)) >= 4, f"only {grew.group(1)} worker processes ran chunks after a 4-CPU node joined"
+    assert int(grew.group(2)) < 26, f"{grew.group(2)} s: the node that joined barely helped (30 s on one CPU)"
 
 
 def _run_on_own_head(num_cpus: int, scenario: str, extra_env: dict) -> str:

@@ -34,6 +34,7 @@ _LOST = (
 log = logging.getLogger(__name__)
 _remote_chunk = None
 _CPUS_TTL_SECONDS = 1.0
+_RECANCEL_SECONDS = 3.0
 
 
 class RayBackend(Backend):
@@ -121,17 +122,20 @@ class RayBackend(Backend):
             raise ChunkLost(_describe_loss(error)) from None
 
     def cancel(self, handles: Collection[ray.ObjectRef]) -> None:
-        for handle in handles:
+        # Only tasks not finished yet: Ray's driver can abort on a cancel that races with a task's
+        # completion (RAY_CHECK in task_manager.cc, ray-project/ray#54846), so keep that window small.
+        _, running = ray.wait(list(handles), num_returns=len(handles), timeout=0)
+        for handle in running:
             _cancel(handle)
-        self._cancelled.extend(handles)
+        self._cancelled.extend(running)
         self._cancelled_at = time.monotonic()
         self._warned_of_cancelled = False
 
     def _cancel_again(self) -> None:
-        """Cancel again, once a second, the cancelled tasks still running: under load a cancel can
+        """Cancel again, every few seconds, the cancelled tasks still running: under load a cancel can
         miss a task that was being scheduled, and its worker would stay busy with abandoned work."""
         now = time.monotonic()
-        if not self._cancelled or now - self._recancelled_at < 1.0:
+        if not self._cancelled or now - self._recancelled_at < _RECANCEL_SECONDS:
             return
         self._recancelled_at = now
         _, self._cancelled = ray.wait(self._cancelled, num_returns=len(self._cancelled), timeout=0)
