@@ -60,8 +60,9 @@ def start_dask_cluster(log_dir: Path, nworkers: int = 2) -> DaskCluster:
                     log_dir / f"worker-{n}.log",
                 )
             )
-        with Client(address, timeout=STARTUP_SECONDS, set_as_default=False) as client:
-            client.wait_for_workers(nworkers, timeout=STARTUP_SECONDS)
+        if nworkers:
+            with Client(address, timeout=STARTUP_SECONDS, set_as_default=False) as client:
+                client.wait_for_workers(nworkers, timeout=STARTUP_SECONDS)
     except BaseException:
         cluster.stop()
         raise
