@@ -251,6 +251,13 @@ def test_arguments_and_results_of_tens_of_megabytes(pool):
     assert [len(b) for b in pool.imap(helpers.make_blob, [size, 3])] == [size, 3]
 
 
+def test_numpy_arrays_of_megabytes_come_back_intact(pool):
+    np = pytest.importorskip("numpy")
+    arrays = [np.full(MIB // 2, float(i)) for i in range(6)]  # 4 MiB each
+    assert pool.map(np.sum, arrays) == [MIB // 2 * float(i) for i in range(6)]
+    assert [float(a[-1]) for a in pool.imap(np.negative, arrays)] == [-float(i) for i in range(6)]
+
+
 def test_an_argument_and_a_result_of_over_100_megabytes(pool):
     size = 120 * MIB
     assert pool.map(helpers.size_of, [b"a" * size]) == [size]

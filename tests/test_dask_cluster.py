@@ -236,13 +236,6 @@ def test_launched_cluster_restarts_and_kills_its_workers(tmp_path, capsys):
                 stop_process_group(process)
 
 
-def test_large_arrays_are_serialized_by_dask_and_come_back_intact(dask_embedded_pool):
-    np = pytest.importorskip("numpy")
-    arrays = [np.full(2**19, float(i)) for i in range(6)]  # 4 MiB each
-    assert dask_embedded_pool.map(np.sum, arrays) == [2**19 * float(i) for i in range(6)]
-    assert [float(a[-1]) for a in dask_embedded_pool.map(np.negative, arrays)] == [-float(i) for i in range(6)]
-
-
 def test_a_scheduler_without_workers_is_a_no_workers_error_naming_it(tmp_path, monkeypatch):
     monkeypatch.setenv("GLIMPSE_NO_WORKERS_TIMEOUT", "10")
     cluster = start_dask_cluster(tmp_path, nworkers=0)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -239,7 +241,8 @@ def test_a_killed_controller_is_a_cluster_lost_error(tmp_path, capsys):
         pool = MakePool(profile_dir=str(profile_dir), cluster_id=cluster_id)
         results = pool.imap(helpers.sleep_then_return, [(0.2, i) for i in range(200)], chunksize=1)
         assert next(results) == 0
-        stop_process_group(broker, grace=0)
+        os.killpg(broker.pid, signal.SIGKILL)
+        broker.wait()
         killed_at = time.monotonic()
         with pytest.raises(ClusterLostError, match=r"IPython controller at 127.0.0.1:\d+ does not answer.*delivered"):
             list(results)
@@ -263,7 +266,8 @@ def test_engines_that_all_die_mid_call_are_a_no_workers_error(tmp_path, capsys, 
         pool = MakePool(profile_dir=str(profile_dir), cluster_id=cluster_id)
         results = pool.imap(helpers.sleep_then_return, [(0.2, i) for i in range(200)], chunksize=1)
         assert next(results) == 0
-        stop_process_group(worker, grace=0)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
         started = time.monotonic()
         with pytest.raises(NoWorkersError, match="no worker was connected to the cluster at 127.0.0.1"):
             list(results)

@@ -97,9 +97,12 @@ def iterate(
             "Restart the cluster (or fix the address) and run the call again."
         ) from None
     finally:
-        if window.pending:
-            backend.cancel(list(window.pending))
-        backend.close_call(call)
+        try:
+            if window.pending:
+                backend.cancel(list(window.pending))
+            backend.close_call(call)
+        except Exception as exc:  # the cluster may be gone; never hide why the call ended
+            log.warning("could not cancel the rest of the call on the cluster: %s: %s", type(exc).__name__, exc)
         bar.close()
         on_end()
 

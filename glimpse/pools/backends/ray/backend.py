@@ -58,14 +58,18 @@ class RayBackend(Backend):
         self._warned_of_cancelled = False
 
     def workers(self) -> int:
-        # Re-read during a call to follow nodes that join or leave: once a second is enough.
-        if time.monotonic() - self._cpus_read_at > _CPUS_TTL_SECONDS:
+        # Re-read during a call to follow nodes that join or leave: once a second is enough. Not
+        # while the head node is down: the read would block until Ray gives up on it (and on us).
+        if time.monotonic() - self._cpus_read_at > _CPUS_TTL_SECONDS and self._head_answers():
             self._cpus = int(ray.cluster_resources().get("CPU", 0))
             self._cpus_read_at = time.monotonic()
         return max(1, self._cpus)
 
+    def _head_answers(self) -> bool:
+        return not self._address or tcp_answers(self._address, timeout=0.5)
+
     def health(self) -> Health:
-        if self._address and not tcp_answers(self._address):
+        if not self._head_answers():
             # Ray's core worker ends this whole process once it gives up on the head node (60 s
             # by default); disconnecting first keeps the caller alive to see the error.
             ray.shutdown()
@@ -124,6 +128,8 @@ class RayBackend(Backend):
     def cancel(self, handles: Collection[ray.ObjectRef]) -> None:
         # Only tasks not finished yet: Ray's driver can abort on a cancel that races with a task's
         # completion (RAY_CHECK in task_manager.cc, ray-project/ray#54846), so keep that window small.
+        if not ray.is_initialized():  # disconnected after losing the head node: nothing to cancel
+            return
         _, running = ray.wait(list(handles), num_returns=len(handles), timeout=0)
         for handle in running:
             _cancel(handle)
@@ -135,7 +141,7 @@ class RayBackend(Backend):
         """Cancel again, every few seconds, the cancelled tasks still running: under load a cancel can
         miss a task that was being scheduled, and its worker would stay busy with abandoned work."""
         now = time.monotonic()
-        if not self._cancelled or now - self._recancelled_at < _RECANCEL_SECONDS:
+        if not self._cancelled or now - self._recancelled_at < _RECANCEL_SECONDS or not ray.is_initialized():
             return
         self._recancelled_at = now
         _, self._cancelled = ray.wait(self._cancelled, num_returns=len(self._cancelled), timeout=0)

@@ -70,7 +70,12 @@ class ZmqBackend(Backend):
 
     def workers(self) -> int:
         if time.monotonic() - self._counted_at > _WORKERS_FRESH_SECONDS:
-            self._ping_and_wait()
+            if self._jobs:
+                # Mid-call: ask without waiting; the PONG arrives while the call waits, and a broker
+                # that never answers is found by _check_broker there.
+                self._ping(time.monotonic())
+            else:
+                self._ping_and_wait()
         return max(1, self._nworkers)
 
     def open_call(self, call: Call) -> None:
@@ -205,11 +210,17 @@ class ZmqBackend(Backend):
                 f"({now - self._unanswered_since:.0f} s without a reply) while {len(self._jobs)} chunks were out; "
                 "it was stopped or is unreachable"
             )
-        if now - self._heard_at > p.HEARTBEAT_SECONDS and now - self._pinged_at > p.HEARTBEAT_SECONDS:
-            self._pinged_at = now
-            if self._unanswered_since is None:
-                self._unanswered_since = now
-            self._send(p.PING, p.number(self._last_number))
+        if now - self._heard_at > p.HEARTBEAT_SECONDS:
+            self._ping(now)
+
+    def _ping(self, now: float) -> None:
+        """Send a PING (at most once a heartbeat); its PONG counts workers and reconciles chunks."""
+        if now - self._pinged_at <= p.HEARTBEAT_SECONDS:
+            return
+        self._pinged_at = now
+        if self._unanswered_since is None:
+            self._unanswered_since = now
+        self._send(p.PING, p.number(self._last_number))
 
     def _ping_and_wait(self) -> None:
         self._ask(p.PING, p.number(self._last_number), reply=p.PONG)
