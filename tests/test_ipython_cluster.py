@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -210,72 +211,32 @@ def test_restart_and_kill_workers_on_an_ipcluster(tmp_path, capsys):
 
 
 def test_launch_broker_and_worker_make_a_working_cluster(tmp_path, capsys):
-    profile_dir, cluster_id = tmp_path / "profile", "verbs"
-    options = [f"--profile-dir={profile_dir}", f"--cluster-id={cluster_id}"]
-    broker = _run_verb(tmp_path, "LaunchBroker", profile_dir, cluster_id)
-    worker = None
-    try:
-        _wait_for_file(profile_dir / "security" / f"ipcontroller-{cluster_id}-engine.json", broker)
-        worker = _run_verb(tmp_path, "LaunchWorker", profile_dir, cluster_id, "-n", "1")
-        _wait_for_engines(options, capsys, 1)
-        pool = MakePool(profile_dir=str(profile_dir), cluster_id=cluster_id)
+    with _cluster_of_verbs(tmp_path, "verbs", capsys) as (options, broker, worker):
+        pool = MakePool(profile_dir=str(tmp_path / "profile"), cluster_id="verbs")
         assert pool.map(helpers.times_ten, [1, 2]) == [10, 20]
         _closed(pool)
         assert RunMain(["KillWorkers", *options]) == 0
         worker.wait(timeout=60)  # LaunchWorker ends when its engines stop
-    finally:
-        if worker is not None:
-            stop_process_group(worker)
-        stop_process_group(broker)
 
 
-def test_a_killed_controller_is_a_cluster_lost_error(tmp_path, capsys):
-    profile_dir, cluster_id = tmp_path / "profile", "killed"
-    options = [f"--profile-dir={profile_dir}", f"--cluster-id={cluster_id}"]
-    broker = _run_verb(tmp_path, "LaunchBroker", profile_dir, cluster_id)
-    worker = None
-    try:
-        _wait_for_file(profile_dir / "security" / f"ipcontroller-{cluster_id}-engine.json", broker)
-        worker = _run_verb(tmp_path, "LaunchWorker", profile_dir, cluster_id, "-n", "1")
-        _wait_for_engines(options, capsys, 1)
-        pool = MakePool(profile_dir=str(profile_dir), cluster_id=cluster_id)
+@pytest.mark.parametrize("killed", ["controller", "engines"])
+def test_a_killed_controller_or_every_engine_is_named_within_a_minute(killed, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GLIMPSE_NO_WORKERS_TIMEOUT", "10")
+    with _cluster_of_verbs(tmp_path, f"killed-{killed}", capsys) as (_, broker, worker):
+        pool = MakePool(profile_dir=str(tmp_path / "profile"), cluster_id=f"killed-{killed}")
         results = pool.imap(helpers.sleep_then_return, [(0.2, i) for i in range(200)], chunksize=1)
         assert next(results) == 0
-        os.killpg(broker.pid, signal.SIGKILL)
-        broker.wait()
+        victim = broker if killed == "controller" else worker
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
         killed_at = time.monotonic()
-        with pytest.raises(ClusterLostError, match=r"IPython controller at 127.0.0.1:\d+ does not answer.*delivered"):
+        if killed == "controller":
+            expected = (ClusterLostError, r"IPython controller at 127.0.0.1:\d+ does not answer.*delivered")
+        else:
+            expected = (NoWorkersError, "no worker was connected to the cluster at 127.0.0.1")
+        with pytest.raises(expected[0], match=expected[1]):
             list(results)
         assert time.monotonic() - killed_at < 60
-    finally:
-        if worker is not None:
-            stop_process_group(worker)
-        stop_process_group(broker)
-
-
-def test_engines_that_all_die_mid_call_are_a_no_workers_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("GLIMPSE_NO_WORKERS_TIMEOUT", "10")
-    profile_dir, cluster_id = tmp_path / "profile", "noengines"
-    options = [f"--profile-dir={profile_dir}", f"--cluster-id={cluster_id}"]
-    broker = _run_verb(tmp_path, "LaunchBroker", profile_dir, cluster_id)
-    worker = None
-    try:
-        _wait_for_file(profile_dir / "security" / f"ipcontroller-{cluster_id}-engine.json", broker)
-        worker = _run_verb(tmp_path, "LaunchWorker", profile_dir, cluster_id, "-n", "1")
-        _wait_for_engines(options, capsys, 1)
-        pool = MakePool(profile_dir=str(profile_dir), cluster_id=cluster_id)
-        results = pool.imap(helpers.sleep_then_return, [(0.2, i) for i in range(200)], chunksize=1)
-        assert next(results) == 0
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
-        started = time.monotonic()
-        with pytest.raises(NoWorkersError, match="no worker was connected to the cluster at 127.0.0.1"):
-            list(results)
-        assert time.monotonic() - started < 60
-    finally:
-        if worker is not None:
-            stop_process_group(worker)
-        stop_process_group(broker)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -305,6 +266,25 @@ def _dead_connection_info() -> dict:
         "task_scheme": "leastload",
         "ssh": "",
     }
+
+
+@contextlib.contextmanager
+def _cluster_of_verbs(root: Path, cluster_id: str, capsys):
+    """A controller (LaunchBroker) and one engine (LaunchWorker) in ``root/profile``; yields
+    their options and processes, and ends both process groups afterwards."""
+    profile_dir = root / "profile"
+    options = [f"--profile-dir={profile_dir}", f"--cluster-id={cluster_id}"]
+    broker = _run_verb(root, "LaunchBroker", profile_dir, cluster_id)
+    worker = None
+    try:
+        _wait_for_file(profile_dir / "security" / f"ipcontroller-{cluster_id}-engine.json", broker)
+        worker = _run_verb(root, "LaunchWorker", profile_dir, cluster_id, "-n", "1")
+        _wait_for_engines(options, capsys, 1)
+        yield options, broker, worker
+    finally:
+        if worker is not None:
+            stop_process_group(worker)
+        stop_process_group(broker)
 
 
 def _run_verb(root: Path, verb: str, profile_dir: Path, cluster_id: str, *extra: str):
