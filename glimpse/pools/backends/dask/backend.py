@@ -123,12 +123,14 @@ class DaskBackend(Backend):
             return handle.result()
         except KilledWorker as lost:
             raise ChunkLost(str(lost).rstrip(".")) from None
-        except CancelledError as cancelled:
+        except (CancelledError, OSError) as cancelled:
             # Not by us (we never ask for the outcome of a chunk we cancelled): Client.restart, or
-            # the connection to the scheduler was lost.
+            # the connection to the scheduler was lost (then fetching the result fails too).
             address = self.client.scheduler.address
             if not tcp_answers(address):
                 raise ClusterLost(_scheduler_gone(address)) from None
+            if not isinstance(cancelled, CancelledError):
+                raise
             raise ChunkLost(f"Dask cancelled the task: {cancelled}".rstrip(".")) from None
         finally:
             # Now, not when the future is collected: Dask would recompute a lost result it still holds.

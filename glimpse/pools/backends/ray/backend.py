@@ -7,6 +7,7 @@ task takes that object ref as an argument, so Ray hands workers the bytes, not t
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Collection
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 _remote_chunk = None
 _CPUS_TTL_SECONDS = 1.0
 _RECANCEL_SECONDS = 3.0
+_CANCEL_GRACE_SECONDS = 1.0
 
 
 class RayBackend(Backend):
@@ -54,6 +56,7 @@ class RayBackend(Backend):
         self._functions: dict[str, ray.ObjectRef] = {}
         self._cpus, self._cpus_read_at = 1, -_CPUS_TTL_SECONDS
         self._cancelled: list[ray.ObjectRef] = []
+        self._cancelling = threading.Lock()
         self._cancelled_at = self._recancelled_at = 0.0
         self._warned_of_cancelled = False
 
@@ -126,27 +129,35 @@ class RayBackend(Backend):
             raise ChunkLost(_describe_loss(error)) from None
 
     def cancel(self, handles: Collection[ray.ObjectRef]) -> None:
-        # Only tasks not finished yet: Ray's driver can abort on a cancel that races with a task's
-        # completion (RAY_CHECK in task_manager.cc, ray-project/ray#54846), so keep that window small.
-        if not ray.is_initialized():  # disconnected after losing the head node: nothing to cancel
-            return
-        _, running = ray.wait(list(handles), num_returns=len(handles), timeout=0)
-        for handle in running:
-            _cancel(handle)
-        self._cancelled.extend(running)
+        # Not at once: Ray's driver aborts when a cancel races with the task's completion (RAY_CHECK
+        # in task_manager.cc, ray-project/ray#54846; seen here under load). Short chunks finish
+        # within the grace; only the tasks still running after it are cancelled, from a timer.
+        self._cancelled.extend(handles)
         self._cancelled_at = time.monotonic()
+        self._recancelled_at = self._cancelled_at - _RECANCEL_SECONDS + _CANCEL_GRACE_SECONDS
         self._warned_of_cancelled = False
+        timer = threading.Timer(_CANCEL_GRACE_SECONDS, self._cancel_later)
+        timer.daemon = True
+        timer.start()
+
+    def _cancel_later(self) -> None:
+        try:
+            self._cancel_again()
+        except Exception as exc:  # the pool may have disconnected from Ray meanwhile
+            log.debug("could not cancel abandoned Ray tasks: %s", exc)
 
     def _cancel_again(self) -> None:
-        """Cancel again, every few seconds, the cancelled tasks still running: under load a cancel can
-        miss a task that was being scheduled, and its worker would stay busy with abandoned work."""
-        now = time.monotonic()
-        if not self._cancelled or now - self._recancelled_at < _RECANCEL_SECONDS or not ray.is_initialized():
-            return
-        self._recancelled_at = now
-        _, self._cancelled = ray.wait(self._cancelled, num_returns=len(self._cancelled), timeout=0)
-        for handle in self._cancelled:
-            _cancel(handle)
+        """Cancel the cancelled tasks still running (a timer after the grace, then every few seconds
+        from :meth:`wait`): under load a cancel can miss a task that was being scheduled, and its
+        worker would stay busy with abandoned work."""
+        with self._cancelling:
+            now = time.monotonic()
+            if not self._cancelled or now - self._recancelled_at < _RECANCEL_SECONDS or not ray.is_initialized():
+                return
+            self._recancelled_at = now
+            _, self._cancelled = ray.wait(self._cancelled, num_returns=len(self._cancelled), timeout=0)
+            for handle in self._cancelled:
+                _cancel(handle)
         if self._cancelled and now - self._cancelled_at > 10 and not self._warned_of_cancelled:
             self._warned_of_cancelled = True
             log.warning(
