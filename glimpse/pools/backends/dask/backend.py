@@ -8,6 +8,7 @@ is restarted through its nanny; on any other cluster the chunk is left to finish
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -56,10 +57,15 @@ class DaskBackend(Backend):
         self._threads, self._threads_checked = 1, -_THREADS_TTL_SECONDS
 
     def workers(self) -> int:
-        # Asked a few times per call: one scheduler round trip per second is enough.
+        # Re-read during a call to follow workers that join or leave: once a second is enough. A
+        # scheduler that went away keeps the last count; health() then says what happened.
         if time.monotonic() - self._threads_checked > _THREADS_TTL_SECONDS:
-            self._threads = max(1, sum(self.client.nthreads().values()))
             self._threads_checked = time.monotonic()
+            if tcp_answers(self.client.scheduler.address, timeout=0.5):
+                try:
+                    self._threads = max(1, sum(self.client.nthreads().values()))
+                except (OSError, TimeoutError, asyncio.CancelledError):
+                    pass
         return self._threads
 
     def window(self) -> int:
