@@ -133,11 +133,11 @@ class DaskBackend(Backend):
             # Not by us (we never ask for the outcome of a chunk we cancelled): Client.restart, or
             # the connection to the scheduler was lost (then fetching the result fails too).
             address = self.client.scheduler.address
-            if not tcp_answers(address):
+            if _stops_answering(address):
                 raise ClusterLost(_scheduler_gone(address)) from None
-            if not isinstance(cancelled, CancelledError):
-                raise
-            raise ChunkLost(f"Dask cancelled the task: {cancelled}".rstrip(".")) from None
+            raise ChunkLost(
+                f"Dask lost the task's result: {type(cancelled).__name__}: {cancelled}".rstrip(".")
+            ) from None
         finally:
             # Now, not when the future is collected: Dask would recompute a lost result it still holds.
             handle.release()
@@ -184,6 +184,17 @@ class DaskBackend(Backend):
         """The workers whose threads are still executing any of ``keys``."""
         running = self.client.run(_executing, keys, on_error="return")
         return [worker for worker, found in running.items() if found is True]
+
+
+def _stops_answering(address: str, probes: int = 3) -> bool:
+    """Whether the scheduler at ``address`` refuses a connection within a second or so (a killed
+    scheduler's socket can still accept for a moment while its process is ending)."""
+    for probe in range(probes):
+        if not tcp_answers(address):
+            return True
+        if probe < probes - 1:
+            time.sleep(0.5)
+    return False
 
 
 def _scheduler_gone(address: str) -> str:
