@@ -25,6 +25,7 @@ import cloudpickle
 from glimpse.pools.contract.out_of_band import pickle_out_of_band
 
 _SHARED = b"S"
+_HAS_MEMFD = hasattr(os, "memfd_create")
 
 
 class SharedPayload:
@@ -53,6 +54,8 @@ class SharedPayload:
 
 def dumps(obj) -> bytes | SharedPayload:
     """Pickle ``obj``; as a :class:`SharedPayload` if it holds large buffers, else as bytes."""
+    if not _HAS_MEMFD:  # not Linux: no anonymous shared memory, so everything goes through the pipe
+        return cloudpickle.dumps(obj)
     skeleton, raws = pickle_out_of_band(obj)
     if not raws:
         return skeleton
