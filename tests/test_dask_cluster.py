@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
@@ -236,23 +237,29 @@ def test_launched_cluster_restarts_and_kills_its_workers(tmp_path, capsys):
                 stop_process_group(process)
 
 
+@contextlib.contextmanager
+def _own_cluster(tmp_path, nworkers: int):
+    """A scheduler and ``nworkers`` workers for one test, stopped by process group afterwards."""
+    cluster = start_dask_cluster(tmp_path, nworkers=nworkers)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def test_a_scheduler_without_workers_is_a_no_workers_error_naming_it(tmp_path, monkeypatch):
     monkeypatch.setenv("GLIMPSE_NO_WORKERS_TIMEOUT", "10")
-    cluster = start_dask_cluster(tmp_path, nworkers=0)
-    try:
+    with _own_cluster(tmp_path, 0) as cluster:
         pool = MakePool(cluster.address)
         started = time.monotonic()
         with pytest.raises(NoWorkersError, match=rf"{cluster.address}.*LaunchWorker --address {cluster.address}"):
             pool.map(abs, [1, 2, 3])
         assert time.monotonic() - started < 40
         pool.close()
-    finally:
-        cluster.stop()
 
 
 def test_a_killed_scheduler_is_a_cluster_lost_error_not_a_crashing_function(tmp_path):
-    cluster = start_dask_cluster(tmp_path, nworkers=2)
-    try:
+    with _own_cluster(tmp_path, 2) as cluster:
         pool = MakePool(cluster.address)
         results = pool.imap(helpers.sleep_then_return, [(0.2, i) for i in range(200)], chunksize=1)
         assert [next(results) for _ in range(3)] == [0, 1, 2]
@@ -262,27 +269,21 @@ def test_a_killed_scheduler_is_a_cluster_lost_error_not_a_crashing_function(tmp_
             list(results)
         assert time.monotonic() - killed_at < 60
         pool.terminate()
-    finally:
-        cluster.stop()
 
 
 def test_workers_that_join_mid_call_are_used(tmp_path):
-    cluster = start_dask_cluster(tmp_path, nworkers=1)
-    try:
-        with MakePool(cluster.address) as pool:
-            results = pool.imap_unordered(helpers.sleep_then_pid, [0.5] * 60)  # 30 s on one worker
-            pids = {next(results)}
-            started = time.monotonic()
-            extra = start_process(
-                [sys.executable, "-m", "dask", "worker", cluster.address, "--nworkers", "4", "--nthreads", "1"]
-                + ["--host", "127.0.0.1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0"],
-                tmp_path / "joined.log",
-            )
-            cluster.workers.append(extra)
-            pids.update(results)
-            elapsed = time.monotonic() - started
-    finally:
-        cluster.stop()
+    with _own_cluster(tmp_path, 1) as cluster, MakePool(cluster.address) as pool:
+        results = pool.imap_unordered(helpers.sleep_then_pid, [0.5] * 60)  # 30 s on one worker
+        pids = {next(results)}
+        started = time.monotonic()
+        extra = start_process(
+            [sys.executable, "-m", "dask", "worker", cluster.address, "--nworkers", "4", "--nthreads", "1"]
+            + ["--host", "127.0.0.1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0"],
+            tmp_path / "joined.log",
+        )
+        cluster.workers.append(extra)
+        pids.update(results)
+        elapsed = time.monotonic() - started
     assert len(pids) >= 4, f"only {len(pids)} worker processes ran chunks after 4 joined"
     assert elapsed < 22, f"{elapsed:.0f} s: the workers that joined barely helped (30 s on one worker)"
 

@@ -73,14 +73,20 @@ def _ready_worker(context, broker, name=b"w1"):
     return worker
 
 
-def test_a_chunk_goes_to_an_idle_worker_and_its_result_back_to_its_pool(context, broker):
+def _chunk_on_a_worker(context, broker, task: bytes = b"1"):
+    """A ready worker, and a pool whose chunk ``task`` the broker handed to it; the worker's job number."""
     worker = _ready_worker(context, broker)
     pool = _peer(context, b"pool-1")
     pool.send_multipart([p.FUNC, b"call", b"function-bytes"])
-    pool.send_multipart([p.CHUNK, b"7", b"call", b"payload", b"0"])
+    pool.send_multipart([p.CHUNK, task, b"call", b"payload", b"0"])
     _deliver(broker)
     job, call, payload, start = _receive(worker, p.TASK)
     assert (call, payload, start) == (b"call", b"payload", b"0")
+    return worker, pool, job
+
+
+def test_a_chunk_goes_to_an_idle_worker_and_its_result_back_to_its_pool(context, broker):
+    worker, pool, job = _chunk_on_a_worker(context, broker, task=b"7")
     worker.send_multipart([p.RESULT, job, b"outcome"])
     _deliver(broker)
     assert _receive(pool, p.DONE) == [b"7", b"outcome"]
@@ -96,12 +102,7 @@ def test_a_chunk_of_an_unknown_call_asks_for_the_function_and_is_lost(context, b
 
 
 def test_a_cancelled_running_chunk_stops_on_its_worker_and_its_late_result_is_dropped(context, broker):
-    worker = _ready_worker(context, broker)
-    pool = _peer(context, b"pool-1")
-    pool.send_multipart([p.FUNC, b"call", b"f"])
-    pool.send_multipart([p.CHUNK, b"1", b"call", b"payload", b"0"])
-    _deliver(broker)
-    job, *_ = _receive(worker, p.TASK)
+    worker, pool, job = _chunk_on_a_worker(context, broker)
     pool.send_multipart([p.CANCEL, b"1"])
     _deliver(broker)
     assert _receive(worker, p.CANCEL) == [job]
@@ -111,12 +112,7 @@ def test_a_cancelled_running_chunk_stops_on_its_worker_and_its_late_result_is_dr
 
 
 def test_a_silent_worker_is_dropped_and_its_chunk_reported_lost(context, broker):
-    worker = _ready_worker(context, broker)
-    pool = _peer(context, b"pool-1")
-    pool.send_multipart([p.FUNC, b"call", b"f"])
-    pool.send_multipart([p.CHUNK, b"1", b"call", b"payload", b"0"])
-    _deliver(broker)
-    _receive(worker, p.TASK)
+    _, pool, _ = _chunk_on_a_worker(context, broker)
     broker.workers[b"w1"].seen -= p.WORKER_TIMEOUT_SECONDS + 1
     broker.expire_silent_workers()
     task, reason = _receive(pool, p.LOST)
