@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 import cloudpickle
@@ -37,6 +41,24 @@ def _plugin_tables() -> tuple[dict[str, str], dict[str, set[str]], dict[str, lis
 
 
 POOL_FIXTURES, POOL_LIMITS, KINDS_OF_ENGINE = _plugin_tables()
+
+
+def pytest_configure(config):
+    """One cluster key for the session's zmq and gearman clusters, in a file of its own (never the user's)."""
+    key_dir = Path(tempfile.mkdtemp(prefix="glimpse-test-key-"))
+    key_file = key_dir / "cluster.key"
+    key_file.write_text(secrets.token_hex(32))
+    key_file.chmod(0o600)
+    os.environ["GLIMPSE_CLUSTER_KEY_FILE"] = str(key_file)
+    os.environ.pop("GLIMPSE_CLUSTER_KEY", None)
+    os.environ["XDG_CONFIG_HOME"] = str(key_dir / "config")
+    config._glimpse_key_dir = key_dir
+
+
+def pytest_unconfigure(config):
+    key_dir = getattr(config, "_glimpse_key_dir", None)
+    if key_dir is not None:
+        shutil.rmtree(key_dir, ignore_errors=True)
 
 
 def pytest_addoption(parser):

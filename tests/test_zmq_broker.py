@@ -14,6 +14,10 @@ zmq = pytest.importorskip("zmq")
 
 from glimpse.pools.backends.zmq import protocol as p  # noqa: E402
 from glimpse.pools.backends.zmq.broker import Broker  # noqa: E402
+from glimpse.pools.backends.zmq.signed_socket import BROKER, UNAUTHENTICATED, BrokerSocket  # noqa: E402
+from glimpse.pools.security import MessageSigner, Rejected, generate_key  # noqa: E402
+
+KEY = generate_key()
 
 _ENDPOINT = "inproc://glimpse-broker-test"
 
@@ -30,18 +34,38 @@ def broker(context):
     socket = context.socket(zmq.ROUTER)
     socket.linger = 0
     socket.bind(_ENDPOINT)
-    yield Broker(socket)
+    yield Broker(BrokerSocket(socket, MessageSigner(KEY, BROKER)))
     socket.close()
 
 
-def _peer(context, name: bytes):
-    return p.dealer(context, _ENDPOINT, name)
+class _Peer:
+    """A pool's or worker's socket that signs what it sends and verifies what it receives, with ``key``."""
+
+    def __init__(self, context, name: bytes, key=KEY):
+        self.socket = p.dealer(context, _ENDPOINT, name)
+        self.signer = MessageSigner(key, name)
+
+    def send_multipart(self, frames):
+        self.socket.send_multipart(self.signer.sign(BROKER, frames))
+
+    def poll(self, timeout):
+        return self.socket.poll(timeout)
+
+    def recv_multipart(self):
+        frames = self.socket.recv_multipart()
+        if frames[0] == UNAUTHENTICATED:
+            return frames
+        return self.signer.verify(BROKER, frames)
+
+
+def _peer(context, name: bytes, key=KEY):
+    return _Peer(context, name, key)
 
 
 def _deliver(broker: Broker) -> None:
     """Let the broker handle everything its peers sent so far."""
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and broker.socket.poll(50):
+    while time.monotonic() < deadline and broker.socket.socket.poll(50):
         broker.receive_available()
     broker.dispatch()
 
@@ -157,3 +181,52 @@ def test_a_pool_that_says_bye_loses_its_chunks_and_functions(context, broker):
     pool.send_multipart([p.BYE])
     _deliver(broker)
     assert not broker.queue and not broker.jobs and not broker.functions
+
+
+def test_an_unsigned_message_is_dropped_and_its_sender_told_once(context, broker):
+    stranger = p.dealer(context, _ENDPOINT, b"stranger")
+    for _ in range(3):
+        stranger.send_multipart([p.KILL])
+    _deliver(broker)
+    assert stranger.poll(2000)
+    assert stranger.recv_multipart()[0] == UNAUTHENTICATED
+    assert not stranger.poll(300), "the broker answered a flood message by message"
+    assert broker.socket.signer.rejected_count == 3
+
+
+def test_a_peer_with_another_key_is_refused_and_nothing_it_sends_is_acted_on(context, broker):
+    _ready_worker(context, broker)
+    intruder = _peer(context, b"pool-intruder", key=generate_key())
+    intruder.send_multipart([p.KILL])
+    _deliver(broker)
+    assert _receive(intruder, UNAUTHENTICATED)
+    assert list(broker.workers) == [b"w1"]
+
+
+def test_a_replayed_message_is_dropped(context, broker):
+    pool = _peer(context, b"pool-1")
+    signed = pool.signer.sign(BROKER, [p.FUNC, b"call", b"f"])
+    pool.socket.send_multipart(signed)
+    _deliver(broker)
+    broker.functions.clear()
+    pool.socket.send_multipart(signed)
+    _deliver(broker)
+    assert not broker.functions
+
+
+def test_a_large_payload_is_checked_where_it_is_unpickled_and_a_tampered_one_refused(context, broker):
+    worker = _ready_worker(context, broker)
+    pool = _peer(context, b"pool-1")
+    payload = bytes(range(256)) * 1024
+    pool.send_multipart([p.FUNC, b"call", b"f"])
+    signed = pool.signer.sign(BROKER, [p.CHUNK, b"1", b"call", payload, b"0"])
+    signed[3] = payload[:-1] + b"!"
+    pool.socket.send_multipart(signed)
+    _deliver(broker)
+    assert worker.poll(2000)
+    with pytest.raises(Rejected, match="payload"):
+        worker.recv_multipart()
+    pool.send_multipart([p.CANCEL, b"1"])
+    pool.send_multipart([p.CHUNK, b"2", b"call", payload, b"0"])
+    _deliver(broker)
+    assert _receive(worker, p.TASK)[2] == payload

@@ -21,6 +21,7 @@ psutil = pytest.importorskip("psutil")
 from glimpse.pools import ClusterConnectionError, ClusterLostError, NoWorkersError, cli  # noqa: E402
 from glimpse.pools.backends.zmq import protocol as zmq_protocol  # noqa: E402
 from glimpse.pools.backends.zmq.backend import ZmqBackend  # noqa: E402
+from glimpse.pools.security import resolve_key  # noqa: E402
 from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool, RunMain  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -267,7 +268,7 @@ def test_embedded_cluster_exits_when_its_owner_dies():
 
 
 def _broker_view(address: str) -> dict:
-    backend = ZmqBackend(address)
+    backend = ZmqBackend(address, resolve_key())
     try:
         return backend.describe_cluster()
     finally:

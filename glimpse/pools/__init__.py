@@ -9,6 +9,7 @@
 
 from glimpse.pools.contract import Pool
 from glimpse.pools.errors import (
+    AuthenticationError,
     ClusterConnectionError,
     ClusterLostError,
     NoWorkersError,
@@ -21,6 +22,7 @@ from glimpse.pools.local import MulticorePool, SinglecorePool
 from glimpse.pools.registry import GetClusterPackage, MakePool
 
 __all__ = [
+    "AuthenticationError",
     "ClusterConnectionError",
     "ClusterLostError",
     "GetClusterPackage",

@@ -39,6 +39,14 @@ class ClusterLostError(ClusterConnectionError):
     """
 
 
+class AuthenticationError(ClusterConnectionError):
+    """A cluster key is missing or unusable, or a peer's messages do not verify with it.
+
+    The message says which key source was used (an argument, ``$GLIMPSE_CLUSTER_KEY``,
+    ``$GLIMPSE_CLUSTER_KEY_FILE`` or the default key file), never the key.
+    """
+
+
 class NoWorkersError(RuntimeError):
     """A call waited ``$GLIMPSE_NO_WORKERS_TIMEOUT`` seconds with no worker connected to the cluster.
 

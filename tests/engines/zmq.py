@@ -29,8 +29,9 @@ class ZmqCluster:
     def add_workers(self, nworkers: int) -> subprocess.Popen:
         """Start one ``LaunchWorker`` process with ``nworkers`` slots and wait until they connect."""
         from glimpse.pools.backends.zmq.backend import ZmqBackend
+        from glimpse.pools.security import resolve_key
 
-        backend = ZmqBackend(self.address)
+        backend = ZmqBackend(self.address, resolve_key())
         try:
             expected = backend.wait_for_workers(0, 0) + nworkers
             process = start_process(

@@ -72,6 +72,15 @@ def address_option(variable: str, form: str, what: str = "the cluster's address"
     return add
 
 
+def key_file_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--key-file`` option of a verb of a signed transport (zmq, gearman)."""
+    parser.add_argument(
+        "--key-file",
+        help="file holding the cluster key (default: $GLIMPSE_CLUSTER_KEY, $GLIMPSE_CLUSTER_KEY_FILE, "
+        "then ~/.config/glimpse/cluster.key)",
+    )
+
+
 def listen_options(default_port: int, host_help: str = "interface to listen on (default 127.0.0.1)"):
     """The ``--port`` and ``--host`` options of a verb that starts a server (on 127.0.0.1 by default)."""
 

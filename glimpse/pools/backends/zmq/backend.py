@@ -18,8 +18,10 @@ from collections.abc import Collection
 import zmq
 
 from glimpse.pools.backends.zmq import protocol as p
+from glimpse.pools.backends.zmq.signed_socket import PeerSocket
 from glimpse.pools.contract.backend import Backend, Call, Chunk, ClusterLost, Health, TrackedChunk
-from glimpse.pools.errors import ClusterConnectionError
+from glimpse.pools.errors import AuthenticationError, ClusterConnectionError
+from glimpse.pools.security import ClusterKey, MessageSigner
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +44,25 @@ class ZmqBackend(Backend):
 
     Args:
         address: The broker's endpoint, ``tcp://HOST:PORT``.
+        key: The cluster key every message is signed with.
         source: Where the address came from, for error messages.
         cluster: An embedded cluster (``embedded.EmbeddedZmqCluster``) this backend owns and ends.
     """
 
     chunk_seconds = 0.05
 
-    def __init__(self, address: str, source: str = "the address argument", cluster=None):
+    def __init__(self, address: str, key: ClusterKey, source: str = "the address argument", cluster=None):
         self.address = p.normalize_address(address)
         self.cluster = cluster
+        self.key = key
         self._source = source
         # A name of its own keeps replies coming to this pool after the connection drops and comes back.
         routing_id = f"pool-{uuid.uuid4().hex}".encode()
-        self._socket: zmq.Socket | None = p.dealer(zmq.Context.instance(), self.address, routing_id, bounded=False)
+        self._socket: PeerSocket | None = PeerSocket(
+            p.dealer(zmq.Context.instance(), self.address, routing_id, bounded=False),
+            MessageSigner(key, routing_id),
+            self.address,
+        )
         self._jobs: dict[bytes, SentChunk] = {}
         self._calls: dict[str, bytes] = {}
         self._task_numbers = itertools.count(1)
@@ -87,6 +95,12 @@ class ZmqBackend(Backend):
             self._send(p.DROP, call.id.encode())
 
     def submit(self, call: Call, chunk: Chunk) -> SentChunk:
+        if chunk.nbytes > p.MAX_FRAME_BYTES:
+            raise ValueError(
+                f"items #{chunk.start}-#{chunk.start + chunk.count - 1} pickle to {chunk.nbytes / 2**20:.0f} MiB, "
+                f"more than a zmq message may carry ({p.MAX_FRAME_BYTES / 2**20:.0f} MiB, "
+                "$GLIMPSE_ZMQ_MAX_FRAME_MB on the broker and here)"
+            )
         job = SentChunk(next(self._task_numbers))
         self._jobs[job.task_id] = job
         self._last_number = job.number
@@ -103,7 +117,7 @@ class ZmqBackend(Backend):
             if done or remaining <= 0:
                 return done
             self._check_broker()
-            if self._live_socket().poll(min(remaining, p.HEARTBEAT_SECONDS) * 1000):
+            if self._live_socket().socket.poll(min(remaining, p.HEARTBEAT_SECONDS) * 1000):
                 self._receive_available()
 
     def health(self) -> Health:
@@ -171,9 +185,20 @@ class ZmqBackend(Backend):
     def _connect(self) -> None:
         try:
             self._ask(p.HELLO, p.VERSION, reply=p.WELCOME, timeout=p.CONNECT_SECONDS)
-        except _NoAnswer:
+        except AuthenticationError:
             self._socket.close()
             self._socket = None
+            raise
+        except _NoAnswer:
+            rejected = self._socket.signer.rejected_count
+            self._socket.close()
+            self._socket = None
+            if rejected:
+                raise AuthenticationError(
+                    f"the glimpse zmq broker at {self.address} answered, but its {rejected} messages do not verify "
+                    f"with the key from {self.key.source}: use the broker's key file (it prints its path when it "
+                    "starts) with key_file= or $GLIMPSE_CLUSTER_KEY_FILE"
+                ) from None
             raise ClusterConnectionError(
                 f"no glimpse zmq broker answered at {self.address} (from {self._source}) within "
                 f"{p.CONNECT_SECONDS:g} s. Start one with `glimpse-cluster --type zmq LaunchBroker --port PORT` "
@@ -193,7 +218,7 @@ class ZmqBackend(Backend):
                     f"the glimpse zmq broker at {self.address} did not answer within {timeout:g} s; "
                     "is it still running?"
                 )
-            if self._live_socket().poll(remaining * 1000):
+            if self._live_socket().socket.poll(remaining * 1000):
                 self._receive_available()
         return self._replies.pop(reply)
 
@@ -228,9 +253,12 @@ class ZmqBackend(Backend):
     def _receive_available(self) -> None:
         while True:
             try:
-                kind, *frames = self._live_socket().recv_multipart(zmq.NOBLOCK)
+                message = self._live_socket().receive()
             except zmq.Again:
                 return
+            if message is None:
+                continue
+            kind, *frames = message
             self._heard_at = time.monotonic()
             self._unanswered_since = None
             if kind == p.DONE:
@@ -281,9 +309,9 @@ class ZmqBackend(Backend):
                 )
 
     def _send(self, kind: bytes, *frames: bytes) -> None:
-        self._live_socket().send_multipart([kind, *frames], copy=False)
+        self._live_socket().send(kind, *frames)
 
-    def _live_socket(self) -> zmq.Socket:
+    def _live_socket(self) -> PeerSocket:
         if self._socket is None:
             raise ValueError(f"the connection to the zmq broker at {self.address} is closed; make a new pool")
         return self._socket

@@ -17,22 +17,26 @@ from dataclasses import dataclass, field
 import zmq
 
 from glimpse.pools.backends.zmq import protocol as p
+from glimpse.pools.backends.zmq.signed_socket import BROKER, BrokerSocket
+from glimpse.pools.security import ClusterKey, MessageSigner, Tagged
 
 log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.5
 
 
-def serve(host: str, port: int, ready_fd: int | None = None) -> None:
+def serve(host: str, port: int, key: ClusterKey, ready_fd: int | None = None) -> None:
     """Bind ``tcp://host:port`` (port 0 picks a free one) and run the broker until interrupted.
 
-    When ``ready_fd`` is given, the bound address is written to it and it is closed.
+    Only messages signed with ``key`` are acted on. When ``ready_fd`` is given, the bound
+    address is written to it and it is closed.
     """
     context = zmq.Context()
     socket = context.socket(zmq.ROUTER)
     socket.linger = 0
     socket.sndhwm = 0
     socket.rcvhwm = 0
+    socket.maxmsgsize = p.MAX_FRAME_BYTES
     # Workers name themselves; a worker that reconnects (after a network blip) keeps its name.
     socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
     try:
@@ -41,18 +45,12 @@ def serve(host: str, port: int, ready_fd: int | None = None) -> None:
         socket.close()
         raise OSError(f"the zmq broker cannot listen on tcp://{host}:{port}: {exc}") from None
     address = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-    log.info("glimpse zmq broker listening on %s", address)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning(
-            "the broker listens on %s: anyone who can reach it can run code on its workers; "
-            "allow only trusted machines to reach this port",
-            address,
-        )
+    log.info("glimpse zmq broker listening on %s; cluster key: %s", address, key.source)
     if ready_fd is not None:
         with os.fdopen(ready_fd, "w") as ready:
             ready.write(address + "\n")
     try:
-        Broker(socket).run()
+        Broker(BrokerSocket(socket, MessageSigner(key, BROKER))).run()
     finally:
         socket.close()
         context.term()
@@ -66,7 +64,7 @@ class QueuedChunk:
     client: bytes
     task: bytes
     call: bytes
-    payload: bytes
+    payload: bytes | Tagged
     start: bytes
     worker: Worker | None = None
 
@@ -88,14 +86,14 @@ class Worker:
 class Broker:
     """The broker's state and its message handlers; :meth:`run` is the event loop."""
 
-    def __init__(self, socket: zmq.Socket):
+    def __init__(self, socket: BrokerSocket):
         self.socket = socket
         self.id = uuid.uuid4().hex.encode()
         self.workers: OrderedDict[bytes, Worker] = OrderedDict()
         self.queue: deque[QueuedChunk] = deque()
         self.jobs: dict[tuple[bytes, bytes], QueuedChunk] = {}
         self.running: dict[int, QueuedChunk] = {}
-        self.functions: dict[bytes, tuple[bytes, bytes]] = {}
+        self.functions: dict[bytes, tuple[bytes, bytes | Tagged]] = {}
         self.next_job = 0
         self.handlers = {
             p.HELLO: self.on_hello,
@@ -118,7 +116,7 @@ class Broker:
 
     def run(self) -> None:
         while True:
-            if self.socket.poll(_POLL_SECONDS * 1000):
+            if self.socket.socket.poll(_POLL_SECONDS * 1000):
                 self.receive_available()
             self.expire_silent_workers()
             self.dispatch()
@@ -126,22 +124,23 @@ class Broker:
     def receive_available(self) -> None:
         while True:
             try:
-                sender, kind, *frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                message = self.socket.receive()
             except zmq.Again:
                 return
-            except ValueError:
+            if message is None:
                 continue
+            sender, (kind, *frames) = message
             worker = self.workers.get(sender)
             if worker is not None:
                 worker.seen = time.monotonic()
-            handler = self.handlers.get(kind)
+            handler = self.handlers.get(kind) if isinstance(kind, bytes) else None
             if handler is None:
-                log.warning("ignoring an unknown %r message", kind[:20])
+                log.warning("ignoring an unknown %r message", kind[:20] if isinstance(kind, bytes) else b"<large>")
                 continue
             try:
                 handler(sender, *frames)
-            except (TypeError, ValueError):
-                log.warning("ignoring a malformed %s message", kind.decode(errors="replace"))
+            except Exception:  # a signed but malformed message (a different glimpse version): keep serving
+                log.warning("ignoring a malformed %s message", kind.decode(errors="replace"), exc_info=True)
             self.dispatch()
 
     def dispatch(self) -> None:
@@ -308,5 +307,5 @@ class Broker:
         log.info("%s (%d workers)", reason, len(self.workers))
         self.lose_job(worker, reason)
 
-    def send(self, peer: bytes, kind: bytes, *frames: bytes) -> None:
-        self.socket.send_multipart([peer, kind, *frames])
+    def send(self, peer: bytes, kind: bytes, *frames: bytes | Tagged) -> None:
+        self.socket.send(peer, kind, *frames)

@@ -1,8 +1,9 @@
 """The embedded glimpse ZeroMQ cluster: a broker and workers on 127.0.0.1 that one pool starts and ends.
 
-The broker and the worker process each run in a process group of their own (their task
-processes join the worker's group), ended by group id; both also exit when the pool's process
-is gone, so a crashed program leaves nothing behind.
+The pool makes a random cluster key and hands it to both in their environment (never on a
+command line, which other users can read). The broker and the worker process each run in a
+process group of their own (their task processes join the worker's group), ended by group id;
+both also exit when the pool's process is gone, so a crashed program leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from glimpse.pools.security import ClusterKey
+from glimpse.pools.security.keys import key_environment
 from glimpse.pools.subprocesses import child_environment, signal_group
 
 STARTUP_SECONDS = 60.0
@@ -27,18 +30,18 @@ class EmbeddedZmqCluster:
         self.address, self.broker, self.workers = address, broker, workers
 
     @classmethod
-    def start(cls, nworkers: int) -> EmbeddedZmqCluster:
-        """Start a broker on a free port of 127.0.0.1 and ``nworkers`` workers connected to it."""
+    def start(cls, nworkers: int, key: ClusterKey) -> EmbeddedZmqCluster:
+        """Start a broker on a free port of 127.0.0.1 and ``nworkers`` workers connected to it, sharing ``key``."""
         ready_r, ready_w = os.pipe()
         try:
             broker = _launch(
-                ["LaunchBroker", "--host", "127.0.0.1", "--port", "0", "--ready-fd", str(ready_w)], ready_w
+                ["LaunchBroker", "--host", "127.0.0.1", "--port", "0", "--ready-fd", str(ready_w)], key, ready_w
             )
         finally:
             os.close(ready_w)
         try:
             address = _read_address(ready_r, broker)
-            workers = _launch(["LaunchWorker", "--address", address, "--nworkers", str(nworkers)])
+            workers = _launch(["LaunchWorker", "--address", address, "--nworkers", str(nworkers)], key)
         except BaseException:
             signal_group(broker.pid, signal.SIGKILL)
             broker.wait()
@@ -71,11 +74,11 @@ class EmbeddedZmqCluster:
             process.wait()
 
 
-def _launch(verb_args: list[str], ready_fd: int | None = None) -> subprocess.Popen:
+def _launch(verb_args: list[str], key: ClusterKey, ready_fd: int | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "glimpse.pools.cli", "--type", "zmq", *verb_args, "--exit-with-parent", "--quiet"]
     return subprocess.Popen(
         command,
-        env=child_environment(),
+        env={**child_environment(), **key_environment(key)},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL if ready_fd is not None else None,
         pass_fds=() if ready_fd is None else (ready_fd,),

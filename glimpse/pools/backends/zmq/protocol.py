@@ -13,6 +13,9 @@ worker -> broker   READY version info | HEARTBEAT info | RESULT job outcome | FA
 broker -> worker   WELCOME broker | TASK job call payload start | FUNC call blob | NOFUNC call |
                    CANCEL job | RESTART | EXIT | RESET
 
+Every message is signed with the cluster key (``signed_socket.py``): a last frame carries its
+signature, and a peer acts on nothing that does not verify.
+
 Pools and workers name their sockets, so replies still reach them after a reconnection. A PONG
 lists the tasks the broker holds for the pool among those up to ``last_task``: any other task
 of the pool that is unanswered was lost (the broker restarted, or a reply was dropped).
@@ -21,10 +24,11 @@ of the pool that is unanswered was lost (the broker restarted, or a reply was dr
 from __future__ import annotations
 
 import json
+import os
 
 import zmq
 
-VERSION = b"glimpse-zmq-1"
+VERSION = b"glimpse-zmq-2"
 
 HELLO, WELCOME, REFUSED = b"HELLO", b"WELCOME", b"REFUSED"
 FUNC, NOFUNC, GETFUNC, DROP = b"FUNC", b"NOFUNC", b"GETFUNC", b"DROP"
@@ -43,6 +47,9 @@ BROKER_TIMEOUT_SECONDS = 10.0
 #: How long a pool waits for the broker to answer its first message.
 CONNECT_SECONDS = 8.0
 DEFAULT_PORT = 5555
+#: The largest message frame the broker accepts (``$GLIMPSE_ZMQ_MAX_FRAME_MB``, default 1024): a peer
+#: that sends a larger one is disconnected before it is buffered.
+MAX_FRAME_BYTES = int(float(os.environ.get("GLIMPSE_ZMQ_MAX_FRAME_MB") or 1024) * 2**20)
 
 
 def number(value: int) -> bytes:

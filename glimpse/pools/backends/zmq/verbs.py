@@ -14,7 +14,15 @@ from glimpse.pools.backends.zmq import worker as zmq_worker
 from glimpse.pools.backends.zmq.backend import ZmqBackend
 from glimpse.pools.backends.zmq.pool import ADDRESS_VARIABLE
 from glimpse.pools.backends.zmq.protocol import DEFAULT_PORT, normalize_address
-from glimpse.pools.cluster.verbs import Verb, address_option, listen_options, required_address, run_verbs
+from glimpse.pools.cluster.verbs import (
+    Verb,
+    address_option,
+    key_file_option,
+    listen_options,
+    required_address,
+    run_verbs,
+)
+from glimpse.pools.security import key_for_broker, resolve_key
 from glimpse.pools.subprocesses import terminate_self, when_orphaned
 
 
@@ -23,7 +31,12 @@ def RunMain(argv: Sequence[str] | None = None) -> int:
     return run_verbs("glimpse-cluster --type zmq", "Run and manage a glimpse ZeroMQ cluster.", VERBS, argv)
 
 
-_address_option = address_option(ADDRESS_VARIABLE, "tcp://HOST:PORT", "the broker's address")
+_bare_address_option = address_option(ADDRESS_VARIABLE, "tcp://HOST:PORT", "the broker's address")
+
+
+def _address_option(parser: argparse.ArgumentParser) -> None:
+    _bare_address_option(parser)
+    key_file_option(parser)
 
 
 def _embedded_options(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +50,7 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
         DEFAULT_PORT,
         "interface to listen on (default 127.0.0.1); whoever reaches the broker can run code on its workers",
     )(parser)
+    key_file_option(parser)
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     _embedded_options(parser)
 
@@ -48,16 +62,18 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _launch_broker(args: argparse.Namespace) -> int:
+    key = key_for_broker(args.key_file)
     _prepare_foreground(args)
-    return _until_stopped(lambda: zmq_broker.serve(args.host, args.port, args.ready_fd))
+    return _until_stopped(lambda: zmq_broker.serve(args.host, args.port, key, args.ready_fd))
 
 
 def _launch_worker(args: argparse.Namespace) -> int:
     if args.nworkers < 1:
         raise ValueError(f"--nworkers must be at least 1, not {args.nworkers}")
     address, _ = _required_address(args)
+    key = resolve_key(key_file=args.key_file)
     _prepare_foreground(args)
-    return _until_stopped(lambda: zmq_worker.serve(address, args.nworkers))
+    return _until_stopped(lambda: zmq_worker.serve(address, args.nworkers, key))
 
 
 def _ping_workers(args: argparse.Namespace) -> int:
@@ -101,7 +117,8 @@ def _required_address(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _cli_backend(args: argparse.Namespace) -> ZmqBackend:
-    return ZmqBackend(*_required_address(args))
+    address, source = _required_address(args)
+    return ZmqBackend(address, resolve_key(key_file=args.key_file), source)
 
 
 def _prepare_foreground(args: argparse.Namespace) -> None:

@@ -19,6 +19,8 @@ import zmq
 
 from glimpse.pools.backends.processes.child_process import ChildProcess
 from glimpse.pools.backends.zmq import protocol as p
+from glimpse.pools.backends.zmq.signed_socket import PeerSocket
+from glimpse.pools.security import ClusterKey, MessageSigner
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +28,14 @@ _FUNCTIONS_KEPT = 4
 _CLOSE_LINGER_MS = 500
 
 
-def serve(address: str, nworkers: int) -> None:
-    """Run ``nworkers`` worker slots for the broker at ``address`` until interrupted or told to exit."""
+def serve(address: str, nworkers: int, key: ClusterKey) -> None:
+    """Run ``nworkers`` worker slots for the broker at ``address`` until interrupted or told to exit.
+
+    Messages are signed with ``key``; a broker that refuses it ends the workers with an ``AuthenticationError``.
+    """
     context = zmq.Context()
     functions: OrderedDict[bytes, bytes] = OrderedDict()
-    slots = [Slot(context, address, index, functions) for index in range(nworkers)]
+    slots = [Slot(context, address, index, functions, key) for index in range(nworkers)]
     log.info("%d zmq workers (pid %d) connecting to %s", nworkers, os.getpid(), address)
     next_heartbeat = 0.0
     warn_at = time.monotonic() + p.CONNECT_SECONDS
@@ -44,14 +49,14 @@ def serve(address: str, nworkers: int) -> None:
                 warn_at = 0.0
             poller = zmq.Poller()
             for slot in slots:
-                poller.register(slot.socket, zmq.POLLIN)
+                poller.register(slot.socket.socket, zmq.POLLIN)
                 if slot.running:
                     poller.register(slot.process.fileno(), zmq.POLLIN)
             ready = dict(poller.poll(p.HEARTBEAT_SECONDS * 500))
             for slot in list(slots):
                 if slot.running and slot.process.fileno() in ready:
                     slot.collect()
-                if slot.socket in ready and not slot.receive_available():
+                if slot.socket.socket in ready and not slot.receive_available():
                     slot.close("the broker told it to exit")
                     slots.remove(slot)
             if time.monotonic() >= next_heartbeat:
@@ -78,10 +83,12 @@ class SlotChunk:
 class Slot:
     """One worker: a connection to the broker and a child process that runs its chunks."""
 
-    def __init__(self, context: zmq.Context, address: str, index: int, functions: OrderedDict[bytes, bytes]):
+    def __init__(
+        self, context: zmq.Context, address: str, index: int, functions: OrderedDict[bytes, bytes], key: ClusterKey
+    ):
         self.id = f"{socket.gethostname()}:{os.getpid()}:{index}".encode()
         self.index = index
-        self.socket = p.dealer(context, address, self.id)
+        self.socket = PeerSocket(p.dealer(context, address, self.id), MessageSigner(key, self.id), address)
         self.functions = functions
         self.process = ChildProcess.start(shared_outcomes=False)
         self.job: SlotChunk | None = None
@@ -102,28 +109,38 @@ class Slot:
         """Handle every message the broker sent; ``False`` once it says to exit."""
         while True:
             try:
-                kind, *frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                message = self.socket.receive()
             except zmq.Again:
                 return True
+            if message is None:
+                continue
+            kind, *frames = message
             if kind == p.EXIT:
                 return False
-            if kind == p.WELCOME:
-                self.welcomed = True
-            elif kind == p.TASK:
-                self.on_task(*frames)
-            elif kind == p.FUNC:
-                self.on_function(*frames)
-            elif kind == p.NOFUNC:
-                self.on_missing_function(*frames)
-            elif kind == p.CANCEL:
-                if self.job is not None and self.job.number == frames[0]:
-                    self.abort()
-            elif kind == p.RESTART:
+            try:
+                self.handle(kind, frames)
+            except (TypeError, ValueError, AttributeError):  # signed, but malformed: a different glimpse version
+                log.warning("ignoring a malformed %r message from the broker", kind[:20], exc_info=True)
+
+    def handle(self, kind: bytes, frames: list[bytes]) -> None:
+        """Act on one verified message from the broker."""
+        if kind == p.WELCOME:
+            self.welcomed = True
+        elif kind == p.TASK:
+            self.on_task(*frames)
+        elif kind == p.FUNC:
+            self.on_function(*frames)
+        elif kind == p.NOFUNC:
+            self.on_missing_function(*frames)
+        elif kind == p.CANCEL:
+            if self.job is not None and self.job.number == frames[0]:
                 self.abort()
-                self.replace_process()
-            elif kind == p.RESET:
-                self.abort()
-                self.send(p.READY, p.VERSION, self.info())
+        elif kind == p.RESTART:
+            self.abort()
+            self.replace_process()
+        elif kind == p.RESET:
+            self.abort()
+            self.send(p.READY, p.VERSION, self.info())
 
     def on_task(self, number: bytes, call: bytes, payload: bytes, start: bytes) -> None:
         if self.job is not None:
@@ -191,6 +208,6 @@ class Slot:
 
     def send(self, kind: bytes, *frames: bytes) -> None:
         try:
-            self.socket.send_multipart([kind, *frames], zmq.NOBLOCK)
+            self.socket.send(kind, *frames, flags=zmq.NOBLOCK)
         except zmq.Again:
             log.debug("dropped a %s message: the broker is unreachable", kind.decode())

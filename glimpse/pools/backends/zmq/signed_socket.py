@@ -1,0 +1,68 @@
+"""ZeroMQ sockets whose every message is signed with the cluster key (see ``security/signing.py``).
+
+Nothing a peer receives is acted on, let alone unpickled, before it verifies. The broker answers
+a peer whose message does not verify once, with an unsigned ``UNAUTHENTICATED reason`` notice, so
+a pool or worker started with the wrong key fails at once with an ``AuthenticationError`` instead
+of waiting; everything else that does not verify is dropped, counted and logged once per peer.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+from glimpse.pools.errors import AuthenticationError
+from glimpse.pools.security import MessageSigner, Rejected
+
+BROKER = b"broker"
+UNAUTHENTICATED = b"UNAUTHENTICATED"
+
+
+class PeerSocket:
+    """The DEALER socket of a pool or worker slot named ``signer.name``, talking to the broker at ``address``."""
+
+    def __init__(self, socket: zmq.Socket, signer: MessageSigner, address: str):
+        self.socket, self.signer, self.address = socket, signer, address
+
+    def send(self, kind: bytes, *frames, flags: int = 0) -> None:
+        self.socket.send_multipart(self.signer.sign(BROKER, [kind, *frames]), flags, copy=False)
+
+    def receive(self) -> list[bytes] | None:
+        """The next message's frames (kind first) without blocking: ``zmq.Again`` if there is none,
+        ``None`` if it did not verify; ``AuthenticationError`` if the broker refused our key."""
+        frames = self.socket.recv_multipart(zmq.NOBLOCK)
+        if frames[0] == UNAUTHENTICATED:
+            reason = frames[1].decode(errors="replace") if len(frames) > 1 else "no reason given"
+            raise AuthenticationError(
+                f"the glimpse zmq broker at {self.address} rejected our messages ({reason[:200]}): "
+                f"the key from {self.signer.key.source} is not the key of that broker. Use the broker's key file "
+                "(it prints its path when it starts) with --key-file or $GLIMPSE_CLUSTER_KEY_FILE"
+            )
+        try:
+            return self.signer.verify(BROKER, frames)
+        except Rejected as reason:
+            self.signer.rejected(f"the broker at {self.address}".encode(), reason)
+            return None
+
+    def close(self, linger: int | None = None) -> None:
+        self.socket.close(linger=linger)
+
+
+class BrokerSocket:
+    """The broker's ROUTER socket: messages come with the name of the peer that sent them."""
+
+    def __init__(self, socket: zmq.Socket, signer: MessageSigner):
+        self.socket, self.signer = socket, signer
+
+    def send(self, peer: bytes, kind: bytes, *frames) -> None:
+        self.socket.send_multipart([peer, *self.signer.sign(peer, [kind, *frames])], copy=False)
+
+    def receive(self) -> tuple[bytes, list] | None:
+        """The next message's sender and frames (kind first; large frames ``Tagged``, to forward only),
+        without blocking: ``zmq.Again`` if there is none, ``None`` if it did not verify."""
+        sender, *frames = self.socket.recv_multipart(zmq.NOBLOCK)
+        try:
+            return sender, self.signer.verify(sender, frames, forwarding=True)
+        except Rejected as reason:
+            if self.signer.rejected(sender, reason):
+                self.socket.send_multipart([sender, UNAUTHENTICATED, str(reason).encode()], zmq.NOBLOCK)
+            return None

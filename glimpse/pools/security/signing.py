@@ -1,0 +1,194 @@
+"""Messages signed with the cluster key: HMAC-SHA256 over every frame, with protection against replay.
+
+A signed message is its frames plus one trailer frame::
+
+    session (16 bytes) | counter (8) | time in ms (8) | MAC (32) | one tag (32) per large frame
+
+The MAC covers who sends it to whom, the session, counter and time, and every frame; a frame of
+:data:`LARGE_FRAME` bytes or more enters the MAC through its own tag (an HMAC of the frame alone),
+so a broker that only forwards a large payload checks and re-signs the small frames and passes the
+payload's tag on: the payload is hashed once where it is made and once where it is unpickled.
+
+Replay: each sender signs with a random session id and a counter that only grows. A receiver
+accepts a session's message only if its counter is above the last one it accepted; the first
+message of a session it does not know must be at most :data:`REPLAY_WINDOW_SECONDS` old (so a
+session it has forgotten cannot be replayed). Only messages that verify enter that history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import logging
+import secrets
+import struct
+import time
+from collections import OrderedDict
+from typing import NamedTuple
+
+from glimpse.pools.security.keys import ClusterKey
+
+log = logging.getLogger(__name__)
+
+#: Frames this large are signed once end to end (their tag travels with them); smaller ones per hop.
+LARGE_FRAME = 64 * 1024
+#: How old the first message of an unknown session may be (clocks of different machines must agree this well).
+REPLAY_WINDOW_SECONDS = 300.0
+_HEADER = struct.Struct(">16sQq")
+_DIGEST = hashlib.sha256().digest_size
+_TRAILER = _HEADER.size + _DIGEST
+_PEERS_REMEMBERED = 1024
+
+
+class Tagged(NamedTuple):
+    """A large frame as a forwarding receiver gets it: the bytes and the tag its signer made (unchecked)."""
+
+    data: bytes
+    tag: bytes
+
+
+class Rejected(Exception):
+    """A message that does not verify; the message says why (never anything of the key)."""
+
+
+class MessageSigner:
+    """Signs what one endpoint sends and verifies what it receives, with one key.
+
+    Args:
+        key: The cluster key.
+        name: This endpoint's name in the route a MAC covers (its ZeroMQ routing id, ``b"broker"``...).
+    """
+
+    def __init__(self, key: ClusterKey, name: bytes):
+        self.key = key
+        self.name = name
+        self._secret = key.secret
+        self._session = secrets.token_bytes(16)
+        self._counter = itertools.count(1)
+        self._history: OrderedDict[bytes, int] = OrderedDict()
+        self._seen_at: dict[bytes, float] = {}
+        self._failures = _FailureLog()
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def sign(self, recipient: bytes, frames: list) -> list:
+        """``frames`` (bytes, or :class:`Tagged` frames being forwarded) plus their trailer, ready to send."""
+        header = _HEADER.pack(self._session, next(self._counter), int(time.time() * 1000))
+        data, tags = [], []
+        for frame in frames:
+            if isinstance(frame, Tagged):
+                data.append(frame.data)
+                tags.append(frame.tag)
+            else:
+                data.append(frame)
+                if len(frame) >= LARGE_FRAME:
+                    tags.append(self.tag(frame))
+        mac = self._mac(self.name, recipient, header, data, iter(tags))
+        return [*data, header + mac + b"".join(tags)]
+
+    def tag(self, frame) -> bytes:
+        """The end-to-end tag of one large frame."""
+        return hmac.new(self._secret, frame, hashlib.sha256).digest()
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def verify(self, sender: bytes, frames: list, forwarding: bool = False) -> list:
+        """The frames of a signed message from ``sender`` to this endpoint, trailer removed.
+
+        Raises :class:`Rejected` unless the MAC, every large frame's tag and the replay check
+        hold. With ``forwarding``, large frames come back as :class:`Tagged` with their tags
+        unchecked: the endpoint must not unpickle them, only pass them on to one that checks.
+        """
+        if len(frames) < 2:
+            raise Rejected("an unsigned message")
+        *data, trailer = frames
+        trailer = bytes(trailer)
+        large = [index for index, frame in enumerate(data) if len(frame) >= LARGE_FRAME]
+        if len(trailer) != _TRAILER + _DIGEST * len(large):
+            raise Rejected("a message whose signature has the wrong length")
+        header, mac = trailer[: _HEADER.size], trailer[_HEADER.size : _TRAILER]
+        tags = [trailer[_TRAILER + _DIGEST * i : _TRAILER + _DIGEST * (i + 1)] for i in range(len(large))]
+        expected = self._mac(sender, self.name, header, data, iter(tags))
+        if not hmac.compare_digest(mac, expected):
+            raise Rejected("a message whose signature does not match the cluster key")
+        for index, tag in zip(large, tags, strict=True):
+            if forwarding:
+                data[index] = Tagged(bytes(data[index]), tag)
+            elif not hmac.compare_digest(tag, self.tag(data[index])):
+                raise Rejected("a message whose payload does not match its signature")
+        self._check_fresh(*_HEADER.unpack(header))
+        return data
+
+    def rejected(self, peer: bytes, reason: Rejected) -> bool:
+        """Count a message from ``peer`` that did not verify; log it the first time for that peer.
+
+        Returns ``True`` the first time (so the caller can tell the peer once)."""
+        return self._failures.record(peer, str(reason))
+
+    @property
+    def rejected_count(self) -> int:
+        """How many messages did not verify."""
+        return self._failures.total
+
+    def _check_fresh(self, session: bytes, counter: int, millis: int) -> None:
+        now = time.time()
+        last = self._history.get(session)
+        if last is None:
+            if abs(now - millis / 1000) > REPLAY_WINDOW_SECONDS:
+                raise Rejected(
+                    f"a message signed {now - millis / 1000:.0f} s ago by an unknown sender (a replay, "
+                    f"or clocks that differ by more than {REPLAY_WINDOW_SECONDS:g} s)"
+                )
+        elif counter <= last:
+            raise Rejected("a message received before (a replay)")
+        self._history[session] = counter
+        self._history.move_to_end(session)
+        self._seen_at[session] = now
+        self._forget_old_sessions(now)
+
+    def _forget_old_sessions(self, now: float) -> None:
+        # A session silent for twice the window is forgotten: any replay of it is too old to pass.
+        while self._history:
+            session = next(iter(self._history))
+            if now - self._seen_at[session] <= 2 * REPLAY_WINDOW_SECONDS:
+                return
+            del self._history[session], self._seen_at[session]
+
+    def _mac(self, sender: bytes, recipient: bytes, header: bytes, frames: list, tags) -> bytes:
+        mac = hmac.new(self._secret, b"glimpse-signed-1", hashlib.sha256)
+        mac.update(struct.pack(">II", len(sender), len(recipient)) + sender + recipient + header)
+        for frame in frames:
+            size = len(frame)
+            mac.update(struct.pack(">Q", size))
+            mac.update(next(tags) if size >= LARGE_FRAME else frame)
+        return mac.digest()
+
+
+class _FailureLog:
+    """Messages that did not verify: counted, and logged once per peer (a flood must not fill a disk)."""
+
+    def __init__(self):
+        self.total = 0
+        self._peers: OrderedDict[bytes, int] = OrderedDict()
+        self._overflow_logged = False
+
+    def record(self, peer: bytes, reason: str) -> bool:
+        self.total += 1
+        if peer in self._peers:
+            self._peers[peer] += 1
+            return False
+        if len(self._peers) >= _PEERS_REMEMBERED:
+            self._peers.popitem(last=False)
+            if not self._overflow_logged:
+                self._overflow_logged = True
+                log.warning("messages that do not verify come from more than %d peers", _PEERS_REMEMBERED)
+            self._peers[peer] = 1
+            return True
+        self._peers[peer] = 1
+        log.warning(
+            "dropped %s from %s; further ones from it are dropped without a word",
+            reason,
+            peer[:64].decode(errors="replace") or "an unnamed peer",
+        )
+        return True
