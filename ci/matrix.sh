@@ -29,10 +29,12 @@ run_backend() {
   case "$backend" in
     local)
       install test || return 1
-      "$PYTHON" -m pytest --pools local --ignore-glob='tests/test_*_cluster.py' tests ;;
+      local ignored=()
+      for engine in "${ALL_BACKENDS[@]:1}"; do ignored+=("--ignore-glob=tests/test_${engine}_*.py"); done
+      "$PYTHON" -m pytest --pools local "${ignored[@]}" tests ;;
     dask|ray|ipython|zmq)
       install "test,${backend}" || return 1
-      "$PYTHON" -m pytest --pools "$backend" tests/test_contract.py tests/test_compat.py "tests/test_${backend}_cluster.py" ;;
+      "$PYTHON" -m pytest --pools "$backend" tests/test_contract.py tests/test_compat.py tests/test_"${backend}"_*.py ;;
     *)
       echo "ci/matrix.sh: unknown backend '$backend' (known: ${ALL_BACKENDS[*]})" >&2
       return 2 ;;
