@@ -2,7 +2,8 @@
 
 Where a pool runs, first that applies: a ``client`` passed in; an ``address``;
 ``$DASK_SCHEDULER_ADDRESS`` or Dask's ``scheduler-address`` setting; else an embedded
-``distributed.LocalCluster`` on 127.0.0.1 that the pool starts and shuts down.
+``distributed.LocalCluster`` on 127.0.0.1 that the pool starts and shuts down. ``security=``
+turns on TLS (Dask's own ``distributed.Security``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 
 import dask
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, Security
 
 from glimpse.pools.backends.dask import compat
 from glimpse.pools.backends.dask.backend import DaskBackend
@@ -22,9 +23,11 @@ ENVIRONMENT = (ADDRESS_VARIABLE,)
 CONNECT_SECONDS = 5.0
 
 
-def MakePool(address: str | None = None, client: Client | None = None, **kwargs) -> DaskPool:
+def MakePool(
+    address: str | None = None, client: Client | None = None, security: Security | bool | None = None, **kwargs
+) -> DaskPool:
     """Return a :class:`DaskPool`; see it for the arguments."""
-    return DaskPool(address, client, **kwargs)
+    return DaskPool(address, client, security, **kwargs)
 
 
 class DaskPool(ClusterPool):
@@ -36,6 +39,10 @@ class DaskPool(ClusterPool):
             the pool starts a ``LocalCluster`` (one single-threaded worker process per core,
             on 127.0.0.1) and shuts it down on :meth:`close`.
         client: A ``distributed.Client`` to use instead; the pool never closes it.
+        security: TLS, as Dask does it: a ``distributed.Security`` with the CA, certificate and
+            key files of the cluster (``tls://`` addresses); ``True`` on an embedded cluster makes
+            temporary credentials (``Security.temporary()``, needs ``pip install cryptography``).
+            Without it, Dask's ``distributed.comm.tls`` settings apply.
         **kwargs: Passed to ``LocalCluster`` for an embedded cluster, else to ``Client``.
 
     A pool pickles to its scheduler's address: a copy unpickled in another process or in a
@@ -48,7 +55,15 @@ class DaskPool(ClusterPool):
     script makes the pool under ``if __name__ == "__main__":``.
     """
 
-    def __init__(self, address: str | None = None, client: Client | None = None, **kwargs):
+    def __init__(
+        self,
+        address: str | None = None,
+        client: Client | None = None,
+        security: Security | bool | None = None,
+        **kwargs,
+    ):
+        if security is not None:
+            kwargs["security"] = security
         backend = _backend(address, client, kwargs)
         self.cluster: LocalCluster | None = backend.cluster
         super().__init__(backend, backend.client.scheduler.address)
@@ -57,8 +72,21 @@ class DaskPool(ClusterPool):
 def connect(address: str, source: str, **kwargs) -> Client:
     """A client of the scheduler at ``address``; ``ClusterConnectionError`` naming it if none answers."""
     kwargs.setdefault("timeout", CONNECT_SECONDS)
+    if kwargs.get("security") is True:
+        raise ValueError(
+            "security=True makes temporary TLS credentials for an embedded cluster; to reach the scheduler at "
+            f"{address}, pass distributed.Security(tls_ca_file=..., tls_client_cert=..., tls_client_key=...)"
+        )
     try:
         return Client(address, set_as_default=False, **kwargs)
+    except TypeError as exc:
+        if address.startswith("tls://") and "ssl" in str(exc).lower():
+            raise ClusterConnectionError(
+                f"the Dask scheduler at {address} (from {source}) uses TLS, and no certificate was given: pass "
+                "security=distributed.Security(tls_ca_file=..., tls_client_cert=..., tls_client_key=...) or set "
+                "Dask's distributed.comm.tls settings"
+            ) from None
+        raise
     except (OSError, TimeoutError) as exc:
         raise ClusterConnectionError(
             f"no Dask scheduler answered at {address} (from {source}) within {kwargs['timeout']:g} s: {exc}. "
@@ -84,6 +112,11 @@ def _backend(address: str | None, client: Client | None, kwargs: dict) -> DaskBa
 def _local_cluster(kwargs: dict) -> LocalCluster:
     options = {"n_workers": os.cpu_count() or 1, "threads_per_worker": 1, "processes": True}
     options.update(host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    if kwargs.get("security") is True:
+        kwargs["security"] = _temporary_security()
+    security = kwargs.get("security")
+    if isinstance(security, Security) and (security.require_encryption or security.tls_ca_file):
+        options["protocol"] = "tls://"
     try:
         # A task whose worker dies twice is given up on (Dask's default is four times); the chunk
         # is then sent once more, so a function that kills its worker fails after four deaths.
@@ -95,3 +128,12 @@ def _local_cluster(kwargs: dict) -> LocalCluster:
             "multiprocessing's spawn, which imports the main module again: if your script makes the pool "
             'at import time, move that code under `if __name__ == "__main__":`.'
         ) from exc
+
+
+def _temporary_security() -> Security:
+    try:
+        return Security.temporary()
+    except ImportError:
+        raise ImportError(
+            "security=True makes temporary TLS credentials with the cryptography package: pip install cryptography"
+        ) from None

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from distributed import Client
+from distributed import Client, Security
 
 from glimpse.pools.backends.dask.pool import ADDRESS_VARIABLE, connect
 from glimpse.pools.cluster.verbs import (
@@ -22,7 +22,19 @@ from glimpse.pools.cluster.verbs import (
 PROG = "glimpse-cluster --type dask"
 DEFAULT_PORT = 8786
 
-_address_option = address_option(ADDRESS_VARIABLE, "tcp://HOST:PORT", "the scheduler's address")
+_bare_address_option = address_option(ADDRESS_VARIABLE, "tcp://HOST:PORT", "the scheduler's address")
+
+
+def _tls_options(parser: argparse.ArgumentParser) -> None:
+    """Dask's own TLS options (PEM files); with them the cluster speaks tls:// only."""
+    parser.add_argument("--tls-ca-file", help="CA certificate(s) for TLS, PEM")
+    parser.add_argument("--tls-cert", help="certificate for TLS, PEM")
+    parser.add_argument("--tls-key", help="private key for TLS, PEM")
+
+
+def _address_option(parser: argparse.ArgumentParser) -> None:
+    _bare_address_option(parser)
+    _tls_options(parser)
 
 
 def RunMain(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +52,8 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
 
 def _launch_broker(args: argparse.Namespace) -> int:
     command = ["distributed.cli.dask_scheduler", "--host", args.host, "--port", str(args.port)]
+    if _tls_arguments(args):
+        command += ["--protocol", "tls", *_tls_arguments(args)]
     return _run_module([*command, *_no_dashboard(args.host)])
 
 
@@ -48,7 +62,7 @@ def _launch_worker(args: argparse.Namespace) -> int:
         raise ValueError(f"--nworkers must be at least 1, not {args.nworkers}")
     address, _ = _required_address(args)
     command = ["distributed.cli.dask_worker", address, "--nworkers", str(args.nworkers), "--nthreads", "1"]
-    return _run_module([*command, "--host", args.host, *_no_dashboard(args.host)])
+    return _run_module([*command, "--host", args.host, *_tls_arguments(args), *_no_dashboard(args.host)])
 
 
 def _ping_workers(args: argparse.Namespace) -> int:
@@ -88,7 +102,21 @@ def _required_address(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _cli_client(args: argparse.Namespace) -> Client:
-    return connect(*_required_address(args))
+    if not _tls_arguments(args):
+        return connect(*_required_address(args))
+    security = Security(
+        tls_ca_file=args.tls_ca_file,
+        tls_client_cert=args.tls_cert,
+        tls_client_key=args.tls_key,
+        require_encryption=True,
+    )
+    return connect(*_required_address(args), security=security)
+
+
+def _tls_arguments(args: argparse.Namespace) -> list[str]:
+    """The TLS options given, as Dask's programs take them."""
+    given = [("--tls-ca-file", args.tls_ca_file), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)]
+    return [part for option, value in given if value for part in (option, value)]
 
 
 def _no_dashboard(host: str) -> list[str]:
