@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import secrets
 import os
 import re
 import shutil
@@ -378,3 +379,21 @@ def test_a_head_without_cpus_is_a_no_workers_error(ray_auth_token):
     output = _run_on_own_head(0, "no-workers", {"GLIMPSE_NO_WORKERS_TIMEOUT": "10"})
     assert "no workers: no worker was connected to the cluster at 127.0.0.1" in output, output
     assert "LaunchWorker --address 127.0.0.1" in output
+
+
+@pytest.mark.parametrize("token", ["wrong", "none"])
+def test_a_pool_without_the_clusters_token_fails_naming_where_the_token_goes(ray_head, token, tmp_path):
+    token_file = tmp_path / "auth_token"
+    if token == "wrong":
+        token_file.write_text(secrets.token_hex(32))
+        token_file.chmod(0o600)
+    env = {"RAY_ADDRESS": None, "RAY_AUTH_TOKEN_PATH": None, "HOME": str(tmp_path), "RAY_AUTH_TOKEN": None}
+    if token == "wrong":
+        env["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    started = time.monotonic()
+    code = "import sys\nfrom glimpse.pools.ray_cluster import MakePool\nMakePool(sys.argv[1])"
+    result = run_python(code, [ray_head], env=env)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0 and "ClusterConnectionError" in last, result.stderr[-3000:]
+    assert ray_head in last and "RAY_AUTH_TOKEN" in last and "token" in last, last
+    assert time.monotonic() - started < 60

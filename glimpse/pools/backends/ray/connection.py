@@ -35,7 +35,12 @@ def connect(address: str, source: str, init_kwargs: dict) -> None:
     local = address == "auto" or on_this_machine(host_port(address)[0])
     if address != "auto":
         if local:
-            use_local_token()
+            try:
+                use_local_token()
+            except Exception as exc:  # Ray's AuthenticationError: a token file named but unreadable
+                raise ClusterConnectionError(
+                    f"cannot use a Ray token to reach {address} (from {source}): {exc}"
+                ) from None
         probe(address, source)
     try:
         with compat.loopback_kept() if local else contextlib.nullcontext():
