@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import secrets
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
