@@ -19,9 +19,7 @@ import os
 import subprocess
 import sys
 
-from workloads import best_of
-
-MIB = 2**20
+from workloads import array_double, array_sum, arrays, best_of
 
 _STREAM = r"""
 import json, multiprocessing, sys, time
@@ -59,20 +57,6 @@ def stream(kind: str, items: int) -> dict:
         [sys.executable, "-c", _STREAM, kind, str(items)], capture_output=True, text=True, check=True
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
-
-
-def array_sum(a):
-    return float(a.sum())
-
-
-def array_double(a):
-    return a * 2
-
-
-def arrays(count: int):
-    import numpy as np
-
-    return [np.full(MIB // 2, float(i)) for i in range(count)]  # 512 Ki float64 = 4 MiB each
 
 
 def multicore_rows(data, repeats: int) -> list[tuple[str, float, float]]:

@@ -6,6 +6,10 @@ One message per item would only measure ZeroMQ, so the reference is MulticorePoo
 cores. Rows: tiny-task throughput through ``map``, ``imap`` and ``imap_unordered`` with automatic
 chunk sizes (ratio = glimpse zmq throughput / MulticorePool throughput), and CPU-bound efficiency
 (serial time / (workers x wall time), best of three rounds; goal >= 0.9) of each pool.
+
+Then the cost of signing every message with the cluster key: the same embedded cluster with
+signing (the default) and with ``insecure=True``, on tiny items and on 4 MiB arrays one way
+(``array_sum``) and both ways (``array_double``); ratio = signed / unsigned throughput.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import sys
 import time
 
-from workloads import best_of, busy, tiny
+from workloads import array_double, array_sum, arrays, best_of, busy, tiny
 
 from glimpse.pools import MulticorePool
 from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool
@@ -47,6 +51,28 @@ def efficiencies(pools: list, workers: int, work: int, rounds: int) -> list[floa
     return best
 
 
+def signing_cost(workers: int, items: int, count: int, repeats: int) -> None:
+    """Throughput of a signed and an unsigned embedded cluster, interleaved, as ratios."""
+    data, large = list(range(items)), arrays(count)
+    runs = {
+        f"tiny map items/s ({items} items)": (lambda pool: pool.map(tiny, data), items),
+        f"4 MiB arrays in, MiB/s ({count})": (lambda pool: list(pool.imap(array_sum, large)), 4 * count),
+        f"4 MiB arrays in and out, MiB/s ({count})": (lambda pool: list(pool.imap(array_double, large)), 4 * count),
+    }
+    with MakePool(workers=workers) as signed, MakePool(workers=workers, insecure=True) as unsigned:
+        for pool in (signed, unsigned):
+            pool.map(tiny, range(100))
+        print(f"\n{'signing cost':<40} {'unsigned':>10} {'signed':>10} {'ratio':>8}")
+        for label, (run, amount) in runs.items():
+            best = {"signed": float("inf"), "unsigned": float("inf")}
+            for _ in range(repeats):
+                for name, pool in (("unsigned", unsigned), ("signed", signed)):
+                    best[name] = min(best[name], best_of(1, run, pool))
+            ours, theirs = amount / best["signed"], amount / best["unsigned"]
+            print(f"{label:<40} {theirs:>10.0f} {ours:>10.0f} {ours / theirs:>7.2f}x")
+    print("(ratio = signed / unsigned throughput: 1.00 means signing costs nothing measurable)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one repeat, shorter CPU-bound tasks")
@@ -69,6 +95,7 @@ def main() -> None:
         mc_eff, zmq_eff = efficiencies([multicore, zmq_pool], args.workers, work, rounds=3)
         print(f"{'CPU-bound efficiency (goal >= 0.9)':<40} {mc_eff:>10.2f} {zmq_eff:>10.2f} {zmq_eff / mc_eff:>7.2f}x")
     print("(ratio = zmq / multicore: above 1 means the zmq pool is faster or more efficient)")
+    signing_cost(args.workers, items, 16 if args.quick else 64, repeats)
 
 
 if __name__ == "__main__":

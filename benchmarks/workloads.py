@@ -27,6 +27,23 @@ def busy(n):
     return total
 
 
+def array_sum(a):
+    """A 4 MiB array in, a float out: the cost of sending large items."""
+    return float(a.sum())
+
+
+def array_double(a):
+    """A 4 MiB array in, another out: the cost of large items both ways."""
+    return a * 2
+
+
+def arrays(count: int):
+    """``count`` arrays of 4 MiB (512 Ki float64), the size of the images and feature maps users send."""
+    import numpy as np
+
+    return [np.full(2**19, float(i)) for i in range(count)]
+
+
 def best_of(repeats: int, run, *args) -> float:
     """The shortest wall time of ``run(*args)`` over ``repeats`` runs."""
     times = []

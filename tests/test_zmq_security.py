@@ -229,3 +229,11 @@ def _next_verified(router, signer: MessageSigner, kind: bytes) -> bytes:
             if got[0] == kind:
                 return sender
     raise AssertionError(f"no verified {kind.decode()} message arrived")
+
+
+def test_insecure_is_all_or_nothing(caplog):
+    with MakePool(workers=1, insecure=True) as pool:
+        assert "insecure" in caplog.text
+        assert pool.map(helpers.times_ten, [3]) == [30]
+        with pytest.raises(AuthenticationError, match="insecure"):
+            MakePool(pool.address, key_file=os.environ["GLIMPSE_CLUSTER_KEY_FILE"])

@@ -72,13 +72,27 @@ def address_option(variable: str, form: str, what: str = "the cluster's address"
     return add
 
 
-def key_file_option(parser: argparse.ArgumentParser) -> None:
-    """The ``--key-file`` option of a verb of a signed transport (zmq, gearman)."""
+def key_options(parser: argparse.ArgumentParser) -> None:
+    """The ``--key-file`` and ``--insecure`` options of a verb of a signed transport (zmq, gearman)."""
     parser.add_argument(
         "--key-file",
         help="file holding the cluster key (default: $GLIMPSE_CLUSTER_KEY, $GLIMPSE_CLUSTER_KEY_FILE, "
         "then ~/.config/glimpse/cluster.key)",
     )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not sign messages (anyone who reaches the broker can run code on the workers); every peer must say it",
+    )
+
+
+def verb_key(args: argparse.Namespace, for_broker: bool = False):
+    """The cluster key a verb's options name (``--insecure``, ``--key-file``, then the usual sources)."""
+    from glimpse.pools.security import insecure_key, key_for_broker, resolve_key
+
+    if args.insecure:
+        return insecure_key(f"glimpse-cluster {args.verb}")
+    return key_for_broker(args.key_file) if for_broker else resolve_key(key_file=args.key_file)
 
 
 def listen_options(default_port: int, host_help: str = "interface to listen on (default 127.0.0.1)"):

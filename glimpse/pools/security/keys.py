@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import secrets
 import stat
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glimpse.pools.errors import AuthenticationError
+
+log = logging.getLogger(__name__)
 
 KEY_VARIABLE = "GLIMPSE_CLUSTER_KEY"
 KEY_FILE_VARIABLE = "GLIMPSE_CLUSTER_KEY_FILE"
@@ -46,6 +49,21 @@ class ClusterKey:
 
     def __reduce__(self):
         raise TypeError(f"a cluster key is not pickled (it came from {self.source}); pickle where it comes from")
+
+
+#: The key of a transport started with ``--insecure``: messages are not signed, and anyone who reaches
+#: the broker can run code on its workers. Both ends must say ``--insecure``.
+INSECURE = ClusterKey(b"", "--insecure (no key: messages are not signed)")
+
+
+def insecure_key(what: str) -> ClusterKey:
+    """:data:`INSECURE`, with the warning every start with ``--insecure`` logs."""
+    log.warning(
+        "%s runs with --insecure: its messages are not signed, and anyone who can reach the broker can run "
+        "code on its workers",
+        what,
+    )
+    return INSECURE
 
 
 def generate_key(source: str = "a random key of this pool") -> ClusterKey:

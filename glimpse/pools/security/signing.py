@@ -74,6 +74,8 @@ class MessageSigner:
 
     def sign(self, recipient: bytes, frames: list) -> list:
         """``frames`` (bytes, or :class:`Tagged` frames being forwarded) plus their trailer, ready to send."""
+        if not self._secret:  # --insecure: an empty trailer
+            return [frame.data if isinstance(frame, Tagged) else frame for frame in frames] + [b""]
         header = _HEADER.pack(self._session, next(self._counter), int(time.time() * 1000))
         data, tags = [], []
         for frame in frames:
@@ -104,6 +106,14 @@ class MessageSigner:
             raise Rejected("an unsigned message")
         *data, trailer = frames
         trailer = bytes(trailer)
+        if not self._secret or not trailer:
+            if self._secret or trailer:
+                raise Rejected(
+                    "an unsigned message (from a peer started with --insecure)"
+                    if self._secret
+                    else "a signed message (this end was started with --insecure)"
+                )
+            return data
         large = [index for index, frame in enumerate(data) if len(frame) >= LARGE_FRAME]
         if len(trailer) != _TRAILER + _DIGEST * len(large):
             raise Rejected("a message whose signature has the wrong length")

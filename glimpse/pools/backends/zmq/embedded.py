@@ -76,6 +76,8 @@ class EmbeddedZmqCluster:
 
 def _launch(verb_args: list[str], key: ClusterKey, ready_fd: int | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "glimpse.pools.cli", "--type", "zmq", *verb_args, "--exit-with-parent", "--quiet"]
+    if not key.secret:
+        command.append("--insecure")
     return subprocess.Popen(
         command,
         env={**child_environment(), **key_environment(key)},

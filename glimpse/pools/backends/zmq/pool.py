@@ -15,7 +15,7 @@ from glimpse.pools.backends.zmq.backend import ZmqBackend
 from glimpse.pools.backends.zmq.embedded import STARTUP_SECONDS, EmbeddedZmqCluster
 from glimpse.pools.backends.zmq.protocol import normalize_address
 from glimpse.pools.cluster.pool import ClusterPool, resolve_address
-from glimpse.pools.security import ClusterKey, generate_key, resolve_key
+from glimpse.pools.security import ClusterKey, generate_key, insecure_key, resolve_key
 
 ADDRESS_VARIABLE = "GLIMPSE_ZMQ_ADDRESS"
 ENVIRONMENT = (ADDRESS_VARIABLE,)
@@ -25,10 +25,14 @@ _EMBEDDED_KEYS: dict[str, ClusterKey] = {}
 
 
 def MakePool(
-    address: str | None = None, workers: int | None = None, key: str | bytes | None = None, key_file: str | None = None
+    address: str | None = None,
+    workers: int | None = None,
+    key: str | bytes | None = None,
+    key_file: str | None = None,
+    insecure: bool = False,
 ) -> ZmqPool:
     """Return a :class:`ZmqPool`; see it for the arguments."""
-    return ZmqPool(address, workers, key, key_file)
+    return ZmqPool(address, workers, key, key_file, insecure)
 
 
 class ZmqPool(ClusterPool):
@@ -42,6 +46,8 @@ class ZmqPool(ClusterPool):
         key, key_file: The cluster key (hex or base64), or a file holding it. Default:
             ``$GLIMPSE_CLUSTER_KEY``, ``$GLIMPSE_CLUSTER_KEY_FILE``, then the file the broker
             created, ``~/.config/glimpse/cluster.key``. An embedded cluster makes a random key.
+        insecure: Do not sign messages (the broker and workers must run ``--insecure`` too):
+            anyone who reaches the broker can run code on its workers. For measurements only.
 
     A pool pickles to its broker's address and its key file (never the key): a copy unpickled in
     another process or in a task connects to the same broker, with the key file it names or the
@@ -54,14 +60,19 @@ class ZmqPool(ClusterPool):
         workers: int | None = None,
         key: str | bytes | None = None,
         key_file: str | None = None,
+        insecure: bool = False,
     ):
         address, source = resolve_address(address, ADDRESS_VARIABLE, normalize_address)
+        if insecure and (key is not None or key_file is not None):
+            raise TypeError("insecure=True means no key; do not give key= or key_file= with it")
         if address is None:
             if key is not None or key_file is not None:
                 raise TypeError("an embedded cluster makes its own key; key= and key_file= go with an address")
-            backend = _embedded_backend(workers or os.cpu_count() or 1)
+            backend = _embedded_backend(workers or os.cpu_count() or 1, insecure)
         elif workers is not None:
             raise TypeError(f"workers= sizes an embedded cluster; the pool connects to {address} (from {source})")
+        elif insecure:
+            backend = ZmqBackend(address, insecure_key("a zmq pool"), source)
         elif key is None and key_file is None and address in _EMBEDDED_KEYS:
             backend = ZmqBackend(address, _EMBEDDED_KEYS[address], source)
         else:
@@ -71,13 +82,13 @@ class ZmqPool(ClusterPool):
         super().__init__(backend, backend.address)
 
     def __reduce__(self):
-        return (type(self), (self.address, None, None, self.key.file))
+        return (type(self), (self.address, None, None, self.key.file, not self.key.secret))
 
 
-def _embedded_backend(nworkers: int) -> ZmqBackend:
+def _embedded_backend(nworkers: int, insecure: bool) -> ZmqBackend:
     if nworkers < 1:
         raise ValueError(f"workers must be at least 1, not {nworkers}")
-    key = generate_key("the embedded cluster's key")
+    key = insecure_key("an embedded zmq cluster") if insecure else generate_key("the embedded cluster's key")
     cluster = EmbeddedZmqCluster.start(nworkers, key)
     try:
         backend = ZmqBackend(cluster.address, key, "the embedded cluster", cluster=cluster)

@@ -17,12 +17,12 @@ from glimpse.pools.backends.zmq.protocol import DEFAULT_PORT, normalize_address
 from glimpse.pools.cluster.verbs import (
     Verb,
     address_option,
-    key_file_option,
+    key_options,
     listen_options,
     required_address,
     run_verbs,
+    verb_key,
 )
-from glimpse.pools.security import key_for_broker, resolve_key
 from glimpse.pools.subprocesses import terminate_self, when_orphaned
 
 
@@ -36,7 +36,7 @@ _bare_address_option = address_option(ADDRESS_VARIABLE, "tcp://HOST:PORT", "the 
 
 def _address_option(parser: argparse.ArgumentParser) -> None:
     _bare_address_option(parser)
-    key_file_option(parser)
+    key_options(parser)
 
 
 def _embedded_options(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +50,7 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
         DEFAULT_PORT,
         "interface to listen on (default 127.0.0.1); whoever reaches the broker can run code on its workers",
     )(parser)
-    key_file_option(parser)
+    key_options(parser)
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     _embedded_options(parser)
 
@@ -62,7 +62,7 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _launch_broker(args: argparse.Namespace) -> int:
-    key = key_for_broker(args.key_file)
+    key = verb_key(args, for_broker=True)
     _prepare_foreground(args)
     return _until_stopped(lambda: zmq_broker.serve(args.host, args.port, key, args.ready_fd))
 
@@ -71,7 +71,7 @@ def _launch_worker(args: argparse.Namespace) -> int:
     if args.nworkers < 1:
         raise ValueError(f"--nworkers must be at least 1, not {args.nworkers}")
     address, _ = _required_address(args)
-    key = resolve_key(key_file=args.key_file)
+    key = verb_key(args)
     _prepare_foreground(args)
     return _until_stopped(lambda: zmq_worker.serve(address, args.nworkers, key))
 
@@ -118,7 +118,7 @@ def _required_address(args: argparse.Namespace) -> tuple[str, str]:
 
 def _cli_backend(args: argparse.Namespace) -> ZmqBackend:
     address, source = _required_address(args)
-    return ZmqBackend(address, resolve_key(key_file=args.key_file), source)
+    return ZmqBackend(address, verb_key(args), source)
 
 
 def _prepare_foreground(args: argparse.Namespace) -> None:
