@@ -9,7 +9,8 @@ chunk sizes (ratio = glimpse zmq throughput / MulticorePool throughput), and CPU
 
 Then the cost of signing every message with the cluster key: the same embedded cluster with
 signing (the default) and with ``insecure=True``, on tiny items and on 4 MiB arrays one way
-(``array_sum``) and both ways (``array_double``); ratio = signed / unsigned throughput.
+(``array_sum``), both ways (``array_double``), and both ways with ~50 ms of FFTs
+between (``array_filtered``, closer to real work); ratio = signed / unsigned throughput.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import sys
 import time
 
-from workloads import array_double, array_sum, arrays, best_of, busy, tiny
+from workloads import array_double, array_filtered, array_sum, arrays, best_of, busy, tiny
 
 from glimpse.pools import MulticorePool
 from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool
@@ -58,6 +59,10 @@ def signing_cost(workers: int, items: int, count: int, repeats: int) -> None:
         f"tiny map items/s ({items} items)": (lambda pool: pool.map(tiny, data), items),
         f"4 MiB arrays in, MiB/s ({count})": (lambda pool: list(pool.imap(array_sum, large)), 4 * count),
         f"4 MiB arrays in and out, MiB/s ({count})": (lambda pool: list(pool.imap(array_double, large)), 4 * count),
+        f"4 MiB arrays filtered (~50 ms), MiB/s ({count})": (
+            lambda pool: list(pool.imap(array_filtered, large)),
+            4 * count,
+        ),
     }
     with MakePool(workers=workers) as signed, MakePool(workers=workers, insecure=True) as unsigned:
         for pool in (signed, unsigned):
