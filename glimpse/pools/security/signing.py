@@ -9,10 +9,13 @@ The MAC covers who sends it to whom, the session, counter and time, and every fr
 so a broker that only forwards a large payload checks and re-signs the small frames and passes the
 payload's tag on: the payload is hashed once where it is made and once where it is unpickled.
 
-Replay: each sender signs with a random session id and a counter that only grows. A receiver
-accepts a session's message only if its counter is above the last one it accepted; the first
-message of a session it does not know must be at most :data:`REPLAY_WINDOW_SECONDS` old (so a
-session it has forgotten cannot be replayed). Only messages that verify enter that history.
+Replay: each sender signs with a random session id and a counter that only grows, and the time.
+Over an ordered transport (one ZeroMQ connection) a receiver accepts a session's message only if
+its counter is above the last one it accepted; the first message of a session it does not know
+must be at most :data:`REPLAY_WINDOW_SECONDS` old (so a session it has forgotten cannot be
+replayed). Where messages may arrive out of order (gearman jobs, re-queued after a worker dies),
+a receiver accepts a message at most :data:`UNORDERED_WINDOW_SECONDS` old whose MAC it has not
+seen in that time (a bounded history, as ipyparallel keeps). Only messages that verify enter a history.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 LARGE_FRAME = 64 * 1024
 #: How old the first message of an unknown session may be (clocks of different machines must agree this well).
 REPLAY_WINDOW_SECONDS = 300.0
+#: How old a message of an unordered transport may be (a gearman job may wait in the queue this long).
+UNORDERED_WINDOW_SECONDS = 3600.0
+_UNORDERED_HISTORY = 1_000_000
 _HEADER = struct.Struct(">16sQq")
 _DIGEST = hashlib.sha256().digest_size
 _TRAILER = _HEADER.size + _DIGEST
@@ -58,9 +64,10 @@ class MessageSigner:
     Args:
         key: The cluster key.
         name: This endpoint's name in the route a MAC covers (its ZeroMQ routing id, ``b"broker"``...).
+        ordered: Whether each sender's messages arrive in the order they were sent.
     """
 
-    def __init__(self, key: ClusterKey, name: bytes):
+    def __init__(self, key: ClusterKey, name: bytes, ordered: bool = True):
         self.key = key
         self.name = name
         self._secret = key.secret
@@ -68,6 +75,8 @@ class MessageSigner:
         self._counter = itertools.count(1)
         self._history: OrderedDict[bytes, int] = OrderedDict()
         self._seen_at: dict[bytes, float] = {}
+        self._ordered = ordered
+        self._macs: OrderedDict[bytes, float] = OrderedDict()
         self._failures = _FailureLog()
 
     # -- sending --------------------------------------------------------------------------------
@@ -127,7 +136,10 @@ class MessageSigner:
                 data[index] = Tagged(bytes(data[index]), tag)
             elif not hmac.compare_digest(tag, self.tag(data[index])):
                 raise Rejected("a message whose payload does not match its signature")
-        self._check_fresh(*_HEADER.unpack(header))
+        if self._ordered:
+            self._check_fresh(*_HEADER.unpack(header))
+        else:
+            self._check_unseen(mac, _HEADER.unpack(header)[2])
         return data
 
     def rejected(self, peer: bytes, reason: Rejected) -> bool:
@@ -156,6 +168,23 @@ class MessageSigner:
         self._history.move_to_end(session)
         self._seen_at[session] = now
         self._forget_old_sessions(now)
+
+    def _check_unseen(self, mac: bytes, millis: int) -> None:
+        now = time.time()
+        age = now - millis / 1000
+        if abs(age) > UNORDERED_WINDOW_SECONDS:
+            raise Rejected(
+                f"a message signed {age:.0f} s ago (a replay, or clocks that differ by more than "
+                f"{UNORDERED_WINDOW_SECONDS:g} s)"
+            )
+        if mac in self._macs:
+            raise Rejected("a message received before (a replay)")
+        self._macs[mac] = now
+        while self._macs:
+            oldest, seen = next(iter(self._macs.items()))
+            if now - seen <= UNORDERED_WINDOW_SECONDS and len(self._macs) <= _UNORDERED_HISTORY:
+                break
+            del self._macs[oldest]
 
     def _forget_old_sessions(self, now: float) -> None:
         # A session silent for twice the window is forgotten: any replay of it is too old to pass.

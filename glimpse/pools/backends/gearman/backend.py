@@ -1,0 +1,310 @@
+"""The backend of ``GearmanPool``: each chunk is one gearman job, signed, on the cluster's function.
+
+A call has connections of its own (one per server; chunks go round-robin), because gearman cannot
+revoke a queued job but drops the queued jobs of a client that disconnects: ending a call early
+closes them. A running chunk is cancelled through its slot's control function (the slot named
+itself in a ``started`` WORK_DATA). A job started twice was re-queued because its worker died:
+it counts as lost (the contract re-sends it, a bounded number of times), and the second run is
+cancelled. A server that closes a connection mid-call is a lost cluster.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import select
+import time
+import uuid
+from collections import deque
+from collections.abc import Collection
+
+from glimpse.pools.backends.gearman import jobs
+from glimpse.pools.backends.gearman import protocol as g
+from glimpse.pools.contract.backend import Backend, Call, Chunk, ClusterLost, Health, TrackedChunk
+from glimpse.pools.errors import ClusterConnectionError
+from glimpse.pools.security import ClusterKey, MessageSigner, Rejected
+
+log = logging.getLogger(__name__)
+
+_WORKERS_FRESH_SECONDS = 1.0
+
+
+class GearmanJob(TrackedChunk):
+    """A chunk submitted as a job, until its outcome or its loss arrives."""
+
+    __slots__ = ("unique", "connection", "handle", "worker", "starts")
+
+    def __init__(self, unique: bytes, connection: g.Connection):
+        super().__init__()
+        self.unique, self.connection = unique, connection
+        self.handle: bytes | None = None
+        self.worker: str | None = None
+        self.starts = 0
+
+
+class CallConnections:
+    """One call's connections, its jobs waiting for their handles (first in, first out), and its jobs by handle."""
+
+    def __init__(self, servers: list[tuple[str, int]]):
+        self.connections = [g.Connection(server) for server in servers]
+        self.next = itertools.cycle(self.connections)
+        self.unnamed: dict[g.Connection, deque[GearmanJob]] = {c: deque() for c in self.connections}
+        self.jobs: dict[bytes, GearmanJob] = {}
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()
+
+
+class GearmanBackend(Backend):
+    """Runs chunks as jobs on the gearman servers ``servers``, signed with ``key``.
+
+    Args:
+        servers: ``(host, port)`` of each gearman server.
+        key: The cluster key jobs and results are signed with.
+        source: Where the address came from, for error messages.
+        cluster: An embedded cluster (``embedded.EmbeddedGearmanCluster``) this backend owns and ends.
+    """
+
+    chunk_seconds = 0.05
+
+    def __init__(
+        self, servers: list[tuple[str, int]], key: ClusterKey, source: str = "the address argument", cluster=None
+    ):
+        self.servers, self.key, self.cluster = servers, key, cluster
+        self.address = g.format_servers(servers)
+        self._source = source
+        self._signer = MessageSigner(key, jobs.POOL, ordered=False)
+        self._function = jobs.chunk_function(key)
+        self._calls: dict[str, CallConnections] = {}
+        self._blobs: dict[str, bytes] = {}
+        self._control: g.Connection | None = None
+        self._nworkers, self._counted_at = 0, 0.0
+        self._count_workers(f"from {source}")
+
+    def workers(self) -> int:
+        if time.monotonic() - self._counted_at > _WORKERS_FRESH_SECONDS:
+            self._count_workers("")
+        return max(1, self._nworkers)
+
+    def open_call(self, call: Call) -> None:
+        try:
+            self._calls[call.id] = CallConnections(self.servers)
+        except OSError as exc:
+            raise ClusterLost(f"cannot connect to the gearman server at {self.address}: {exc}") from None
+        self._blobs[call.id] = call.blob
+
+    def close_call(self, call: Call) -> None:
+        self._blobs.pop(call.id, None)
+        connections = self._calls.pop(call.id, None)
+        if connections is not None:
+            connections.close()
+
+    def submit(self, call: Call, chunk: Chunk) -> GearmanJob:
+        connections = self._calls[call.id]
+        connection = next(connections.next)
+        job = GearmanJob(uuid.uuid4().hex.encode(), connection)
+        data = jobs.seal(
+            self._signer, jobs.WORKER, [call.id.encode(), call.blob, chunk.payload, str(chunk.start).encode()]
+        )
+        try:
+            connection.send(g.SUBMIT_JOB, self._function, job.unique, data)
+        except OSError as exc:
+            raise ClusterLost(f"the gearman server at {connection.name} went away: {exc}") from None
+        connections.unnamed[connection].append(job)
+        return job
+
+    def wait(self, handles: Collection[GearmanJob], timeout: float) -> list[GearmanJob]:
+        if not handles:
+            return []
+        deadline = time.monotonic() + timeout
+        while True:
+            done = [job for job in handles if job.done]
+            remaining = deadline - time.monotonic()
+            if done or remaining <= 0:
+                return done
+            self._receive(remaining)
+
+    def health(self) -> Health:
+        try:
+            self._count_workers("")
+        except ClusterConnectionError as exc:
+            return Health(0, lost=str(exc), address=self.address)
+        return Health(self._nworkers, address=self.address, start_workers=self._start_workers_hint())
+
+    def outcome(self, handle: GearmanJob) -> bytes:
+        return handle.outcome()
+
+    def cancel(self, handles: Collection[GearmanJob]) -> None:
+        for connections in self._calls.values():
+            self._drain(connections)
+        running = [job.handle for job in handles if not job.done and job.worker is not None]
+        workers = {job.worker for job in handles if not job.done and job.worker is not None}
+        for job in handles:
+            if not job.done:
+                job.lost = "cancelled"
+        for worker in workers:
+            self._control_request(worker, [jobs.CANCEL, *running])
+        for call_id in list(self._calls):
+            # Gearman drops the queued jobs of a client that disconnects.
+            self._calls.pop(call_id).close()
+
+    def close(self) -> None:
+        for connections in self._calls.values():
+            connections.close()
+        self._calls.clear()
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def terminate(self) -> None:
+        self.close()
+        if self.cluster is not None:
+            self.cluster.kill()
+
+    def join(self) -> None:
+        if self.cluster is not None:
+            self.cluster.join()
+
+    def wait_for_workers(self, count: int, timeout: float) -> int:
+        """Wait until at least ``count`` worker slots can take jobs (or ``timeout`` passes); return how many can."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._count_workers("")
+            if self._nworkers >= count or time.monotonic() >= deadline:
+                return self._nworkers
+            time.sleep(0.1)
+
+    def worker_ids(self) -> list[str]:
+        """The ids (``host:pid:slot``) of the worker slots of this cluster's key, from the servers' ``workers`` lists."""
+        prefix = jobs.control_function(self.key, "").decode()
+        ids = set()
+        for server in self.servers:
+            for functions in self._ask(server, g.worker_functions):
+                ids.update(name[len(prefix) :] for name in functions if name.startswith(prefix))
+        return sorted(ids)
+
+    def tell_workers(self, request: bytes) -> int:
+        """Send ``jobs.EXIT`` or ``jobs.RESTART`` to every worker slot of this key; return how many."""
+        ids = self.worker_ids()
+        for worker in ids:
+            self._control_request(worker, [request])
+        return len(ids)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _receive(self, timeout: float) -> None:
+        sources = {c.fileno(): (c, calls) for calls in self._calls.values() for c in calls.connections}
+        if not sources:
+            time.sleep(timeout)
+            return
+        readable, _, _ = select.select(list(sources), [], [], min(timeout, 1.0))
+        for fileno in readable:
+            connection, calls = sources[fileno]
+            try:
+                packets = connection.receive()
+            except g.ProtocolError as exc:
+                raise ClusterLost(f"{exc} while chunks were out") from None
+            for packet in packets:
+                self._on_packet(calls, connection, packet)
+
+    def _drain(self, calls: CallConnections) -> None:
+        """Handle what already arrived on a call's connections, without waiting."""
+        for connection in calls.connections:
+            while select.select([connection], [], [], 0)[0]:
+                try:
+                    packets = connection.receive()
+                except g.ProtocolError:
+                    break
+                for packet in packets:
+                    self._on_packet(calls, connection, packet)
+
+    def _on_packet(self, calls: CallConnections, connection: g.Connection, packet: g.Packet) -> None:
+        arguments = packet.arguments
+        if packet.kind == g.JOB_CREATED:
+            job = calls.unnamed[connection].popleft()
+            job.handle = arguments[0]
+            if not job.done:
+                calls.jobs[job.handle] = job
+            return
+        if packet.kind == g.ERROR:
+            raise ClusterConnectionError(
+                f"the gearman server at {connection.name} reported an error: {b' '.join(arguments).decode(errors='replace')}"
+            )
+        job = calls.jobs.get(arguments[0]) if arguments else None
+        if job is None:
+            return
+        if packet.kind == g.WORK_DATA and arguments[1].startswith(jobs.STARTED):
+            job.starts += 1
+            job.worker = arguments[1][len(jobs.STARTED) :].decode(errors="replace")
+            if job.starts > 1:
+                # gearmand re-queued the job after its worker died: lost; the contract re-sends it.
+                del calls.jobs[job.handle]
+                job.lost = "the gearman worker running it died (its process was killed, or its machine went away)"
+                self._control_request(job.worker, [jobs.CANCEL, job.handle])
+        elif packet.kind == g.WORK_COMPLETE:
+            del calls.jobs[job.handle]
+            job.result, job.lost = self._verified_outcome(job, arguments[1])
+        elif packet.kind in (g.WORK_FAIL, g.WORK_EXCEPTION):
+            del calls.jobs[job.handle]
+            job.lost = (
+                f"the gearman worker {job.worker or ''} could not finish it (its task process died, or it was "
+                "cancelled, or gearmand gave up after its worker died)"
+            )
+
+    def _verified_outcome(self, job: GearmanJob, blob: bytes) -> tuple[bytes | None, str | None]:
+        try:
+            unique, outcome = jobs.open_sealed(self._signer, jobs.WORKER, blob)
+        except (Rejected, ValueError) as reason:
+            self._signer.rejected(b"results", Rejected(str(reason)))
+            return None, f"its result did not verify with the cluster key from {self.key.source} ({reason})"
+        if unique != job.unique:
+            return None, "its result was signed for another job"
+        return outcome, None
+
+    def _control_request(self, worker: str, request: list[bytes]) -> None:
+        """A background job for one worker slot's control function (fire and forget)."""
+        data = jobs.seal(self._signer, jobs.WORKER, request)
+        try:
+            if self._control is None:
+                self._control = g.Connection(self.servers[0])
+            self._control.send(g.SUBMIT_JOB_HIGH_BG, jobs.control_function(self.key, worker), b"", data)
+            while select.select([self._control], [], [], 0)[0]:
+                self._control.receive()  # JOB_CREATED of earlier requests
+        except (OSError, g.ProtocolError) as exc:
+            log.warning("could not ask gearman worker %s to %s: %s", worker, request[0].decode(), exc)
+            if self._control is not None:
+                self._control.close()
+                self._control = None
+
+    def _count_workers(self, context: str) -> None:
+        counts = [self._ask(server, g.status).get(self._function.decode(), (0, 0, 0))[2] for server in self.servers]
+        self._nworkers, self._counted_at = max(counts), time.monotonic()
+
+    def _ask(self, server: tuple[str, int], question):
+        try:
+            return question(server)
+        except OSError as exc:
+            raise ClusterConnectionError(
+                f"no gearman server answered at {server[0]}:{server[1]} (from {self._source}): {exc}. Start one with "
+                "`glimpse-cluster --type gearman LaunchBroker --port PORT` (or gearmand), or fix the address."
+            ) from None
+
+    def _start_workers_hint(self) -> str:
+        command = f"glimpse-cluster --type gearman LaunchWorker --address {self.address}"
+        try:
+            others = {
+                name
+                for name, (_, _, workers) in self._ask(self.servers[0], g.status).items()
+                if name.startswith("glimpse:") and workers and name != self._function.decode()
+            }
+        except ClusterConnectionError:
+            others = set()
+        if others:
+            command += (
+                f" (workers with another cluster key serve {', '.join(sorted(others))}: give them this pool's key, "
+                f"from {self.key.source})"
+            )
+        return command

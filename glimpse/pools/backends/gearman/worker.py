@@ -1,0 +1,253 @@
+"""The workers of a glimpse gearman cluster: one process, several worker slots.
+
+Each slot has, to every gearman server, one connection that can do the cluster's chunk function
+and one that can do the slot's own control function (so a cancel reaches it while it computes),
+and a task process (``worker_main``, as MulticorePool's) that runs the chunks. When a slot starts
+a job it tells the pool with a WORK_DATA ``started <slot id>``: the pool counts attempts and knows
+whom to ask to cancel. A job or control request that does not verify with the cluster key is
+failed without being unpickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+from dataclasses import dataclass
+
+from glimpse.pools.backends.gearman import jobs
+from glimpse.pools.backends.gearman import protocol as g
+from glimpse.pools.backends.processes.child_process import ChildProcess
+from glimpse.pools.security import ClusterKey, MessageSigner, Rejected
+
+log = logging.getLogger(__name__)
+
+_RECONNECT_SECONDS = 2.0
+
+
+def serve(servers: list[tuple[str, int]], nworkers: int, key: ClusterKey) -> None:
+    """Run ``nworkers`` slots for the gearman servers until interrupted or told to exit."""
+    signer = MessageSigner(key, jobs.WORKER, ordered=False)
+    slots = [Slot(servers, index, key, signer) for index in range(nworkers)]
+    log.info(
+        "%d gearman workers (pid %d) serving %s for %s",
+        nworkers,
+        os.getpid(),
+        jobs.chunk_function(key).decode(),
+        g.format_servers(servers),
+    )
+    try:
+        while slots:
+            sources = {}
+            for slot in slots:
+                for source in slot.sources():
+                    sources[source.fileno()] = (slot, source)
+            readable, _, _ = select.select(list(sources), [], [], _RECONNECT_SECONDS)
+            for fileno in readable:
+                slot, source = sources[fileno]
+                if slot in slots and not slot.on_readable(source):
+                    slot.close()
+                    slots.remove(slot)
+            for slot in slots:
+                slot.reconnect()
+    finally:
+        for slot in slots:
+            slot.close()
+
+
+@dataclass
+class RunningJob:
+    connection: g.Connection
+    handle: bytes
+    unique: bytes
+
+
+class Slot:
+    """One worker: connections to the servers and a task process that runs its chunks."""
+
+    def __init__(self, servers: list[tuple[str, int]], index: int, key: ClusterKey, signer: MessageSigner):
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{index}"
+        self.servers, self.key, self.signer = servers, key, signer
+        self.work: dict[tuple[str, int], g.Connection | None] = dict.fromkeys(servers)
+        self.control: dict[tuple[str, int], g.Connection | None] = dict.fromkeys(servers)
+        self.process = ChildProcess.start(shared_outcomes=False)
+        self.job: RunningJob | None = None
+        self.grabbing: g.Connection | None = None
+        self.woken: list[g.Connection] = []
+        self.reconnect()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def sources(self) -> list:
+        live = [c for c in [*self.work.values(), *self.control.values()] if c is not None]
+        return [*live, self.process] if self.job is not None else live
+
+    def reconnect(self) -> None:
+        """Open the connections that are missing (at start, or after a server went away)."""
+        for server in self.servers:
+            if self.work[server] is None:
+                self.work[server] = self._register(server, jobs.chunk_function(self.key))
+                if self.work[server] is not None:
+                    self.woken.append(self.work[server])
+            if self.control[server] is None:
+                connection = self._register(server, jobs.control_function(self.key, self.id))
+                self.control[server] = connection
+                if connection is not None:
+                    connection.send(g.GRAB_JOB_UNIQ)
+        self.next_grab()
+
+    def _register(self, server: tuple[str, int], function: bytes) -> g.Connection | None:
+        try:
+            connection = g.Connection(server)
+            connection.send(g.CAN_DO, function)
+            return connection
+        except OSError as exc:
+            log.warning("cannot reach the gearman server at %s:%d (%s); retrying", *server, exc)
+            return None
+
+    def _lost(self, connection: g.Connection, reason: str) -> None:
+        log.warning("%s; reconnecting", reason)
+        connection.close()
+        for table in (self.work, self.control):
+            if table.get(connection.server) is connection:
+                table[connection.server] = None
+        if self.job is not None and self.job.connection is connection:
+            # Its result cannot be delivered: gearmand gives the job to another worker.
+            self.replace_process()
+            self.job = None
+        if self.grabbing is connection:
+            self.grabbing = None
+        self.woken = [c for c in self.woken if c is not connection]
+
+    # -- events ------------------------------------------------------------------------------
+
+    def on_readable(self, source) -> bool:
+        """Handle what ``source`` has; ``False`` once the slot was told to exit."""
+        if source is self.process:
+            self.collect()
+            return True
+        try:
+            packets = source.receive()
+        except g.ProtocolError as exc:
+            self._lost(source, str(exc))
+            return True
+        for packet in packets:
+            if source is self.control.get(source.server):
+                if not self.on_control_packet(source, packet):
+                    return False
+            else:
+                self.on_work_packet(source, packet)
+        return True
+
+    def on_work_packet(self, connection: g.Connection, packet: g.Packet) -> None:
+        if packet.kind == g.NOOP:
+            if connection not in self.woken:
+                self.woken.append(connection)
+        elif packet.kind == g.NO_JOB:
+            self.grabbing = None
+        elif packet.kind == g.JOB_ASSIGN_UNIQ and len(packet.arguments) == 4:
+            self.grabbing = None
+            handle, _, unique, data = packet.arguments
+            self.start(connection, handle, unique, data)
+        elif packet.kind == g.ERROR:
+            log.warning("the gearman server at %s reported an error: %s", connection.name, packet.arguments)
+        self.next_grab()
+
+    def on_control_packet(self, connection: g.Connection, packet: g.Packet) -> bool:
+        if packet.kind == g.NOOP:
+            connection.send(g.GRAB_JOB_UNIQ)
+        elif packet.kind == g.NO_JOB:
+            connection.send(g.PRE_SLEEP)
+        elif packet.kind == g.JOB_ASSIGN_UNIQ and len(packet.arguments) == 4:
+            handle, data = packet.arguments[0], packet.arguments[3]
+            try:
+                request = jobs.open_sealed(self.signer, jobs.POOL, data)
+            except Rejected as reason:
+                self.signer.rejected(b"control requests", reason)
+                request = []
+            connection.send(g.WORK_COMPLETE, handle, b"")
+            connection.send(g.GRAB_JOB_UNIQ)
+            return self.control_request(request)
+        return True
+
+    def control_request(self, request: list[bytes]) -> bool:
+        if request[:1] == [jobs.EXIT]:
+            return False
+        if request[:1] == [jobs.RESTART]:
+            self.abort()
+            self.replace_process()
+        elif request[:1] == [jobs.CANCEL] and self.job is not None and self.job.handle in request[1:]:
+            self.abort()
+        return True
+
+    # -- running chunks ----------------------------------------------------------------------
+
+    def next_grab(self) -> None:
+        """Ask a server that may have work for a job, or tell them all the slot sleeps."""
+        if self.job is not None or self.grabbing is not None:
+            return
+        if self.woken:
+            self.grabbing = self.woken.pop(0)
+            self.grabbing.send(g.GRAB_JOB_UNIQ)
+        else:
+            for connection in self.work.values():
+                if connection is not None:
+                    connection.send(g.PRE_SLEEP)
+
+    def start(self, connection: g.Connection, handle: bytes, unique: bytes, data: bytes) -> None:
+        connection.send(g.WORK_DATA, handle, jobs.STARTED + self.id.encode())
+        self.job = RunningJob(connection, handle, unique)
+        try:
+            call, blob, payload, start = jobs.open_sealed(self.signer, jobs.POOL, data)
+            call_id, start = call.decode(), int(start)
+        except (Rejected, ValueError) as reason:
+            self.signer.rejected(b"jobs", Rejected(str(reason)))
+            self.finish(g.WORK_FAIL)
+            return
+        if self.process.last_call == call_id:
+            blob = None
+        if not self.process.send_chunk(call_id, blob, payload, start):
+            log.warning("the task process of %s %s", self.id, self.process.describe_death(2.0))
+            self.replace_process()
+            self.finish(g.WORK_FAIL)
+            return
+        self.process.last_call = call_id
+
+    def collect(self) -> None:
+        """Send the finished chunk's signed outcome; fail the job if the task process died."""
+        try:
+            outcome = self.process.receive()
+        except (EOFError, OSError):
+            log.warning("the task process of %s %s", self.id, self.process.describe_death(2.0))
+            self.replace_process()
+            self.finish(g.WORK_FAIL)
+            return
+        self.finish(g.WORK_COMPLETE, jobs.seal(self.signer, jobs.POOL, [self.job.unique, outcome]))
+
+    def finish(self, kind: int, result: bytes | None = None) -> None:
+        job, self.job = self.job, None
+        try:
+            job.connection.send(kind, job.handle, *(() if result is None else (result,)))
+        except OSError as exc:
+            self._lost(job.connection, f"could not send a result to {job.connection.name}: {exc}")
+        if self.work.get(job.connection.server) is job.connection and job.connection not in self.woken:
+            self.woken.append(job.connection)
+        self.next_grab()
+
+    def abort(self) -> None:
+        """Stop the running chunk (its task process is replaced) and fail its job."""
+        if self.job is None:
+            return
+        self.replace_process()
+        self.finish(g.WORK_FAIL)
+
+    def replace_process(self) -> None:
+        self.process.stop()
+        self.process = ChildProcess.start(shared_outcomes=False)
+
+    def close(self) -> None:
+        self.process.stop()
+        for connection in [*self.work.values(), *self.control.values()]:
+            if connection is not None:
+                connection.close()

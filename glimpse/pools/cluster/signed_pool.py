@@ -1,0 +1,77 @@
+"""The pool base of the transports glimpse signs itself (zmq, gearman): where its key comes from,
+and how it pickles without it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from glimpse.pools.cluster.pool import ClusterPool, resolve_address
+from glimpse.pools.contract import Backend
+from glimpse.pools.security import ClusterKey, generate_key, insecure_key, resolve_key
+
+#: The keys of the embedded clusters this process started, by address: a pool unpickled here finds its key.
+_EMBEDDED_KEYS: dict[str, ClusterKey] = {}
+
+
+class SignedClusterPool(ClusterPool):
+    """A pool on a cluster whose messages are signed with a cluster key (``pool.key``).
+
+    Where it runs, first that applies: the ``address`` argument, ``$ADDRESS_VARIABLE``, else an
+    embedded cluster of ``workers`` workers with a random key of its own. The key, for an address:
+    ``key`` (hex or base64) or ``key_file``, else the usual sources (``glimpse.pools.security``);
+    ``insecure`` signs nothing (every peer must be started with ``--insecure``).
+
+    It pickles to its address and its key file (or the environment's key), never to the key.
+    """
+
+    ADDRESS_VARIABLE: str
+    TYPE: str
+
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: int | None = None,
+        key: str | bytes | None = None,
+        key_file: str | None = None,
+        insecure: bool = False,
+    ):
+        address, source = resolve_address(address, self.ADDRESS_VARIABLE, self.normalize_address)
+        if insecure and (key is not None or key_file is not None):
+            raise TypeError("insecure=True means no key; do not give key= or key_file= with it")
+        if address is None:
+            if key is not None or key_file is not None:
+                raise TypeError("an embedded cluster makes its own key; key= and key_file= go with an address")
+            nworkers = (os.cpu_count() or 1) if workers is None else workers
+            if nworkers < 1:
+                raise ValueError(f"workers must be at least 1, not {nworkers}")
+            what = f"an embedded {self.TYPE} cluster"
+            chosen = insecure_key(what) if insecure else generate_key(f"the key of {what}")
+            backend = self.embedded_backend(nworkers, chosen)
+            _EMBEDDED_KEYS[backend.address] = chosen
+        elif workers is not None:
+            raise TypeError(f"workers= sizes an embedded cluster; the pool connects to {address} (from {source})")
+        else:
+            if insecure:
+                chosen = insecure_key(f"a {self.TYPE} pool")
+            elif key is None and key_file is None and address in _EMBEDDED_KEYS:
+                chosen = _EMBEDDED_KEYS[address]
+            else:
+                chosen = resolve_key(key, key_file)
+            backend = self.connect(address, chosen, source)
+        self.cluster = backend.cluster
+        self.key: ClusterKey = backend.key
+        super().__init__(backend, backend.address)
+
+    def __reduce__(self):
+        return (type(self), (self.address, None, None, self.key.file, not self.key.secret))
+
+    normalize_address: Callable[[str], str] = staticmethod(str.strip)
+
+    def connect(self, address: str, key: ClusterKey, source: str) -> Backend:
+        """The backend of a pool on the cluster at ``address``."""
+        raise NotImplementedError
+
+    def embedded_backend(self, nworkers: int, key: ClusterKey) -> Backend:
+        """The backend of a pool that starts its own cluster of ``nworkers`` workers sharing ``key``."""
+        raise NotImplementedError
