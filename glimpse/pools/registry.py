@@ -31,6 +31,8 @@ CLUSTER_TYPES: dict[str, ClusterType] = {
     "dask": ClusterType("dask", ("dask", "distributed")),
     "ray": ClusterType("ray", ("ray",)),
     "zmq": ClusterType("zmq", ("zmq",)),
+    # The protocol client is the package's own; gearmand (apt: gearman-job-server) runs the queue.
+    "gearman": ClusterType("gearman", ()),
 }
 LOCAL_POOLS = ("singlecore", "multicore")
 DEFAULT_CLUSTER_TYPE = "ipython"
@@ -60,7 +62,7 @@ def GetClusterPackage(cluster_type: str | None = None) -> ModuleType:
 def MakePool(kind: str | None = None, **kwargs):
     """Return a new pool: ``multicore`` unless ``kind`` or ``$GLIMPSE_POOL`` names another.
 
-    ``kind`` is ``singlecore``, ``multicore`` or a cluster type (``dask``, ``ray``, ``ipython``, ``zmq``),
+    ``kind`` is ``singlecore``, ``multicore`` or a cluster type (``dask``, ``ray``, ``ipython``, ``zmq``, ``gearman``),
     so a script moves from a laptop to a cluster by setting ``GLIMPSE_POOL``. Keyword arguments
     go to the pool's constructor (for a cluster type, to its module's ``MakePool``).
     """

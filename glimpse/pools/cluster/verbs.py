@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from glimpse.pools.errors import ClusterConnectionError
+from glimpse.pools.subprocesses import terminate_self, when_orphaned
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def run_verbs(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return verbs[args.verb].run(args) or 0
-    except (ClusterConnectionError, ValueError, OSError, TimeoutError) as exc:
+    except (ClusterConnectionError, ValueError, OSError, TimeoutError, ImportError) as exc:
         print(f"{prog} {args.verb}: error: {exc}", file=sys.stderr)
         return 1
 
@@ -105,6 +107,34 @@ def listen_options(default_port: int, host_help: str = "interface to listen on (
         parser.add_argument("--host", default="127.0.0.1", help=host_help)
 
     return add
+
+
+def foreground_options(parser: argparse.ArgumentParser) -> None:
+    """``--quiet``, and ``--exit-with-parent`` (for the embedded cluster of a pool, so not in --help)."""
+    parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+
+
+def prepare_foreground(args: argparse.Namespace) -> None:
+    """Apply :func:`foreground_options`: log warnings only; exit once the parent is gone."""
+    if args.quiet:
+        logging.getLogger("glimpse.pools").setLevel(logging.WARNING)
+    if args.exit_with_parent:
+        when_orphaned(terminate_self)
+
+
+def until_stopped(serve: Callable[[], None]) -> int:
+    """Run ``serve`` until it returns, Ctrl-C or SIGTERM (which lets it clean up); return 0."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        serve()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def run_foreground(command: list[str], env: dict | None = None) -> int:

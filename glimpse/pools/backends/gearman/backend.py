@@ -80,11 +80,11 @@ class GearmanBackend(Backend):
         self._blobs: dict[str, bytes] = {}
         self._control: g.Connection | None = None
         self._nworkers, self._counted_at = 0, 0.0
-        self._count_workers(f"from {source}")
+        self._count_workers()
 
     def workers(self) -> int:
         if time.monotonic() - self._counted_at > _WORKERS_FRESH_SECONDS:
-            self._count_workers("")
+            self._count_workers()
         return max(1, self._nworkers)
 
     def open_call(self, call: Call) -> None:
@@ -127,7 +127,7 @@ class GearmanBackend(Backend):
 
     def health(self) -> Health:
         try:
-            self._count_workers("")
+            self._count_workers()
         except ClusterConnectionError as exc:
             return Health(0, lost=str(exc), address=self.address)
         return Health(self._nworkers, address=self.address, start_workers=self._start_workers_hint())
@@ -172,13 +172,13 @@ class GearmanBackend(Backend):
         """Wait until at least ``count`` worker slots can take jobs (or ``timeout`` passes); return how many can."""
         deadline = time.monotonic() + timeout
         while True:
-            self._count_workers("")
+            self._count_workers()
             if self._nworkers >= count or time.monotonic() >= deadline:
                 return self._nworkers
             time.sleep(0.1)
 
     def worker_ids(self) -> list[str]:
-        """The ids (``host:pid:slot``) of the worker slots of this cluster's key, from the servers' ``workers`` lists."""
+        """The ids (``host:pid:slot``) of this key's worker slots, from the servers' ``workers`` lists."""
         prefix = jobs.control_function(self.key, "").decode()
         ids = set()
         for server in self.servers:
@@ -230,9 +230,8 @@ class GearmanBackend(Backend):
                 calls.jobs[job.handle] = job
             return
         if packet.kind == g.ERROR:
-            raise ClusterConnectionError(
-                f"the gearman server at {connection.name} reported an error: {b' '.join(arguments).decode(errors='replace')}"
-            )
+            text = b" ".join(arguments).decode(errors="replace")
+            raise ClusterConnectionError(f"the gearman server at {connection.name} reported an error: {text}")
         job = calls.jobs.get(arguments[0]) if arguments else None
         if job is None:
             return
@@ -279,7 +278,7 @@ class GearmanBackend(Backend):
                 self._control.close()
                 self._control = None
 
-    def _count_workers(self, context: str) -> None:
+    def _count_workers(self) -> None:
         counts = [self._ask(server, g.status).get(self._function.decode(), (0, 0, 0))[2] for server in self.servers]
         self._nworkers, self._counted_at = max(counts), time.monotonic()
 

@@ -46,7 +46,7 @@ class ZmqBackend(Backend):
         address: The broker's endpoint, ``tcp://HOST:PORT``.
         key: The cluster key every message is signed with.
         source: Where the address came from, for error messages.
-        cluster: An embedded cluster (``embedded.EmbeddedZmqCluster``) this backend owns and ends.
+        cluster: An embedded cluster (``glimpse.pools.cluster.embedded.EmbeddedCluster``) this backend owns and ends.
     """
 
     chunk_seconds = 0.05

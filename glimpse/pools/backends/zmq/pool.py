@@ -10,8 +10,8 @@ signed with the cluster key (``glimpse.pools.security``); an embedded cluster ma
 from __future__ import annotations
 
 from glimpse.pools.backends.zmq.backend import ZmqBackend
-from glimpse.pools.backends.zmq.embedded import STARTUP_SECONDS, EmbeddedZmqCluster
 from glimpse.pools.backends.zmq.protocol import normalize_address
+from glimpse.pools.cluster.embedded import STARTUP_SECONDS, EmbeddedCluster
 from glimpse.pools.cluster.signed_pool import SignedClusterPool
 from glimpse.pools.security import ClusterKey
 
@@ -57,7 +57,7 @@ class ZmqPool(SignedClusterPool):
         return ZmqBackend(address, key, source)
 
     def embedded_backend(self, nworkers: int, key: ClusterKey) -> ZmqBackend:
-        cluster = EmbeddedZmqCluster.start(nworkers, key)
+        cluster = EmbeddedCluster.start("zmq", nworkers, key)
         try:
             backend = ZmqBackend(cluster.address, key, "the embedded cluster", cluster=cluster)
             connected = backend.wait_for_workers(nworkers, STARTUP_SECONDS)

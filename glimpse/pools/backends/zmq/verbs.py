@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -17,13 +15,15 @@ from glimpse.pools.backends.zmq.protocol import DEFAULT_PORT, normalize_address
 from glimpse.pools.cluster.verbs import (
     Verb,
     address_option,
+    foreground_options,
     key_options,
     listen_options,
+    prepare_foreground,
     required_address,
     run_verbs,
+    until_stopped,
     verb_key,
 )
-from glimpse.pools.subprocesses import terminate_self, when_orphaned
 
 
 def RunMain(argv: Sequence[str] | None = None) -> int:
@@ -39,12 +39,6 @@ def _address_option(parser: argparse.ArgumentParser) -> None:
     key_options(parser)
 
 
-def _embedded_options(parser: argparse.ArgumentParser) -> None:
-    # --exit-with-parent is for the embedded cluster of a pool, so it is not in --help.
-    parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--quiet", action="store_true", help="log warnings only")
-
-
 def _broker_options(parser: argparse.ArgumentParser) -> None:
     listen_options(
         DEFAULT_PORT,
@@ -52,19 +46,19 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
     )(parser)
     key_options(parser)
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    _embedded_options(parser)
+    foreground_options(parser)
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
     _address_option(parser)
     parser.add_argument("--nworkers", type=int, default=os.cpu_count() or 1, help="worker slots (default: cores)")
-    _embedded_options(parser)
+    foreground_options(parser)
 
 
 def _launch_broker(args: argparse.Namespace) -> int:
     key = verb_key(args, for_broker=True)
-    _prepare_foreground(args)
-    return _until_stopped(lambda: zmq_broker.serve(args.host, args.port, key, args.ready_fd))
+    prepare_foreground(args)
+    return until_stopped(lambda: zmq_broker.serve(args.host, args.port, key, args.ready_fd))
 
 
 def _launch_worker(args: argparse.Namespace) -> int:
@@ -72,8 +66,8 @@ def _launch_worker(args: argparse.Namespace) -> int:
         raise ValueError(f"--nworkers must be at least 1, not {args.nworkers}")
     address, _ = _required_address(args)
     key = verb_key(args)
-    _prepare_foreground(args)
-    return _until_stopped(lambda: zmq_worker.serve(address, args.nworkers, key))
+    prepare_foreground(args)
+    return until_stopped(lambda: zmq_worker.serve(address, args.nworkers, key))
 
 
 def _ping_workers(args: argparse.Namespace) -> int:
@@ -119,27 +113,6 @@ def _required_address(args: argparse.Namespace) -> tuple[str, str]:
 def _cli_backend(args: argparse.Namespace) -> ZmqBackend:
     address, source = _required_address(args)
     return ZmqBackend(address, verb_key(args), source)
-
-
-def _prepare_foreground(args: argparse.Namespace) -> None:
-    if args.quiet:
-        logging.getLogger("glimpse.pools").setLevel(logging.WARNING)
-    if args.exit_with_parent:
-        when_orphaned(terminate_self)
-
-
-def _until_stopped(serve) -> int:
-    """Run ``serve`` until it returns, Ctrl-C or SIGTERM (which lets it clean up)."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        serve()
-    except KeyboardInterrupt:
-        pass
-    return 0
 
 
 VERBS: dict[str, Verb] = {

@@ -1,4 +1,5 @@
-"""The embedded glimpse ZeroMQ cluster: a broker and workers on 127.0.0.1 that one pool starts and ends.
+"""An embedded cluster of a glimpse transport (zmq, gearman): a broker and workers on 127.0.0.1
+that one pool starts and ends, through the cluster type's own ``LaunchBroker`` and ``LaunchWorker``.
 
 The pool makes a random cluster key and hands it to both in their environment (never on a
 command line, which other users can read). The broker and the worker process each run in a
@@ -23,25 +24,29 @@ STARTUP_SECONDS = 60.0
 _STOP_GRACE_SECONDS = 5.0
 
 
-class EmbeddedZmqCluster:
+class EmbeddedCluster:
     """A broker process and a worker process with ``nworkers`` slots, started by :meth:`start`."""
 
     def __init__(self, address: str, broker: subprocess.Popen, workers: subprocess.Popen):
         self.address, self.broker, self.workers = address, broker, workers
 
     @classmethod
-    def start(cls, nworkers: int, key: ClusterKey) -> EmbeddedZmqCluster:
-        """Start a broker on a free port of 127.0.0.1 and ``nworkers`` workers connected to it, sharing ``key``."""
+    def start(cls, cluster_type: str, nworkers: int, key: ClusterKey) -> EmbeddedCluster:
+        """Start a ``cluster_type`` broker on a free port of 127.0.0.1 (it writes its address to a pipe
+        given as ``--ready-fd``) and ``nworkers`` workers connected to it, sharing ``key``."""
         ready_r, ready_w = os.pipe()
         try:
             broker = _launch(
-                ["LaunchBroker", "--host", "127.0.0.1", "--port", "0", "--ready-fd", str(ready_w)], key, ready_w
+                cluster_type,
+                ["LaunchBroker", "--host", "127.0.0.1", "--port", "0", "--ready-fd", str(ready_w)],
+                key,
+                ready_w,
             )
         finally:
             os.close(ready_w)
         try:
-            address = _read_address(ready_r, broker)
-            workers = _launch(["LaunchWorker", "--address", address, "--nworkers", str(nworkers)], key)
+            address = _read_address(ready_r, broker, cluster_type)
+            workers = _launch(cluster_type, ["LaunchWorker", "--address", address, "--nworkers", str(nworkers)], key)
         except BaseException:
             signal_group(broker.pid, signal.SIGKILL)
             broker.wait()
@@ -74,8 +79,9 @@ class EmbeddedZmqCluster:
             process.wait()
 
 
-def _launch(verb_args: list[str], key: ClusterKey, ready_fd: int | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "glimpse.pools.cli", "--type", "zmq", *verb_args, "--exit-with-parent", "--quiet"]
+def _launch(cluster_type: str, verb_args: list[str], key: ClusterKey, ready_fd: int | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "glimpse.pools.cli", "--type", cluster_type, *verb_args]
+    command += ["--exit-with-parent", "--quiet"]
     if not key.secret:
         command.append("--insecure")
     return subprocess.Popen(
@@ -88,7 +94,7 @@ def _launch(verb_args: list[str], key: ClusterKey, ready_fd: int | None = None) 
     )
 
 
-def _read_address(ready_fd: int, broker: subprocess.Popen) -> str:
+def _read_address(ready_fd: int, broker: subprocess.Popen, cluster_type: str) -> str:
     """The address the broker writes to ``ready_fd`` once it listens."""
     text = b""
     deadline = time.monotonic() + STARTUP_SECONDS
@@ -105,5 +111,7 @@ def _read_address(ready_fd: int, broker: subprocess.Popen) -> str:
         return address
     code = broker.poll()
     if code is None:
-        raise RuntimeError(f"the embedded zmq broker did not start listening within {STARTUP_SECONDS:g} s")
-    raise RuntimeError(f"the embedded zmq broker exited with code {code} before it listened (see its messages above)")
+        raise RuntimeError(f"the embedded {cluster_type} broker did not start listening within {STARTUP_SECONDS:g} s")
+    raise RuntimeError(
+        f"the embedded {cluster_type} broker exited with code {code} before it listened (see its messages above)"
+    )

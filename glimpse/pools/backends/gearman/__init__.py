@@ -1,0 +1,1 @@
+"""The gearman engine: glimpse workers running chunks as jobs of gearmand."""

@@ -1,0 +1,75 @@
+"""``GearmanPool`` and ``MakePool``: run chunks as jobs on gearman servers, or start gearmand and workers.
+
+Where a pool runs, first that applies: the ``address`` argument; ``$GLIMPSE_GEARMAN_ADDRESS``
+(``host:port``, several comma-separated servers allowed); else an embedded gearmand on 127.0.0.1
+and one worker per core that the pool starts and ends. gearmand authenticates nobody: every job
+and result is signed with the cluster key (``glimpse.pools.security``), and workers check jobs
+before they unpickle anything.
+"""
+
+from __future__ import annotations
+
+from glimpse.pools.backends.gearman import protocol as g
+from glimpse.pools.backends.gearman.backend import GearmanBackend
+from glimpse.pools.backends.gearman.server import find_gearmand
+from glimpse.pools.cluster.embedded import STARTUP_SECONDS, EmbeddedCluster
+from glimpse.pools.cluster.signed_pool import SignedClusterPool
+from glimpse.pools.security import ClusterKey
+
+ADDRESS_VARIABLE = "GLIMPSE_GEARMAN_ADDRESS"
+ENVIRONMENT = (ADDRESS_VARIABLE,)
+
+
+def MakePool(
+    address: str | None = None,
+    workers: int | None = None,
+    key: str | bytes | None = None,
+    key_file: str | None = None,
+    insecure: bool = False,
+) -> GearmanPool:
+    """Return a :class:`GearmanPool`; see it for the arguments."""
+    return GearmanPool(address, workers, key, key_file, insecure)
+
+
+def _normalize(address: str) -> str:
+    return g.format_servers(g.parse_servers(address))
+
+
+class GearmanPool(SignedClusterPool):
+    """A pool whose chunks run as gearman jobs on glimpse workers.
+
+    Args:
+        address: The gearman servers, ``HOST:PORT[,HOST:PORT...]``. Defaults to
+            ``$GLIMPSE_GEARMAN_ADDRESS``; without either, the pool starts gearmand on 127.0.0.1 and
+            ``workers`` worker processes, and ends them on :meth:`close` (needs gearmand:
+            ``apt-get install gearman-job-server``).
+        workers: How many workers an embedded cluster has (default: one per core).
+        key, key_file: The cluster key (hex or base64), or a file holding it. Default:
+            ``$GLIMPSE_CLUSTER_KEY``, ``$GLIMPSE_CLUSTER_KEY_FILE``, then ``~/.config/glimpse/cluster.key``.
+            An embedded cluster makes a random key.
+        insecure: Sign nothing (workers must run ``--insecure`` too). For measurements only.
+
+    A pool pickles to its servers' address and its key file, never to the key.
+    """
+
+    ADDRESS_VARIABLE = ADDRESS_VARIABLE
+    TYPE = "gearman"
+    normalize_address = staticmethod(_normalize)
+
+    def connect(self, address: str, key: ClusterKey, source: str) -> GearmanBackend:
+        return GearmanBackend(g.parse_servers(address), key, source)
+
+    def embedded_backend(self, nworkers: int, key: ClusterKey) -> GearmanBackend:
+        find_gearmand()
+        cluster = EmbeddedCluster.start("gearman", nworkers, key)
+        try:
+            backend = GearmanBackend(g.parse_servers(cluster.address), key, "the embedded cluster", cluster=cluster)
+            connected = backend.wait_for_workers(nworkers, STARTUP_SECONDS)
+            if connected < nworkers:
+                raise RuntimeError(
+                    f"only {connected} of {nworkers} embedded gearman workers connected within {STARTUP_SECONDS:g} s"
+                )
+        except BaseException:
+            cluster.kill()
+            raise
+        return backend
