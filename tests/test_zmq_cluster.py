@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests import helpers
-from tests.engines._processes import free_port, start_process
+from tests.engines._processes import free_port, group_members, start_process
 from tests.engines.zmq import start_zmq_cluster
 
 pytest.importorskip("zmq")
@@ -237,10 +237,10 @@ def test_embedded_cluster_listens_on_loopback_only_and_leaves_nothing_on_close(n
     groups = pool.cluster.pids()
     assert _listening_addresses(pool.cluster.broker.pid) == {"127.0.0.1"}
     assert pool.map(helpers.times_ten, [1]) == [10]
-    assert len(_members(groups)) >= 3, "expected a broker, a worker process and its task process"
+    assert len(group_members(groups)) >= 3, "expected a broker, a worker process and its task process"
     pool.close()
     pool.join()
-    assert not _members(groups), f"left behind: {_members(groups)}"
+    assert not group_members(groups), f"left behind: {group_members(groups)}"
 
 
 def test_embedded_cluster_exits_when_its_owner_dies():
@@ -256,9 +256,9 @@ def test_embedded_cluster_exits_when_its_owner_dies():
     groups = [int(pid) for pid in done.stdout.split()]
     assert len(groups) == 2, done.stderr
     deadline = time.monotonic() + 20
-    while _members(groups) and time.monotonic() < deadline:
+    while group_members(groups) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = _members(groups)
+    left = group_members(groups)
     for pgid in groups:
         _kill_group(pgid)
     assert not left, f"the embedded cluster outlived its owner: {left}"
@@ -289,17 +289,6 @@ def _when_busy(address: str, action) -> float:
 def _listening_addresses(pid: int) -> set[str]:
     connections = psutil.Process(pid).net_connections(kind="inet")
     return {c.laddr.ip for c in connections if c.status == psutil.CONN_LISTEN}
-
-
-def _members(pgids) -> list[str]:
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if os.getpgid(process.pid) in pgids:
-                found.append(f"{process.pid} {' '.join(process.info['cmdline'] or [])}")
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return found
 
 
 def _kill_group(pgid: int) -> None:

@@ -114,3 +114,17 @@ def _group_alive(pgid: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+def group_members(pgids) -> list[str]:
+    """``pid command`` of every process still in one of the process groups ``pgids``."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getpgid(process.pid) in pgids:
+                found.append(f"{process.pid} {' '.join(process.info['cmdline'] or [])}")
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return found

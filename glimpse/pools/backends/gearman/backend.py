@@ -43,13 +43,14 @@ class GearmanJob(TrackedChunk):
 
 
 class CallConnections:
-    """One call's connections, its jobs waiting for their handles (first in, first out), and its jobs by handle."""
+    """One call's connections, its jobs waiting for their handles (first in, first out), and its jobs by
+    connection and handle (two servers may hand out the same handle)."""
 
     def __init__(self, servers: list[tuple[str, int]]):
         self.connections = [g.Connection(server) for server in servers]
         self.next = itertools.cycle(self.connections)
         self.unnamed: dict[g.Connection, deque[GearmanJob]] = {c: deque() for c in self.connections}
-        self.jobs: dict[bytes, GearmanJob] = {}
+        self.jobs: dict[tuple[g.Connection, bytes], GearmanJob] = {}
 
     def close(self) -> None:
         for connection in self.connections:
@@ -227,12 +228,12 @@ class GearmanBackend(Backend):
             job = calls.unnamed[connection].popleft()
             job.handle = arguments[0]
             if not job.done:
-                calls.jobs[job.handle] = job
+                calls.jobs[connection, job.handle] = job
             return
         if packet.kind == g.ERROR:
             text = b" ".join(arguments).decode(errors="replace")
             raise ClusterConnectionError(f"the gearman server at {connection.name} reported an error: {text}")
-        job = calls.jobs.get(arguments[0]) if arguments else None
+        job = calls.jobs.get((connection, arguments[0])) if arguments else None
         if job is None:
             return
         if packet.kind == g.WORK_DATA and arguments[1].startswith(jobs.STARTED):
@@ -240,14 +241,14 @@ class GearmanBackend(Backend):
             job.worker = arguments[1][len(jobs.STARTED) :].decode(errors="replace")
             if job.starts > 1:
                 # gearmand re-queued the job after its worker died: lost; the contract re-sends it.
-                del calls.jobs[job.handle]
+                del calls.jobs[connection, job.handle]
                 job.lost = "the gearman worker running it died (its process was killed, or its machine went away)"
                 self._control_request(job.worker, [jobs.CANCEL, job.handle])
         elif packet.kind == g.WORK_COMPLETE:
-            del calls.jobs[job.handle]
+            del calls.jobs[connection, job.handle]
             job.result, job.lost = self._verified_outcome(job, arguments[1])
         elif packet.kind in (g.WORK_FAIL, g.WORK_EXCEPTION):
-            del calls.jobs[job.handle]
+            del calls.jobs[connection, job.handle]
             job.lost = (
                 f"the gearman worker {job.worker or ''} could not finish it (its task process died, or it was "
                 "cancelled, or gearmand gave up after its worker died)"

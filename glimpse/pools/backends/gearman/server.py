@@ -27,10 +27,14 @@ class GearmandMissing(ImportError):
 
 
 def find_gearmand() -> str:
-    """The path of gearmand (it lives in /usr/sbin, not on a normal user's PATH)."""
-    path = shutil.which("gearmand") or next(
-        (p for p in ("/usr/sbin/gearmand", "/usr/local/sbin/gearmand") if os.access(p, os.X_OK)), None
-    )
+    """The path of gearmand: ``$GLIMPSE_GEARMAND``, else on the PATH or in /usr/sbin (not on a normal user's PATH)."""
+    chosen = os.environ.get("GLIMPSE_GEARMAND")
+    if chosen:
+        path = chosen if os.access(chosen, os.X_OK) else None
+    else:
+        path = shutil.which("gearmand") or next(
+            (p for p in ("/usr/sbin/gearmand", "/usr/local/sbin/gearmand") if os.access(p, os.X_OK)), None
+        )
     if path is None:
         raise GearmandMissing(
             f"the gearman cluster type needs gearmand, the gearman job server, which is not installed: `{INSTALL}` "

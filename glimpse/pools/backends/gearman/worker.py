@@ -46,7 +46,9 @@ def serve(servers: list[tuple[str, int]], nworkers: int, key: ClusterKey) -> Non
             readable, _, _ = select.select(list(sources), [], [], _RECONNECT_SECONDS)
             for fileno in readable:
                 slot, source = sources[fileno]
-                if slot in slots and not slot.on_readable(source):
+                if slot not in slots or not any(source is current for current in slot.sources()):
+                    continue  # closed by an earlier event of this round (its descriptor may be reused)
+                if not slot.on_readable(source):
                     slot.close()
                     slots.remove(slot)
             for slot in slots:
