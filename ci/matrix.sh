@@ -3,14 +3,14 @@
 # pools plus its own tests. The pytest fixtures start each engine on 127.0.0.1 in its own process
 # group and end it by that group's id.
 #
-#   bash ci/matrix.sh all            # every backend: local dask ray ipython zmq
+#   bash ci/matrix.sh all            # every backend: local dask ray ipython zmq gearman
 #   bash ci/matrix.sh dask ray       # some of them
 #
 # Set GLIMPSE_CI_NO_INSTALL=1 to skip the pip installs (an environment that has them already).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_BACKENDS=(local dask ray ipython zmq)
+ALL_BACKENDS=(local dask ray ipython zmq gearman)
 backends=("$@")
 if [ ${#backends[@]} -eq 0 ] || [ "${backends[0]}" = all ]; then
   backends=("${ALL_BACKENDS[@]}")
@@ -24,6 +24,21 @@ install() {
   "$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[${extras}]"
 }
 
+# gearmand, the gearman job server, comes from the Debian package gearman-job-server (in /usr/sbin).
+ensure_gearmand() {
+  if command -v gearmand >/dev/null || [ -x /usr/sbin/gearmand ]; then return 0; fi
+  [ "${GLIMPSE_CI_NO_INSTALL:-0}" = 1 ] && { echo "gearmand is not installed" >&2; return 1; }
+  if ! command -v apt-get >/dev/null; then
+    echo "gearmand is not installed and apt-get is not available: install the gearmand package of this system" >&2
+    return 1
+  fi
+  local sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  echo "installing gearman-job-server with apt-get (gearmand)"
+  "${sudo[@]}" apt-get update -qq && \
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends gearman-job-server
+}
+
 run_backend() {
   local backend=$1
   case "$backend" in
@@ -32,8 +47,9 @@ run_backend() {
       local ignored=()
       for engine in "${ALL_BACKENDS[@]:1}"; do ignored+=("--ignore-glob=tests/test_${engine}_*.py"); done
       "$PYTHON" -m pytest --pools local "${ignored[@]}" tests ;;
-    dask|ray|ipython|zmq)
+    dask|ray|ipython|zmq|gearman)
       install "test,${backend}" || return 1
+      if [ "$backend" = gearman ]; then ensure_gearmand || return 1; fi
       "$PYTHON" -m pytest --pools "$backend" tests/test_contract.py tests/test_compat.py tests/test_"${backend}"_*.py ;;
     *)
       echo "ci/matrix.sh: unknown backend '$backend' (known: ${ALL_BACKENDS[*]})" >&2
