@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import contextlib
-import threading
+import subprocess
+import sys
+
+from glimpse.pools.subprocesses import child_environment
 
 
 @contextlib.contextmanager
@@ -39,29 +42,52 @@ RAY_START_KEEPING_LOOPBACK = (
 )
 
 
-def ask_gcs(address: str, timeout: float) -> list[BaseException | None]:
+_GCS_PROBE = """
+import sys
+from glimpse.pools.backends.ray import compat
+if sys.argv[3] == "local":
+    compat.enable_token_if_this_machine_has_one()
+import ray._raylet
+try:
+    client = ray._raylet.GcsClient(address=sys.argv[1])
+    client.internal_kv_get(b"glimpse-probe", namespace=None, timeout=float(sys.argv[2]))
+    print("answered", flush=True)
+except BaseException as exc:
+    print(f"refused {type(exc).__name__}: {exc}".replace("\\n", " "), flush=True)
+"""
+
+
+def ask_gcs(address: str, timeout: float, local: bool) -> list[BaseException | None]:
     """Ask the GCS at ``address`` for a key; ``[None]`` if it answered, ``[error]``, or ``[]`` if silent.
 
     ``ray.init`` can hang for minutes on an address that accepts connections but is not a Ray
     head, and has no probe of its own. Private: ``ray._raylet.GcsClient.internal_kv_get``. Runs
-    in a daemon thread, because a GcsClient that gets no answer blocks for about 40 s.
+    in a process of its own: a GcsClient that gets no answer blocks for about 40 s, and one that
+    is refused (no token) can abort its process from Ray's C++ core.
     """
-    import ray._raylet
-
-    answer: list[BaseException | None] = []
-
-    def ask() -> None:
-        try:
-            client = ray._raylet.GcsClient(address=address)
-            client.internal_kv_get(b"glimpse-probe", namespace=None, timeout=timeout)
-            answer.append(None)
-        except BaseException as exc:
-            answer.append(exc)
-
-    thread = threading.Thread(target=ask, name="glimpse-ray-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return answer
+    command = [sys.executable, "-c", _GCS_PROBE, address, str(timeout), "local" if local else "remote"]
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 10,
+            env=child_environment(),
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired:
+        return []
+    lines = done.stdout.strip().splitlines()
+    if lines and lines[-1] == "answered":
+        return [None]
+    if lines and lines[-1].startswith("refused "):
+        return [ConnectionRefusedError(lines[-1].removeprefix("refused "))]
+    if done.returncode != 0:
+        last = next(
+            (line for line in reversed(done.stderr.splitlines()) if "Check failed" in line or "FATAL" in line), ""
+        )
+        return [ConnectionRefusedError(f"Ray's client aborted while connecting ({last.strip()[:300] or 'no message'})")]
+    return []
 
 
 def enable_token_if_this_machine_has_one() -> None:

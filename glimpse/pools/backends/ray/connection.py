@@ -70,15 +70,19 @@ def probe(address: str, source: str) -> None:
 
 
 def _check_gcs(address: str, source: str) -> None:
-    answer = compat.ask_gcs(address, GCS_SECONDS)
+    answer = compat.ask_gcs(address, GCS_SECONDS, on_this_machine(host_port(address)[0]))
     if not answer:
         raise ClusterConnectionError(
             f"something accepts connections at {address} (from {source}), but no Ray head node answered there "
-            f"within {GCS_SECONDS:g} s; give the port of the head node's GCS (`ray start --head --port`)."
+            f"within {GCS_SECONDS:g} s; give the port of the head node's GCS (`ray start --head --port`), and if "
+            "the cluster uses token authentication, its token ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, "
+            "~/.ray/auth_token)."
         )
     if answer[0] is not None:
         raise ClusterConnectionError(
-            f"the Ray cluster at {address} (from {source}) refused this client: {type(answer[0]).__name__}: {answer[0]}"
+            f"the Ray cluster at {address} (from {source}) refused this client: {answer[0]}. If the cluster uses "
+            "token authentication, give its token in $RAY_AUTH_TOKEN, a file named by $RAY_AUTH_TOKEN_PATH, "
+            "or ~/.ray/auth_token"
         )
 
 
