@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from workloads import best_of, busy, tiny
+from workloads import best_of, efficiencies, tiny
 
 from glimpse.pools import MulticorePool
 from glimpse.pools.backends.gearman import protocol as g
@@ -58,17 +58,6 @@ def plain_jobs(address: str, items: int, in_flight: int) -> float:
     elapsed = time.perf_counter() - started
     connection.close()
     return elapsed
-
-
-def efficiencies(pools: list, workers: int, work: int, rounds: int) -> list[float]:
-    data = [work] * (4 * workers)
-    best = [0.0] * len(pools)
-    for _ in range(rounds):
-        serial = best_of(1, list, map(busy, data[:workers])) * 4
-        for index, pool in enumerate(pools):
-            wall = best_of(1, pool.map, busy, data, 1)
-            best[index] = max(best[index], serial / (workers * wall))
-    return best
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from workloads import array_double, array_filtered, array_sum, arrays, best_of, busy, tiny
+from workloads import array_double, array_filtered, array_sum, arrays, best_of, efficiencies, tiny
 
 from glimpse.pools import MulticorePool
 from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool
@@ -34,22 +34,6 @@ def measure_tiny(zmq_pool, multicore, items: int, repeats: int) -> list[tuple[st
         "imap_unordered": lambda pool: list(pool.imap_unordered(tiny, data)),
     }
     return [(name, best_of(repeats, run, multicore), best_of(repeats, run, zmq_pool)) for name, run in runs.items()]
-
-
-def efficiencies(pools: list, workers: int, work: int, rounds: int) -> list[float]:
-    """Serial time / (workers x wall time) of each pool on CPU-bound tasks, best of ``rounds``.
-
-    Each round times the serial run and every pool back to back, so a machine busy with other
-    work lowers one round rather than one column.
-    """
-    data = [work] * (4 * workers)
-    best = [0.0] * len(pools)
-    for _ in range(rounds):
-        serial = best_of(1, list, map(busy, data[:workers])) * 4
-        for index, pool in enumerate(pools):
-            wall = best_of(1, pool.map, busy, data, 1)
-            best[index] = max(best[index], serial / (workers * wall))
-    return best
 
 
 def signing_cost(workers: int, items: int, count: int, repeats: int) -> None:

@@ -61,3 +61,19 @@ def best_of(repeats: int, run, *args) -> float:
         run(*args)
         times.append(time.perf_counter() - started)
     return min(times)
+
+
+def efficiencies(pools: list, workers: int, work: int, rounds: int) -> list[float]:
+    """Serial time / (workers x wall time) of each pool on CPU-bound tasks, best of ``rounds``.
+
+    Each round times the serial run and every pool back to back, so a machine busy with other
+    work lowers one round rather than one column.
+    """
+    data = [work] * (4 * workers)
+    best = [0.0] * len(pools)
+    for _ in range(rounds):
+        serial = best_of(1, list, map(busy, data[:workers])) * 4
+        for index, pool in enumerate(pools):
+            wall = best_of(1, pool.map, busy, data, 1)
+            best[index] = max(best[index], serial / (workers * wall))
+    return best

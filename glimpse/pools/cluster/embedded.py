@@ -115,3 +115,42 @@ def _read_address(ready_fd: int, broker: subprocess.Popen, cluster_type: str) ->
     raise RuntimeError(
         f"the embedded {cluster_type} broker exited with code {code} before it listened (see its messages above)"
     )
+
+
+class OwnsEmbeddedCluster:
+    """For a backend that may own an :class:`EmbeddedCluster` (``self.cluster``): the cluster ends with it.
+
+    The backend implements :meth:`release` (its own connections) and :meth:`count_workers`.
+    """
+
+    cluster: EmbeddedCluster | None = None
+
+    def release(self) -> None:
+        """Close what the backend itself holds (connections); called by :meth:`close`."""
+
+    def count_workers(self) -> int:
+        """Ask the cluster how many workers can take chunks now."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.release()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def terminate(self) -> None:
+        self.close()
+        if self.cluster is not None:
+            self.cluster.kill()
+
+    def join(self) -> None:
+        if self.cluster is not None:
+            self.cluster.join()
+
+    def wait_for_workers(self, count: int, timeout: float) -> int:
+        """Wait until at least ``count`` workers can take chunks (or ``timeout`` passes); return how many can."""
+        deadline = time.monotonic() + timeout
+        while True:
+            counted = self.count_workers()
+            if counted >= count or time.monotonic() >= deadline:
+                return counted
+            time.sleep(0.1)

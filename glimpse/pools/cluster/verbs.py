@@ -115,6 +115,18 @@ def foreground_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
 
 
+def worker_slot_options(parser: argparse.ArgumentParser) -> None:
+    """``--nworkers`` and :func:`foreground_options`, for ``LaunchWorker`` of a transport of our own."""
+    parser.add_argument("--nworkers", type=int, default=os.cpu_count() or 1, help="worker slots (default: cores)")
+    foreground_options(parser)
+
+
+def embedded_broker_options(parser: argparse.ArgumentParser) -> None:
+    """``--ready-fd`` (where an embedded cluster's broker writes its address) and :func:`foreground_options`."""
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    foreground_options(parser)
+
+
 def prepare_foreground(args: argparse.Namespace) -> None:
     """Apply :func:`foreground_options`: log warnings only; exit once the parent is gone."""
     if args.quiet:

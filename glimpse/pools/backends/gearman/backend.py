@@ -20,6 +20,7 @@ from collections.abc import Collection
 
 from glimpse.pools.backends.gearman import jobs
 from glimpse.pools.backends.gearman import protocol as g
+from glimpse.pools.cluster.embedded import OwnsEmbeddedCluster
 from glimpse.pools.contract.backend import Backend, Call, Chunk, ClusterLost, Health, TrackedChunk
 from glimpse.pools.errors import ClusterConnectionError
 from glimpse.pools.security import ClusterKey, MessageSigner, Rejected
@@ -57,7 +58,7 @@ class CallConnections:
             connection.close()
 
 
-class GearmanBackend(Backend):
+class GearmanBackend(OwnsEmbeddedCluster, Backend):
     """Runs chunks as jobs on the gearman servers ``servers``, signed with ``key``.
 
     Args:
@@ -150,33 +151,17 @@ class GearmanBackend(Backend):
             # Gearman drops the queued jobs of a client that disconnects.
             self._calls.pop(call_id).close()
 
-    def close(self) -> None:
+    def release(self) -> None:
         for connections in self._calls.values():
             connections.close()
         self._calls.clear()
         if self._control is not None:
             self._control.close()
             self._control = None
-        if self.cluster is not None:
-            self.cluster.stop()
 
-    def terminate(self) -> None:
-        self.close()
-        if self.cluster is not None:
-            self.cluster.kill()
-
-    def join(self) -> None:
-        if self.cluster is not None:
-            self.cluster.join()
-
-    def wait_for_workers(self, count: int, timeout: float) -> int:
-        """Wait until at least ``count`` worker slots can take jobs (or ``timeout`` passes); return how many can."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self._count_workers()
-            if self._nworkers >= count or time.monotonic() >= deadline:
-                return self._nworkers
-            time.sleep(0.1)
+    def count_workers(self) -> int:
+        self._count_workers()
+        return self._nworkers
 
     def worker_ids(self) -> list[str]:
         """The ids (``host:pid:slot``) of this key's worker slots, from the servers' ``workers`` lists."""

@@ -17,7 +17,7 @@ from glimpse.pools.backends.gearman.pool import ADDRESS_VARIABLE
 from glimpse.pools.cluster.verbs import (
     Verb,
     address_option,
-    foreground_options,
+    embedded_broker_options,
     key_options,
     listen_options,
     prepare_foreground,
@@ -25,6 +25,7 @@ from glimpse.pools.cluster.verbs import (
     run_verbs,
     until_stopped,
     verb_key,
+    worker_slot_options,
 )
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,12 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
     listen_options(g.DEFAULT_PORT, "interface gearmand listens on (default 127.0.0.1); gearmand authenticates nobody")(
         parser
     )
-    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    foreground_options(parser)
+    embedded_broker_options(parser)
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
     _address_option(parser)
-    parser.add_argument("--nworkers", type=int, default=os.cpu_count() or 1, help="worker slots (default: cores)")
-    foreground_options(parser)
+    worker_slot_options(parser)
 
 
 def _launch_broker(args: argparse.Namespace) -> int:

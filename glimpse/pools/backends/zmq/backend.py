@@ -19,6 +19,7 @@ import zmq
 
 from glimpse.pools.backends.zmq import protocol as p
 from glimpse.pools.backends.zmq.signed_socket import PeerSocket
+from glimpse.pools.cluster.embedded import OwnsEmbeddedCluster
 from glimpse.pools.contract.backend import Backend, Call, Chunk, ClusterLost, Health, TrackedChunk
 from glimpse.pools.errors import AuthenticationError, ClusterConnectionError
 from glimpse.pools.security import ClusterKey, MessageSigner
@@ -39,7 +40,7 @@ class SentChunk(TrackedChunk):
         self.task_id = p.number(number)
 
 
-class ZmqBackend(Backend):
+class ZmqBackend(OwnsEmbeddedCluster, Backend):
     """Runs chunks on the workers of the broker at ``address``.
 
     Args:
@@ -140,7 +141,7 @@ class ZmqBackend(Backend):
         if tasks and self._socket is not None:
             self._send(p.CANCEL, *tasks)
 
-    def close(self) -> None:
+    def release(self) -> None:
         if self._socket is not None:
             self._send(p.BYE)
             self._socket.close(linger=500)
@@ -148,26 +149,10 @@ class ZmqBackend(Backend):
         for job in self._jobs.values():
             job.lost = "the pool was closed"
         self._jobs.clear()
-        if self.cluster is not None:
-            self.cluster.stop()
 
-    def terminate(self) -> None:
-        self.close()
-        if self.cluster is not None:
-            self.cluster.kill()
-
-    def join(self) -> None:
-        if self.cluster is not None:
-            self.cluster.join()
-
-    def wait_for_workers(self, count: int, timeout: float) -> int:
-        """Wait until at least ``count`` workers are connected (or ``timeout`` passes); return how many are."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self._ping_and_wait()
-            if self._nworkers >= count or time.monotonic() >= deadline:
-                return self._nworkers
-            time.sleep(0.1)
+    def count_workers(self) -> int:
+        self._ping_and_wait()
+        return self._nworkers
 
     def describe_cluster(self) -> dict:
         """The broker's view: its ``workers`` (dicts with ``id``, ``host``, ``pid``, ``task_pid``, ``state``),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +14,7 @@ from glimpse.pools.backends.zmq.protocol import DEFAULT_PORT, normalize_address
 from glimpse.pools.cluster.verbs import (
     Verb,
     address_option,
-    foreground_options,
+    embedded_broker_options,
     key_options,
     listen_options,
     prepare_foreground,
@@ -23,6 +22,7 @@ from glimpse.pools.cluster.verbs import (
     run_verbs,
     until_stopped,
     verb_key,
+    worker_slot_options,
 )
 
 
@@ -45,14 +45,12 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
         "interface to listen on (default 127.0.0.1); whoever reaches the broker can run code on its workers",
     )(parser)
     key_options(parser)
-    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    foreground_options(parser)
+    embedded_broker_options(parser)
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
     _address_option(parser)
-    parser.add_argument("--nworkers", type=int, default=os.cpu_count() or 1, help="worker slots (default: cores)")
-    foreground_options(parser)
+    worker_slot_options(parser)
 
 
 def _launch_broker(args: argparse.Namespace) -> int:
