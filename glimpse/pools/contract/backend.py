@@ -7,6 +7,7 @@ else (windowing, chunk sizes, ordering, errors, retries, cancellation, progress)
 
 from __future__ import annotations
 
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Collection
@@ -94,6 +95,20 @@ class TrackedChunk:
         if self.lost is not None:
             raise ChunkLost(self.lost)
         return self.result
+
+    @staticmethod
+    def wait(handles: Collection[TrackedChunk], timeout: float, receive) -> list[TrackedChunk]:
+        """:meth:`Backend.wait` for tracked handles: ``receive(seconds)`` waits up to that long for
+        news from the engine and records it on the handles."""
+        if not handles:
+            return []
+        deadline = time.monotonic() + timeout
+        while True:
+            done = [handle for handle in handles if handle.done]
+            remaining = deadline - time.monotonic()
+            if done or remaining <= 0:
+                return done
+            receive(remaining)
 
 
 class Backend(ABC):

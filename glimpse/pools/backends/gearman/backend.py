@@ -117,15 +117,7 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
         return job
 
     def wait(self, handles: Collection[GearmanJob], timeout: float) -> list[GearmanJob]:
-        if not handles:
-            return []
-        deadline = time.monotonic() + timeout
-        while True:
-            done = [job for job in handles if job.done]
-            remaining = deadline - time.monotonic()
-            if done or remaining <= 0:
-                return done
-            self._receive(remaining)
+        return GearmanJob.wait(handles, timeout, self._receive)
 
     def health(self) -> Health:
         try:

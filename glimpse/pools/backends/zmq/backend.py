@@ -109,17 +109,12 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
         return job
 
     def wait(self, handles: Collection[SentChunk], timeout: float) -> list[SentChunk]:
-        if not handles:
-            return []
-        deadline = time.monotonic() + timeout
-        while True:
-            done = [job for job in handles if job.done]
-            remaining = deadline - time.monotonic()
-            if done or remaining <= 0:
-                return done
-            self._check_broker()
-            if self._live_socket().socket.poll(min(remaining, p.HEARTBEAT_SECONDS) * 1000):
-                self._receive_available()
+        return SentChunk.wait(handles, timeout, self._receive)
+
+    def _receive(self, seconds: float) -> None:
+        self._check_broker()
+        if self._live_socket().socket.poll(min(seconds, p.HEARTBEAT_SECONDS) * 1000):
+            self._receive_available()
 
     def health(self) -> Health:
         # The broker's liveness is checked on every wait (_check_broker); its PONGs count the workers.
