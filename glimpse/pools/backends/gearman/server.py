@@ -36,8 +36,10 @@ def find_gearmand() -> str:
             (p for p in ("/usr/sbin/gearmand", "/usr/local/sbin/gearmand") if os.access(p, os.X_OK)), None
         )
     if path is None:
+        named = f" ($GLIMPSE_GEARMAND names {chosen}, which is not an executable)" if chosen else ""
         raise GearmandMissing(
-            f"the gearman cluster type needs gearmand, the gearman job server, which is not installed: `{INSTALL}` "
+            f"the gearman cluster type needs gearmand, the gearman job server, which is not installed{named}: "
+            f"`{INSTALL}` "
             "(Debian/Ubuntu; other systems: the gearmand package of their package manager)"
         )
     return path
