@@ -6,7 +6,7 @@ import argparse
 import time
 from dataclasses import dataclass
 
-from glimpse.pools.registry import CLUSTER_TYPES, LOCAL_POOLS, MakePool, extra_installed
+from glimpse.pools.registry import CLUSTER_TYPES, LOCAL_POOLS, MakePool, embedded_runs_here
 
 
 def count_primes_below(limit: int) -> int:
@@ -65,7 +65,7 @@ def format_table(timings: list[Timing]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m glimpse.pools demo``: parse options, run the demo, print the table."""
-    installed = [*LOCAL_POOLS, *(name for name in CLUSTER_TYPES if extra_installed(name))]
+    installed = [*LOCAL_POOLS, *(name for name in CLUSTER_TYPES if embedded_runs_here(name))]
     parser = argparse.ArgumentParser(
         prog="python -m glimpse.pools demo",
         description="Run a CPU-bound workload (counting primes) through every installed pool and compare. "

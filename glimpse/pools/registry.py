@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -20,10 +21,12 @@ from glimpse.pools.cluster import INTERFACE
 
 @dataclass(frozen=True)
 class ClusterType:
-    """A cluster module's pip extra and the modules that extra provides."""
+    """A cluster module's pip extra, the modules that extra provides, and the programs (outside pip)
+    an embedded cluster of that type runs."""
 
     extra: str
     requires: tuple[str, ...]
+    programs: tuple[str, ...] = ()
 
 
 CLUSTER_TYPES: dict[str, ClusterType] = {
@@ -32,7 +35,7 @@ CLUSTER_TYPES: dict[str, ClusterType] = {
     "ray": ClusterType("ray", ("ray",)),
     "zmq": ClusterType("zmq", ("zmq",)),
     # The protocol client is the package's own; gearmand (apt: gearman-job-server) runs the queue.
-    "gearman": ClusterType("gearman", ()),
+    "gearman": ClusterType("gearman", (), programs=("gearmand",)),
 }
 LOCAL_POOLS = ("singlecore", "multicore")
 DEFAULT_CLUSTER_TYPE = "ipython"
@@ -93,6 +96,16 @@ def install_command(cluster_type: str) -> str:
 def extra_installed(cluster_type: str) -> bool:
     """Whether every module a cluster type needs can be imported."""
     return all(importlib.util.find_spec(module) is not None for module in CLUSTER_TYPES[cluster_type].requires)
+
+
+def embedded_runs_here(cluster_type: str) -> bool:
+    """Whether an embedded cluster of this type can start here: its extra and its programs are installed."""
+    programs = CLUSTER_TYPES[cluster_type].programs
+    found = (shutil.which(p) or any(os.access(f"{d}/{p}", os.X_OK) for d in _SBIN) for p in programs)
+    return extra_installed(cluster_type) and all(found)
+
+
+_SBIN = ("/usr/sbin", "/usr/local/sbin")
 
 
 def require_extra(cluster_type: str) -> None:
