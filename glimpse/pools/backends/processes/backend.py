@@ -8,10 +8,10 @@ worker; and a cancelled chunk's worker is killed and replaced, so it is free at 
 from __future__ import annotations
 
 import os
+import select
 import time
 import weakref
 from collections import deque
-from multiprocessing.connection import wait
 
 import cloudpickle
 
@@ -56,6 +56,9 @@ class ProcessBackend(Backend):
         self._workers: list[_Worker] = []
         self._exiting: list[_Worker] = []
         self._queue: deque[ProcessChunk] = deque()
+        # The result pipes of the workers running a chunk, kept registered: one poll() per wait.
+        self._busy = select.poll()
+        self._busy_by_fd: dict[int, _Worker] = {}
         self._terminated = False
         self._finalizer = weakref.finalize(self, _kill_all, self._workers, self._exiting)
 
@@ -83,8 +86,10 @@ class ProcessBackend(Backend):
             remaining = deadline - time.monotonic()
             if done or remaining <= 0:
                 return done
-            for ready in wait([worker for worker in self._workers if worker.job is not None], remaining):
-                self._collect(ready)
+            for fd, _ in self._busy.poll(remaining * 1000):
+                worker = self._busy_by_fd.get(fd)
+                if worker is not None and worker.job is not None:
+                    self._collect(worker)
             self._dispatch()
 
     def outcome(self, handle: ProcessChunk) -> bytes:
@@ -110,6 +115,7 @@ class ProcessBackend(Backend):
             job.lost = "the pool was terminated"
         self._queue.clear()
         _kill_all(self._workers, self._exiting)
+        self._busy, self._busy_by_fd = select.poll(), {}
         self._workers.clear()
         self._exiting.clear()
 
@@ -133,7 +139,8 @@ class ProcessBackend(Backend):
             job = self._queue.popleft()
             call = job.call
             blob = None if worker.last_call == call.id else call.blob
-            worker.job, job.worker, worker.last_call = job, worker, call.id
+            self._assign(worker, job)
+            worker.last_call = call.id
             if not worker.send_chunk(call.id, blob, job.chunk.payload, job.chunk.start):
                 job.lost = f"worker {worker.describe_death()} before it took {job.chunk.describe()}"
                 self._retire(worker, kill=True)
@@ -146,19 +153,28 @@ class ProcessBackend(Backend):
             job.lost = f"worker {worker.describe_death()} while running {job.chunk.describe()}"
             self._retire(worker, kill=True)
             return
-        worker.job = None
-        job.worker = None
+        self._unassign(worker)
         worker.chunks_done += 1
         if self._chunks_per_worker is not None and worker.chunks_done >= self._chunks_per_worker:
             self._retire(worker, kill=False)
+
+    def _assign(self, worker: _Worker, job: ProcessChunk) -> None:
+        worker.job, job.worker = job, worker
+        self._busy.register(worker.fileno(), select.POLLIN)
+        self._busy_by_fd[worker.fileno()] = worker
+
+    def _unassign(self, worker: _Worker) -> None:
+        worker.job.worker = None
+        worker.job = None
+        self._busy.unregister(worker.fileno())
+        del self._busy_by_fd[worker.fileno()]
 
     def _retire(self, worker: _Worker, kill: bool) -> None:
         """Take a worker out of service: kill it now, or ask it to exit and let join() reap it."""
         if worker in self._workers:
             self._workers.remove(worker)
         if worker.job is not None:
-            worker.job.worker = None
-            worker.job = None
+            self._unassign(worker)
         if kill:
             worker.stop(0.0)
         else:
