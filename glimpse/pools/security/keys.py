@@ -8,7 +8,8 @@ pickle. Where it comes from, first that applies:
 2. ``$GLIMPSE_CLUSTER_KEY`` (the key itself, hex or base64);
 3. ``$GLIMPSE_CLUSTER_KEY_FILE`` (a file holding it);
 4. the default key file, ``$XDG_CONFIG_HOME/glimpse/cluster.key`` (``~/.config/glimpse/cluster.key``),
-   which ``LaunchBroker`` creates (256 random bits, mode 0600) when no key is given.
+   which the zmq ``LaunchBroker`` and the gearman ``LaunchWorker`` create (256 random bits, mode 0600)
+   when no key is given.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def resolve_key(key: str | bytes | None = None, key_file: str | os.PathLike | No
         return read_key_file(path, "the default key file")
     raise AuthenticationError(
         f"no cluster key: none of the key argument, ${KEY_VARIABLE}, ${KEY_FILE_VARIABLE} or the default key "
-        f"file {path} names one. `glimpse-cluster --type TYPE LaunchBroker` creates {path} on the broker's "
-        f"machine; copy it (mode 600) to this machine, or set ${KEY_FILE_VARIABLE} to its path"
+        f"file {path} names one. `glimpse-cluster --type zmq LaunchBroker` and `glimpse-cluster --type gearman "
+        f"LaunchWorker` create {path} when there is no key; copy it (mode 600) to this machine, or set "
+        f"${KEY_FILE_VARIABLE} to its path"
     )
 
 
@@ -112,12 +114,24 @@ def key_for_broker(key_file: str | os.PathLike | None = None) -> ClusterKey:
 
 
 def create_key_file(path: str | os.PathLike) -> Path:
-    """Write a new random 256-bit key (hex) to ``path``, readable by its owner only; its directory too."""
+    """Write a new random 256-bit key (hex) to ``path``, readable by its owner only; its directory too.
+
+    The key appears at ``path`` whole or not at all (written aside, then linked), and a file that
+    another process created first is left as it is: both then use that one.
+    """
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as out:
-        out.write(secrets.token_hex(KEY_BYTES) + "\n")
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_hex(KEY_BYTES) + "\n")
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+    finally:
+        draft.unlink()
     return path
 
 

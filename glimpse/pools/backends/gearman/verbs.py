@@ -75,7 +75,9 @@ def _launch_worker(args: argparse.Namespace) -> int:
     if args.nworkers < 1:
         raise ValueError(f"--nworkers must be at least 1, not {args.nworkers}")
     address, _ = _required_address(args)
-    key = verb_key(args)
+    # gearmand is not ours, so the first worker creates the default key file when there is no key.
+    key = verb_key(args, for_broker=True)
+    log.info("cluster key: %s", key.source)
     prepare_foreground(args)
     return until_stopped(lambda: gearman_worker.serve(g.parse_servers(address), args.nworkers, key))
 
