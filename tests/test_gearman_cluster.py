@@ -90,6 +90,16 @@ def test_a_pool_pickles_to_its_address_and_never_owns_the_cluster(gearman_embedd
     assert gearman_embedded_pool.map(helpers.times_ten, [4]) == [40]
 
 
+def test_pool_unpickled_inside_a_task_runs_work(gearman_external_cluster):
+    with MakePool(gearman_external_cluster.address) as pool:
+        assert pool.map(_map_with_pool, [pool]) == [[10, 20]]
+
+
+def _map_with_pool(pool):
+    with pool:
+        return pool.map(helpers.times_ten, [1, 2])
+
+
 def test_without_gearmand_the_error_names_the_package_and_the_apt_command(no_address):
     code = "from glimpse.pools.gearman_cluster import MakePool\nMakePool()"
     env = {**os.environ, "GLIMPSE_GEARMAND": "/nonexistent/gearmand"}
