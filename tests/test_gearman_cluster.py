@@ -141,6 +141,24 @@ def test_gearmand_killed_mid_call_is_a_cluster_lost_error(small_cluster, tmp_pat
     pool.terminate()
 
 
+def test_workers_reconnect_to_a_restarted_gearmand(small_cluster):
+    old = small_cluster.server
+    os.killpg(old.pid, signal.SIGKILL)
+    old.wait(timeout=10)
+    port = small_cluster.address.rsplit(":", 1)[1]
+    small_cluster.server = start_process(
+        [gearmand_or_skip(), "--listen=127.0.0.1", f"--port={port}", "--log-file=stderr", "--threads=2"]
+        + [f"--pid-file={small_cluster.log_dir / 'gearmand-2.pid'}"],
+        small_cluster.log_dir / "gearmand-2.log",
+    )
+    server, function = g.parse_servers(small_cluster.address)[0], jobs.chunk_function(resolve_key()).decode()
+    _wait_until(lambda: _answers(server) and g.status(server).get(function, (0, 0, 0))[2] == 1, "no worker came back")
+    with MakePool(small_cluster.address) as pool:
+        assert pool.map(helpers.times_ten, range(3)) == [0, 10, 20]
+    log = (small_cluster.log_dir / "workers-0.log").read_text()
+    assert log.count("cannot reach the gearman server") <= 2, "a missing server flooded the worker's log"
+
+
 def test_no_workers_is_a_no_workers_error_naming_the_address_and_a_worker_of_another_key(tmp_path, monkeypatch):
     monkeypatch.setenv("GLIMPSE_NO_WORKERS_TIMEOUT", "10")
     cluster = start_gearman_cluster(tmp_path / "cluster", nworkers=0)
@@ -290,6 +308,14 @@ def _wait_until(condition, what: str, limit: float = 30.0) -> None:
 def _running(address: str, pool) -> int:
     function = jobs.chunk_function(pool.key).decode()
     return g.status(g.parse_servers(address)[0]).get(function, (0, 0, 0))[1]
+
+
+def _answers(server) -> bool:
+    try:
+        g.admin(server, "version", timeout=1.0)
+        return True
+    except OSError:
+        return False
 
 
 def _outcomes(connection: g.Connection, count: int) -> dict[int, int]:

@@ -77,6 +77,7 @@ class Slot:
         self.job: RunningJob | None = None
         self.grabbing: g.Connection | None = None
         self.woken: list[g.Connection] = []
+        self.unreachable: set[tuple[str, int]] = set()
         self.reconnect()
 
     # -- connections -------------------------------------------------------------------------
@@ -103,10 +104,15 @@ class Slot:
         try:
             connection = g.Connection(server)
             connection.send(g.CAN_DO, function)
-            return connection
         except OSError as exc:
-            log.warning("cannot reach the gearman server at %s:%d (%s); retrying", *server, exc)
+            if server not in self.unreachable:
+                self.unreachable.add(server)
+                log.warning("cannot reach the gearman server at %s:%d (%s); retrying every few seconds", *server, exc)
             return None
+        if server in self.unreachable:
+            self.unreachable.discard(server)
+            log.info("reconnected to the gearman server at %s:%d", *server)
+        return connection
 
     def _lost(self, connection: g.Connection, reason: str) -> None:
         log.warning("%s; reconnecting", reason)
