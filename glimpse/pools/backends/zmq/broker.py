@@ -46,6 +46,12 @@ def serve(host: str, port: int, key: ClusterKey, ready_fd: int | None = None) ->
         raise OSError(f"the zmq broker cannot listen on tcp://{host}:{port}: {exc}") from None
     address = socket.getsockopt_string(zmq.LAST_ENDPOINT)
     log.info("glimpse zmq broker listening on %s; cluster key: %s", address, key.source)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "the broker listens on %s: messages are signed, not encrypted; anyone on the network path can read "
+            "the data, so keep it to a private network",
+            address,
+        )
     if ready_fd is not None:
         with os.fdopen(ready_fd, "w") as ready:
             ready.write(address + "\n")
