@@ -5,7 +5,9 @@ revoke a queued job but drops the queued jobs of a client that disconnects: endi
 closes them. A running chunk is cancelled through its slot's control function (the slot named
 itself in a ``started`` WORK_DATA). A job started twice was re-queued because its worker died:
 it counts as lost (the contract re-sends it, a bounded number of times), and the second run is
-cancelled. A server that closes a connection mid-call is a lost cluster.
+cancelled. A server that closes a connection mid-call is a lost cluster. Each job carries the
+call's pickled function (workers keep the last one), so a function that closes over a large
+object costs that object per chunk: pass such data as items, or use a module-level function.
 """
 
 from __future__ import annotations
@@ -79,7 +81,6 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
         self._signer = MessageSigner(key, jobs.POOL, ordered=False)
         self._function = jobs.chunk_function(key)
         self._calls: dict[str, CallConnections] = {}
-        self._blobs: dict[str, bytes] = {}
         self._control: g.Connection | None = None
         self._nworkers, self._counted_at = 0, 0.0
         self._count_workers()
@@ -94,10 +95,8 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
             self._calls[call.id] = CallConnections(self.servers)
         except OSError as exc:
             raise ClusterLost(f"cannot connect to the gearman server at {self.address}: {exc}") from None
-        self._blobs[call.id] = call.blob
 
     def close_call(self, call: Call) -> None:
-        self._blobs.pop(call.id, None)
         connections = self._calls.pop(call.id, None)
         if connections is not None:
             connections.close()
