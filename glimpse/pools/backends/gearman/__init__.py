@@ -1,4 +1,4 @@
-"""The gearman engine: glimpse workers running chunks as signed jobs of gearmand (face: ``glimpse.pools.gearman_cluster``).
+"""The gearman engine: glimpse workers run chunks as signed jobs of gearmand (face: ``gearman_cluster``).
 
 ``protocol.py`` is the gearman protocol (our own client); ``jobs.py`` what a job carries, signed;
 ``server.py`` runs gearmand; ``worker.py`` runs in the worker processes, ``backend.py`` in the caller.
