@@ -97,7 +97,7 @@ class Slot:
                 connection = self._register(server, jobs.control_function(self.key, self.id))
                 self.control[server] = connection
                 if connection is not None:
-                    connection.send(g.GRAB_JOB_UNIQ)
+                    self._send(connection, g.GRAB_JOB_UNIQ)
         self.next_grab()
 
     def _register(self, server: tuple[str, int], function: bytes) -> g.Connection | None:
@@ -113,6 +113,13 @@ class Slot:
             self.unreachable.discard(server)
             log.info("reconnected to the gearman server at %s:%d", *server)
         return connection
+
+    def _send(self, connection: g.Connection, kind: int, *arguments: bytes) -> None:
+        """Send a packet; a server that went away is reconnected later, never a crash."""
+        try:
+            connection.send(kind, *arguments)
+        except OSError as exc:
+            self._lost(connection, f"the connection to the gearman server at {connection.name} failed: {exc}")
 
     def _lost(self, connection: g.Connection, reason: str) -> None:
         log.warning("%s; reconnecting", reason)
@@ -164,9 +171,9 @@ class Slot:
 
     def on_control_packet(self, connection: g.Connection, packet: g.Packet) -> bool:
         if packet.kind == g.NOOP:
-            connection.send(g.GRAB_JOB_UNIQ)
+            self._send(connection, g.GRAB_JOB_UNIQ)
         elif packet.kind == g.NO_JOB:
-            connection.send(g.PRE_SLEEP)
+            self._send(connection, g.PRE_SLEEP)
         elif packet.kind == g.JOB_ASSIGN_UNIQ and len(packet.arguments) == 4:
             handle, data = packet.arguments[0], packet.arguments[3]
             try:
@@ -174,8 +181,8 @@ class Slot:
             except Rejected as reason:
                 self.signer.rejected(b"control requests", reason)
                 request = []
-            connection.send(g.WORK_COMPLETE, handle, b"")
-            connection.send(g.GRAB_JOB_UNIQ)
+            self._send(connection, g.WORK_COMPLETE, handle, b"")
+            self._send(connection, g.GRAB_JOB_UNIQ)
             return self.control_request(request)
         return True
 
@@ -197,14 +204,14 @@ class Slot:
             return
         if self.woken:
             self.grabbing = self.woken.pop(0)
-            self.grabbing.send(g.GRAB_JOB_UNIQ)
+            self._send(self.grabbing, g.GRAB_JOB_UNIQ)
         else:
             for connection in self.work.values():
                 if connection is not None:
-                    connection.send(g.PRE_SLEEP)
+                    self._send(connection, g.PRE_SLEEP)
 
     def start(self, connection: g.Connection, handle: bytes, unique: bytes, data: bytes) -> None:
-        connection.send(g.WORK_DATA, handle, jobs.STARTED + self.id.encode())
+        self._send(connection, g.WORK_DATA, handle, jobs.STARTED + self.id.encode())
         self.job = RunningJob(connection, handle, unique)
         try:
             call, blob, payload, start = jobs.open_sealed(self.signer, jobs.POOL, data)
@@ -235,10 +242,7 @@ class Slot:
 
     def finish(self, kind: int, result: bytes | None = None) -> None:
         job, self.job = self.job, None
-        try:
-            job.connection.send(kind, job.handle, *(() if result is None else (result,)))
-        except OSError as exc:
-            self._lost(job.connection, f"could not send a result to {job.connection.name}: {exc}")
+        self._send(job.connection, kind, job.handle, *(() if result is None else (result,)))
         if self.work.get(job.connection.server) is job.connection and job.connection not in self.woken:
             self.woken.append(job.connection)
         self.next_grab()
