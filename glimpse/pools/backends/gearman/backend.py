@@ -2,12 +2,13 @@
 
 A call has connections of its own (one per server; chunks go round-robin), because gearman cannot
 revoke a queued job but drops the queued jobs of a client that disconnects: ending a call early
-closes them. A running chunk is cancelled through its slot's control function (the slot named
-itself in a ``started`` WORK_DATA). A job started twice was re-queued because its worker died:
-it counts as lost (the contract re-sends it, a bounded number of times), and the second run is
-cancelled. A server that closes a connection mid-call is a lost cluster. Each job carries the
-call's pickled function (workers keep the last one), so a function that closes over a large
-object costs that object per chunk: pass such data as items, or use a module-level function.
+closes them, and every worker slot of the key is told (through its control function) to stop the
+call's running chunk and to fail any job of the call gearmand hands it later. A job started twice
+was re-queued because its worker died: it counts as lost (the contract re-sends it, a bounded
+number of times), and the second run is cancelled. A server that closes a connection mid-call is
+a lost cluster. Each job carries the call's pickled function (workers keep the last one), so a
+function that closes over a large object costs that object per chunk: pass such data as items,
+or use a module-level function.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ _WORKERS_FRESH_SECONDS = 1.0
 class GearmanJob(TrackedChunk):
     """A chunk submitted as a job, until its outcome or its loss arrives."""
 
-    __slots__ = ("unique", "connection", "handle", "worker", "starts")
+    __slots__ = ("unique", "connection", "call", "handle", "worker", "starts")
 
-    def __init__(self, unique: bytes, connection: g.Connection):
+    def __init__(self, unique: bytes, connection: g.Connection, call: str):
         super().__init__()
-        self.unique, self.connection = unique, connection
+        self.unique, self.connection, self.call = unique, connection, call
         self.handle: bytes | None = None
         self.worker: str | None = None
         self.starts = 0
@@ -104,7 +105,7 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
     def submit(self, call: Call, chunk: Chunk) -> GearmanJob:
         connections = self._calls[call.id]
         connection = next(connections.next)
-        job = GearmanJob(uuid.uuid4().hex.encode(), connection)
+        job = GearmanJob(uuid.uuid4().hex.encode(), connection, call.id)
         data = jobs.seal(
             self._signer, jobs.WORKER, [call.id.encode(), call.blob, chunk.payload, str(chunk.start).encode()]
         )
@@ -129,18 +130,22 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
         return handle.outcome()
 
     def cancel(self, handles: Collection[GearmanJob]) -> None:
-        for connections in self._calls.values():
-            self._drain(connections)
-        running = [job.handle for job in handles if not job.done and job.worker is not None]
-        workers = {job.worker for job in handles if not job.done and job.worker is not None}
+        calls = sorted({job.call.encode() for job in handles if not job.done})
         for job in handles:
             if not job.done:
                 job.lost = "cancelled"
-        for worker in workers:
-            self._control_request(worker, [jobs.CANCEL, *running])
         for call_id in list(self._calls):
             # Gearman drops the queued jobs of a client that disconnects.
             self._calls.pop(call_id).close()
+        # A job gearmand handed out before it saw the disconnect still runs: every slot of this key
+        # stops the calls' running chunk and fails any of their jobs it is handed later.
+        try:
+            workers = self.worker_ids()
+        except ClusterConnectionError as exc:
+            log.warning("could not reach gearmand to cancel the chunks still running: %s", exc)
+            return
+        for worker in workers:
+            self._control_request(worker, [jobs.CANCEL_CALLS, *calls])
 
     def release(self) -> None:
         for connections in self._calls.values():
@@ -186,17 +191,6 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
                 raise ClusterLost(f"{exc} while chunks were out") from None
             for packet in packets:
                 self._on_packet(calls, connection, packet)
-
-    def _drain(self, calls: CallConnections) -> None:
-        """Handle what already arrived on a call's connections, without waiting."""
-        for connection in calls.connections:
-            while select.select([connection], [], [], 0)[0]:
-                try:
-                    packets = connection.receive()
-                except g.ProtocolError:
-                    break
-                for packet in packets:
-                    self._on_packet(calls, connection, packet)
 
     def _on_packet(self, calls: CallConnections, connection: g.Connection, packet: g.Packet) -> None:
         arguments = packet.arguments

@@ -15,7 +15,7 @@ import struct
 from glimpse.pools.security import ClusterKey, MessageSigner, Rejected
 
 POOL, WORKER = b"gearman-pool", b"gearman-worker"
-CANCEL, EXIT, RESTART = b"cancel", b"exit", b"restart"
+CANCEL, CANCEL_CALLS, EXIT, RESTART = b"cancel", b"cancel-calls", b"exit", b"restart"
 #: The WORK_DATA a worker sends when it starts a job: ``started <worker id>``.
 STARTED = b"started "
 _COUNT = struct.Struct(">I")

@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import socket
+from collections import deque
 from dataclasses import dataclass
 
 from glimpse.pools.backends.gearman import jobs
@@ -24,6 +25,8 @@ from glimpse.pools.security import ClusterKey, MessageSigner, Rejected
 log = logging.getLogger(__name__)
 
 _RECONNECT_SECONDS = 2.0
+#: How many cancelled calls a slot remembers (their jobs still queued in gearmand are dropped unrun).
+_CANCELLED_CALLS_KEPT = 256
 
 
 def serve(servers: list[tuple[str, int]], nworkers: int, key: ClusterKey) -> None:
@@ -63,6 +66,7 @@ class RunningJob:
     connection: g.Connection
     handle: bytes
     unique: bytes
+    call: bytes = b""
 
 
 class Slot:
@@ -78,6 +82,7 @@ class Slot:
         self.grabbing: g.Connection | None = None
         self.woken: list[g.Connection] = []
         self.unreachable: set[tuple[str, int]] = set()
+        self.cancelled_calls: deque[bytes] = deque(maxlen=_CANCELLED_CALLS_KEPT)
         self.reconnect()
 
     # -- connections -------------------------------------------------------------------------
@@ -194,6 +199,10 @@ class Slot:
             self.replace_process()
         elif request[:1] == [jobs.CANCEL] and self.job is not None and self.job.handle in request[1:]:
             self.abort()
+        elif request[:1] == [jobs.CANCEL_CALLS]:
+            self.cancelled_calls.extend(request[1:])
+            if self.job is not None and self.job.call in request[1:]:
+                self.abort()
         return True
 
     # -- running chunks ----------------------------------------------------------------------
@@ -220,6 +229,10 @@ class Slot:
             self.signer.rejected(b"jobs", Rejected(str(reason)))
             self.finish(g.WORK_FAIL)
             return
+        if call in self.cancelled_calls:
+            self.finish(g.WORK_FAIL)  # its pool left the call: gearmand handed it out before it heard
+            return
+        self.job.call = call
         if self.process.last_call == call_id:
             blob = None
         if not self.process.send_chunk(call_id, blob, payload, start):
