@@ -242,9 +242,13 @@ def test_jobs_without_the_key_or_tampered_with_are_never_unpickled(gearman_exter
 
 def test_ping_restart_and_kill_workers(small_cluster, capsys):
     small_cluster.add_workers(1)
-    assert RunMain(["PingWorkers", "--address", small_cluster.address]) == 0
-    out = capsys.readouterr().out
-    assert out.count(":0\n") == 2 and "workers=2" in out, out
+
+    def both_listed() -> bool:
+        assert RunMain(["PingWorkers", "--address", small_cluster.address]) == 0
+        out = capsys.readouterr().out
+        return out.count(":0\n") == 2 and "workers=2" in out
+
+    _wait_until(both_listed, "PingWorkers never listed both worker slots")
     with MakePool(small_cluster.address) as pool:
         before = set(pool.map(helpers.worker_pid, range(30), chunksize=1))
         assert RunMain(["RestartWorkers", "--address", small_cluster.address]) == 0

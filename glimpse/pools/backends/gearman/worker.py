@@ -94,15 +94,16 @@ class Slot:
     def reconnect(self) -> None:
         """Open the connections that are missing (at start, or after a server went away)."""
         for server in self.servers:
-            if self.work[server] is None:
-                self.work[server] = self._register(server, jobs.chunk_function(self.key))
-                if self.work[server] is not None:
-                    self.woken.append(self.work[server])
+            # Control first: a slot that can take chunks can already be told to stop one.
             if self.control[server] is None:
                 connection = self._register(server, jobs.control_function(self.key, self.id))
                 self.control[server] = connection
                 if connection is not None:
                     self._send(connection, g.GRAB_JOB_UNIQ)
+            if self.work[server] is None:
+                self.work[server] = self._register(server, jobs.chunk_function(self.key))
+                if self.work[server] is not None:
+                    self.woken.append(self.work[server])
         self.next_grab()
 
     def _register(self, server: tuple[str, int], function: bytes) -> g.Connection | None:
