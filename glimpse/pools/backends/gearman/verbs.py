@@ -77,8 +77,8 @@ def _launch_worker(args: argparse.Namespace) -> int:
     address, _ = _required_address(args)
     # gearmand is not ours, so the first worker creates the default key file when there is no key.
     key = verb_key(args, for_broker=True)
-    log.info("cluster key: %s", key.source)
     prepare_foreground(args)
+    log.info("cluster key: %s", key.source)
     return until_stopped(lambda: gearman_worker.serve(g.parse_servers(address), args.nworkers, key))
 
 
