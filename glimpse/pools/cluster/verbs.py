@@ -65,11 +65,14 @@ def required_address(args: argparse.Namespace, variable: str, form: str, normali
     raise ValueError(f"no cluster address: pass --address {form} or set ${variable}")
 
 
-def address_option(variable: str, form: str, what: str = "the cluster's address"):
-    """The ``--address`` option of a verb, defaulting to ``$variable``."""
+def address_option(variable: str, form: str, what: str = "the cluster's address", *with_options):
+    """The ``--address`` option of a verb, defaulting to ``$variable``, and the options ``with_options``
+    add (how to authenticate to that address: ``key_options``, TLS files)."""
 
     def add(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--address", help=f"{what}, {form} (default: ${variable})")
+        for add_options in with_options:
+            add_options(parser)
 
     return add
 

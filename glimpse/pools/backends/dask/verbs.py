@@ -22,8 +22,6 @@ from glimpse.pools.cluster.verbs import (
 PROG = "glimpse-cluster --type dask"
 DEFAULT_PORT = 8786
 
-_bare_address_option = address_option(ADDRESS_VARIABLE, "tcp://HOST:PORT", "the scheduler's address")
-
 
 def _tls_options(parser: argparse.ArgumentParser) -> None:
     """Dask's own TLS options (PEM files); with them the cluster speaks tls:// only."""
@@ -32,9 +30,7 @@ def _tls_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", help="private key for TLS, PEM")
 
 
-def _address_option(parser: argparse.ArgumentParser) -> None:
-    _bare_address_option(parser)
-    _tls_options(parser)
+_address_option = address_option(ADDRESS_VARIABLE, "tcp://HOST:PORT", "the scheduler's address", _tls_options)
 
 
 def RunMain(argv: Sequence[str] | None = None) -> int:

@@ -38,12 +38,7 @@ def RunMain(argv: Sequence[str] | None = None) -> int:
     return run_verbs(PROG, "Run and manage a glimpse gearman cluster.", VERBS, argv)
 
 
-_bare_address_option = address_option(ADDRESS_VARIABLE, "HOST:PORT[,HOST:PORT...]", "the gearman servers")
-
-
-def _address_option(parser: argparse.ArgumentParser) -> None:
-    _bare_address_option(parser)
-    key_options(parser)
+_address_option = address_option(ADDRESS_VARIABLE, "HOST:PORT[,HOST:PORT...]", "the gearman servers", key_options)
 
 
 def _broker_options(parser: argparse.ArgumentParser) -> None:

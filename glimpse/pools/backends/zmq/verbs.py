@@ -31,12 +31,7 @@ def RunMain(argv: Sequence[str] | None = None) -> int:
     return run_verbs("glimpse-cluster --type zmq", "Run and manage a glimpse ZeroMQ cluster.", VERBS, argv)
 
 
-_bare_address_option = address_option(ADDRESS_VARIABLE, "tcp://HOST:PORT", "the broker's address")
-
-
-def _address_option(parser: argparse.ArgumentParser) -> None:
-    _bare_address_option(parser)
-    key_options(parser)
+_address_option = address_option(ADDRESS_VARIABLE, "tcp://HOST:PORT", "the broker's address", key_options)
 
 
 def _broker_options(parser: argparse.ArgumentParser) -> None:
