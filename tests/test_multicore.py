@@ -135,3 +135,36 @@ def test_a_call_in_flight_raises_a_clear_error_after_terminate():
     with pytest.raises(ValueError, match="terminated"):
         list(results)
     pool.join()
+
+
+def _die_on_zero(x):
+    if x == 0:
+        os._exit(13)
+    return x
+
+
+def test_chunks_sent_behind_a_dying_chunk_are_not_blamed_for_it():
+    # One worker holds the chunk it runs and the next ones; only the running chunk counts as lost.
+    with MulticorePool(1) as pool:
+        with pytest.raises(WorkerLostError, match=r"item #0 3 times"):
+            pool.map(_die_on_zero, range(50), chunksize=1)
+        assert pool.map(_die_on_zero, range(1, 50), chunksize=1) == list(range(1, 50))
+
+
+def test_chunks_larger_than_the_pipe_do_not_hang_caller_and_workers():
+    # Chunks of 100 KiB and more to busy workers whose outcomes are as large: neither end may
+    # block writing while the other waits to write too.
+    with MulticorePool(2) as pool:
+        assert pool.map(abs, range(-400_000, 0)) == list(range(400_000, 0, -1))
+        assert list(pool.imap(abs, range(300_000), chunksize=30_000)) == list(range(300_000))
+        assert sorted(pool.imap_unordered(helpers.make_blob, [200_000] * 40, chunksize=2)) == [b"x" * 200_000] * 40
+
+
+def test_a_chunk_waiting_behind_a_long_one_goes_to_an_idle_worker(tmp_path):
+    release = str(tmp_path / "release")
+    with MulticorePool(2) as pool:
+        results = pool.imap_unordered(helpers.held_until_released, [("hold", release), *range(1, 40)], chunksize=1)
+        early = [next(results) for _ in range(39)]
+        assert sorted(early) == list(range(1, 40))
+        open(release, "w").close()
+        assert list(results) == ["released"]

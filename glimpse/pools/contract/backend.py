@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
+from glimpse.pools.contract import pickling
 
 
 class ChunkLost(Exception):
@@ -130,7 +130,7 @@ class Backend(ABC):
     def encode(self, items: list):
         """Pickle a chunk's items for the workers: bytes, or a payload object with ``__len__`` (its
         size in bytes) that the engine's workers know how to load. Called once per chunk."""
-        return cloudpickle.dumps(items)
+        return pickling.dumps(items)
 
     @abstractmethod
     def workers(self) -> int:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 
-import cloudpickle
-
+from glimpse.pools.contract import pickling
 from glimpse.pools.contract.worker_runner import ChunkOutcome
 
 #: Buffers at least this large travel out of band; smaller ones cost less inside the pickle.
@@ -30,13 +29,13 @@ def pickle_out_of_band(obj) -> tuple[bytes, list[memoryview]]:
         buffers.append(raw)
         return False
 
-    skeleton = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_large)
+    skeleton = pickling.dumps(obj, buffer_callback=keep_large)
     if len(skeleton) >= OUT_OF_BAND_BYTES:
         # Only a large pickle can hold a large bytes item: look for one only then, not on every chunk.
         marked = _with_large_bytes_marked(obj)
         if marked is not obj:
             buffers.clear()
-            skeleton = cloudpickle.dumps(marked, protocol=5, buffer_callback=keep_large)
+            skeleton = pickling.dumps(marked, buffer_callback=keep_large)
     return skeleton, buffers
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import cloudpickle
 
+from glimpse.pools.contract import pickling
 from glimpse.pools.errors import RemoteError, SerializationError
 
 _FUNCTION_CACHE_SIZE = 4
@@ -41,6 +42,13 @@ class ChunkOutcome:
     failure: Failure | None = None
     seconds: float = 0.0
 
+    def holds_plain_data(self) -> bool:
+        """Whether :func:`glimpse.pools.contract.pickling.dumps` may take its fast path."""
+        return self.failure is None and pickling.plain(self.values)
+
+    def __reduce__(self):
+        return ChunkOutcome, (self.values, self.failure, self.seconds)
+
 
 def execute_chunk(func, items, start: int, catch=Exception) -> ChunkOutcome:
     """Apply ``func`` to each item, stopping at the first exception (kept with its traceback)."""
@@ -60,7 +68,7 @@ def execute_chunk(func, items, start: int, catch=Exception) -> ChunkOutcome:
 PickledFunction = bytes | Callable[[], bytes] | None
 
 
-def run_chunk(call_id: str, function: PickledFunction, payload, start: int, dumps=cloudpickle.dumps):
+def run_chunk(call_id: str, function: PickledFunction, payload, start: int, dumps=pickling.dumps):
     """Unpickle a function (cached per call) and a chunk, run it, and return the pickled outcome.
 
     ``payload`` is the pickled items: bytes, or an object whose ``load()`` returns them (pickled
@@ -91,7 +99,7 @@ def _function_for(call_id: str, function: PickledFunction):
     return func
 
 
-def dumps_outcome(outcome: ChunkOutcome, start: int, dumps=cloudpickle.dumps):
+def dumps_outcome(outcome: ChunkOutcome, start: int, dumps=pickling.dumps):
     """Pickle an outcome with ``dumps``; a result that cannot be pickled becomes a failure at its item."""
     if outcome.failure is not None:
         outcome.failure = _portable_failure(outcome.failure)

@@ -7,6 +7,9 @@ worker; and a cancelled chunk's worker is killed and replaced, so it is free at 
 
 from __future__ import annotations
 
+import fcntl
+import itertools
+import math
 import os
 import select
 import time
@@ -16,25 +19,44 @@ from collections import deque
 import cloudpickle
 
 from glimpse.pools.backends.processes import shared_memory
-from glimpse.pools.backends.processes.child_process import ChildProcess
+from glimpse.pools.backends.processes.child_process import ChildProcess, skipped_token
 from glimpse.pools.contract.backend import Backend, Call, Chunk, TrackedChunk
 
 _EXIT_GRACE_SECONDS = 5.0
+#: The most chunks a worker holds: the one it runs and those it runs next without waiting for us.
+_DEPTH = 8
+#: How much work (in seconds) a worker holds beyond the chunk it runs, when chunks are short.
+_QUEUED_SECONDS = 0.002
+#: A chunk running this long holds back the chunks behind it, which idle workers may take.
+_STUCK_SECONDS = 0.01
+#: What a chunk's message adds to its payload and function on the wire, at most.
+_MESSAGE_BYTES = 512
 
 
 class ProcessChunk(TrackedChunk):
-    """A chunk handed to this backend: queued, running on a worker, or done."""
+    """A chunk handed to this backend: queued, sent to a worker (running or next), or done."""
 
-    __slots__ = ("call", "chunk", "worker")
+    __slots__ = ("call", "chunk", "worker", "token", "skipping", "wire_bytes", "with_function")
 
     def __init__(self, call: Call, chunk: Chunk):
         super().__init__()
         self.call, self.chunk = call, chunk
         self.worker: _Worker | None = None
+        self.token = 0
+        self.skipping = False
+        self.wire_bytes = 0
+        self.with_function = False
 
 
 class ProcessBackend(Backend):
-    """Runs chunks on ``processes`` worker processes started on first use."""
+    """Runs chunks on ``processes`` worker processes started on first use.
+
+    Each worker holds the chunk it runs and the next one or, when chunks are short, a few
+    milliseconds of them (up to ``_DEPTH``), so it never waits for the caller between chunks,
+    and the chunks sent together travel in one write. A chunk waiting behind one that runs
+    longer than ``_STUCK_SECONDS`` is taken back when another worker is idle, as a shared queue
+    would let that worker take it.
+    """
 
     chunk_seconds = 0.02
 
@@ -56,7 +78,10 @@ class ProcessBackend(Backend):
         self._workers: list[_Worker] = []
         self._exiting: list[_Worker] = []
         self._queue: deque[ProcessChunk] = deque()
-        # The result pipes of the workers running a chunk, kept registered: one poll() per wait.
+        self._tokens = itertools.count(1)
+        self._depth = 2  # chunks per worker, grown up to _DEPTH while chunks are short
+        self._chunk_seconds = 1.0
+        # The result pipes of the workers holding a chunk, kept registered: one poll() per wait.
         self._busy = select.poll()
         self._busy_by_fd: dict[int, _Worker] = {}
         self._terminated = False
@@ -64,6 +89,9 @@ class ProcessBackend(Backend):
 
     def workers(self) -> int:
         return self._size
+
+    def window(self) -> int:
+        return (_DEPTH + 1) * self._size + 2
 
     def encode(self, items: list):
         return shared_memory.dumps(items)
@@ -73,7 +101,8 @@ class ProcessBackend(Backend):
             raise ValueError("the pool was terminated; make a new pool")
         job = ProcessChunk(call, chunk)
         self._queue.append(job)
-        self._dispatch()
+        if len(self._busy_by_fd) < self._size:  # a worker is idle (or not started): start at once
+            self._dispatch()
         return job
 
     def wait(self, handles, timeout: float) -> list[ProcessChunk]:
@@ -83,12 +112,14 @@ class ProcessBackend(Backend):
         self._dispatch()
         while True:
             done = [job for job in handles if job.done]
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if done or remaining <= 0:
                 return done
-            for fd, _ in self._busy.poll(remaining * 1000):
+            next_check = self._take_back_stuck_chunks(now)
+            for fd, _ in self._busy.poll(min(remaining, next_check) * 1000):
                 worker = self._busy_by_fd.get(fd)
-                if worker is not None and worker.job is not None:
+                if worker is not None and worker.jobs:
                     self._collect(worker)
             self._dispatch()
 
@@ -96,22 +127,28 @@ class ProcessBackend(Backend):
         return handle.outcome()
 
     def cancel(self, handles) -> None:
-        for job in handles:
-            if job.done:
-                continue
-            if job.worker is None:
-                self._queue.remove(job)
+        cancelled = {job for job in handles if not job.done}
+        if not cancelled:
+            return
+        self._queue = deque(job for job in self._queue if job not in cancelled)
+        for worker in {job.worker for job in cancelled if job.worker is not None}:
+            if worker.jobs[0] in cancelled:
+                self._requeue([job for job in worker.jobs if job not in cancelled])
+                self._retire(worker, kill=True)
             else:
-                self._retire(job.worker, kill=True)
+                for job in worker.jobs:
+                    if job in cancelled and worker.send_skip(job.token):
+                        job.skipping = True
+        for job in cancelled:
             job.lost = "cancelled"
 
     def close(self) -> None:
-        for worker in [w for w in self._workers if w.job is None]:
+        for worker in [w for w in self._workers if not w.jobs]:
             self._retire(worker, kill=False)
 
     def terminate(self) -> None:
         self._terminated = True
-        for job in [*self._queue, *(w.job for w in self._workers if w.job is not None)]:
+        for job in [*self._queue, *(job for w in self._workers for job in w.jobs)]:
             job.lost = "the pool was terminated"
         self._queue.clear()
         _kill_all(self._workers, self._exiting)
@@ -120,7 +157,7 @@ class ProcessBackend(Backend):
         self._exiting.clear()
 
     def join(self) -> None:
-        busy = [worker.job for worker in self._workers if worker.job is not None]
+        busy = [job for worker in self._workers for job in worker.jobs]
         self.wait(busy, _EXIT_GRACE_SECONDS)
         for worker in list(self._workers):
             self._retire(worker, kill=False)
@@ -129,43 +166,133 @@ class ProcessBackend(Backend):
         self._exiting.clear()
 
     def _dispatch(self) -> None:
+        """Hand queued chunks to workers; the chunks one worker gets go in one write."""
+        batches: dict[_Worker, list[ProcessChunk]] = {}
+        now = time.monotonic()
         while self._queue:
-            worker = next((w for w in self._workers if w.job is None), None)
+            worker = self._worker_for(self._queue[0], now)
             if worker is None:
-                if len(self._workers) >= self._size:
-                    return
-                worker = _Worker.start(self._initializer)
-                self._workers.append(worker)
+                break
             job = self._queue.popleft()
-            call = job.call
-            blob = None if worker.last_call == call.id else call.blob
             self._assign(worker, job)
-            worker.last_call = call.id
-            if not worker.send_chunk(call.id, blob, job.chunk.payload, job.chunk.start):
-                job.lost = f"worker {worker.describe_death()} before it took {job.chunk.describe()}"
-                self._retire(worker, kill=True)
+            batches.setdefault(worker, []).append(job)
+        for worker, jobs in batches.items():
+            self._send(worker, jobs)
 
-    def _collect(self, worker: _Worker) -> None:
-        job = worker.job
-        try:
-            job.result = worker.receive()
-        except (EOFError, OSError):
-            job.lost = f"worker {worker.describe_death()} while running {job.chunk.describe()}"
-            self._retire(worker, kill=True)
-            return
-        self._unassign(worker)
-        worker.chunks_done += 1
-        if self._chunks_per_worker is not None and worker.chunks_done >= self._chunks_per_worker:
-            self._retire(worker, kill=False)
+    def _worker_for(self, job: ProcessChunk, now: float) -> _Worker | None:
+        """An idle worker, a new one, or the least loaded that has room for ``job``.
+
+        A busy worker takes a chunk only if it is not stuck and the chunk fits in its pipe
+        beside those it has not answered, so a write to it never blocks: a blocked write while
+        the worker waits for us to read its outcomes would hang both.
+        """
+        best = None
+        for worker in self._workers:
+            if not worker.jobs:
+                return worker
+            if (
+                len(worker.jobs) < self._depth
+                and (best is None or len(worker.jobs) < len(best.jobs))
+                and now - worker.head_since < _STUCK_SECONDS
+                and worker.unanswered_bytes + _wire_bytes(job, worker) <= worker.pipe_bytes
+                and worker.may_take_more(self._chunks_per_worker)
+            ):
+                best = worker
+        if len(self._workers) < self._size:
+            worker = _Worker.start(self._initializer)
+            self._workers.append(worker)
+            return worker
+        return best
 
     def _assign(self, worker: _Worker, job: ProcessChunk) -> None:
-        worker.job, job.worker = job, worker
-        self._busy.register(worker.fileno(), select.POLLIN)
-        self._busy_by_fd[worker.fileno()] = worker
+        job.worker, job.token, job.skipping = worker, next(self._tokens), False
+        job.wire_bytes = _wire_bytes(job, worker)
+        job.with_function = worker.last_call != job.call.id
+        worker.last_call = job.call.id
+        worker.unanswered_bytes += job.wire_bytes
+        if not worker.jobs:
+            worker.head_since = time.monotonic()
+            self._busy.register(worker.fileno(), select.POLLIN)
+            self._busy_by_fd[worker.fileno()] = worker
+        worker.jobs.append(job)
 
-    def _unassign(self, worker: _Worker) -> None:
-        worker.job.worker = None
-        worker.job = None
+    def _send(self, worker: _Worker, jobs: list[ProcessChunk]) -> None:
+        chunks = [
+            (job.token, job.call.id, job.call.blob if job.with_function else None, job.chunk.payload, job.chunk.start)
+            for job in jobs
+        ]
+        if not worker.send_chunks(chunks):
+            self._lose_worker(worker, "before it took" if worker.jobs[0] is jobs[0] else "while running")
+
+    def _collect(self, worker: _Worker) -> None:
+        try:
+            frames = worker.receive_all()
+        except (EOFError, OSError):
+            self._lose_worker(worker, "while running")
+            return
+        for frame in frames:
+            token = skipped_token(frame)
+            if token is not None:
+                job = next((job for job in worker.jobs if job.token == token), None)
+                if job is not None:
+                    worker.jobs.remove(job)
+                    worker.unanswered_bytes -= job.wire_bytes
+                    self._requeue([job])
+                continue
+            job = worker.jobs.popleft()
+            worker.unanswered_bytes -= job.wire_bytes
+            job.worker = None
+            if not job.done:  # a cancelled chunk that had started: its outcome is not wanted
+                job.result = frame
+            worker.chunks_done += 1
+        self._learn_chunk_time(worker, len(frames))
+        if not worker.jobs:
+            self._idle(worker)
+            if self._chunks_per_worker is not None and worker.chunks_done >= self._chunks_per_worker:
+                self._retire(worker, kill=False)
+
+    def _learn_chunk_time(self, worker: _Worker, chunks: int) -> None:
+        """Follow how long a chunk takes, and hold as many per worker as ``_QUEUED_SECONDS`` of work."""
+        now = time.monotonic()
+        sample = (now - worker.head_since) / chunks
+        worker.head_since = now
+        self._chunk_seconds += 0.2 * (sample - self._chunk_seconds)
+        self._depth = max(2, min(_DEPTH, 1 + math.ceil(_QUEUED_SECONDS / max(self._chunk_seconds, 1e-6))))
+
+    def _take_back_stuck_chunks(self, now: float) -> float:
+        """While a worker is idle and nothing is queued, ask a worker whose chunk has run longer
+        than ``_STUCK_SECONDS`` to give back the chunks behind it. Returns the seconds until a
+        chunk could get stuck (when to look again)."""
+        if self._queue or (len(self._workers) == self._size and all(w.jobs for w in self._workers)):
+            return _STUCK_SECONDS
+        next_check = _STUCK_SECONDS
+        for worker in self._workers:
+            if len(worker.jobs) < 2:
+                continue
+            stuck_for = now - worker.head_since
+            if stuck_for < _STUCK_SECONDS:
+                next_check = min(next_check, _STUCK_SECONDS - stuck_for)
+                continue
+            for job in list(worker.jobs)[1:]:
+                if not job.skipping:
+                    job.skipping = worker.send_skip(job.token)
+        return max(next_check, 0.001)
+
+    def _requeue(self, jobs: list[ProcessChunk]) -> None:
+        """Put chunks that never started back at the front of the queue, in order."""
+        for job in reversed(jobs):
+            job.worker = None
+            if not job.done:
+                self._queue.appendleft(job)
+
+    def _lose_worker(self, worker: _Worker, how: str) -> None:
+        """The worker died: its running chunk is lost, the chunks behind it go to other workers."""
+        running, *waiting = worker.jobs
+        running.lost = f"worker {worker.describe_death()} {how} {running.chunk.describe()}"
+        self._requeue(waiting)
+        self._retire(worker, kill=True)
+
+    def _idle(self, worker: _Worker) -> None:
         self._busy.unregister(worker.fileno())
         del self._busy_by_fd[worker.fileno()]
 
@@ -173,8 +300,10 @@ class ProcessBackend(Backend):
         """Take a worker out of service: kill it now, or ask it to exit and let join() reap it."""
         if worker in self._workers:
             self._workers.remove(worker)
-        if worker.job is not None:
-            self._unassign(worker)
+        if worker.jobs:
+            worker.jobs.clear()
+            worker.unanswered_bytes = 0
+            self._idle(worker)
         if kill:
             worker.stop(0.0)
         else:
@@ -183,12 +312,36 @@ class ProcessBackend(Backend):
 
 
 class _Worker(ChildProcess):
-    """A worker process and the chunk it runs."""
+    """A worker process and the chunks sent to it, the first running, in the order sent."""
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.job: ProcessChunk | None = None
+        self.jobs: deque[ProcessChunk] = deque()
+        self.head_since = 0.0
         self.chunks_done = 0
+        #: The bytes of the chunks sent and not answered: at most what is still in the pipe.
+        self.unanswered_bytes = 0
+        self.pipe_bytes = _pipe_capacity(self.inbox) - _MESSAGE_BYTES
+
+    def may_take_more(self, chunks_per_worker: int | None) -> bool:
+        """Whether another chunk stays within ``maxtasksperchild``."""
+        return chunks_per_worker is None or self.chunks_done + len(self.jobs) < chunks_per_worker
+
+
+def _wire_bytes(job: ProcessChunk, worker: _Worker) -> int:
+    """About how many bytes sending ``job`` to ``worker`` puts in its pipe."""
+    payload = job.chunk.payload
+    size = len(payload) if isinstance(payload, bytes) else len(payload.frame())
+    if worker.last_call != job.call.id:
+        size += len(job.call.blob)
+    return size + _MESSAGE_BYTES
+
+
+def _pipe_capacity(fd: int) -> int:
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    except (AttributeError, OSError):  # not Linux: assume the smallest pipe
+        return 4096
 
 
 def _kill_all(*groups: list[_Worker]) -> None:

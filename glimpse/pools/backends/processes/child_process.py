@@ -1,8 +1,8 @@
 """The caller's handle on a worker process running ``worker_main``, and the two pipes to it.
 
-Used by ``MulticorePool`` (one per worker) and by zmq workers (one per slot). The pipes keep the
-protocol apart from the user's prints; ``fileno()`` lets ``multiprocessing.connection.wait``
-watch many of them at once.
+Used by ``MulticorePool`` (one per worker) and by zmq and gearman workers (one per slot). The
+pipes keep the protocol apart from the user's prints and carry ``frames``; ``fileno()`` lets a
+``poll`` watch many workers at once.
 """
 
 from __future__ import annotations
@@ -13,24 +13,27 @@ import signal
 import socket
 import subprocess
 import sys
-from multiprocessing.connection import Connection
 
 from glimpse.pools.backends.processes import shared_memory
+from glimpse.pools.backends.processes.frames import FrameReader, write_frames
 from glimpse.pools.subprocesses import child_environment
 
+#: The first byte of the frame that answers a skip; outcomes start with a pickle or ``S``.
+SKIPPED = b"K"
 #: Payloads smaller than this travel inside the chunk's message.
 _INLINE_PAYLOAD_BYTES = 64 * 1024
 
 
 class ChildProcess:
-    """One worker process; send it messages, receive outcomes, stop it.
+    """One worker process; send it messages and chunks, receive outcomes, stop it.
 
     Large buffers of chunks and outcomes go through shared memory (see ``shared_memory``), whose
     descriptors travel on a socket beside the pipes.
     """
 
-    def __init__(self, process: subprocess.Popen, inbox: Connection, outbox: Connection, fds: socket.socket):
-        self.process, self.inbox, self.outbox, self.fds = process, inbox, outbox, fds
+    def __init__(self, process: subprocess.Popen, inbox: int, outbox: int, control: int, fds: socket.socket):
+        self.process, self.inbox, self.outbox, self.control, self.fds = process, inbox, outbox, control, fds
+        self._outcomes = FrameReader(outbox)
         self.last_call = None
 
     @classmethod
@@ -38,30 +41,25 @@ class ChildProcess:
         """Start a worker; ``initializer`` is the pickled ``(initializer, initargs)`` it runs first.
 
         With ``shared_outcomes`` the worker sends large result buffers through shared memory
-        (:meth:`receive` then returns a ``SharedPayload``); without, outcomes are always bytes.
+        (outcomes are then ``SharedPayload`` objects); without, outcomes are always bytes.
         """
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
+        control_r, control_w = os.pipe()
         fds, child_fds = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        child_ends = (to_child_r, from_child_w, control_r, child_fds.fileno())
         try:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "glimpse.pools.backends.processes.worker_main",
-                    str(to_child_r),
-                    str(from_child_w),
-                    str(child_fds.fileno()),
-                ],
-                pass_fds=(to_child_r, from_child_w, child_fds.fileno()),
+                [sys.executable, "-m", "glimpse.pools.backends.processes.worker_main", *map(str, child_ends)],
+                pass_fds=child_ends,
                 env=child_environment(),
                 stdin=subprocess.DEVNULL,
             )
         finally:
-            os.close(to_child_r)
-            os.close(from_child_w)
+            for fd in child_ends[:3]:
+                os.close(fd)
             child_fds.close()
-        worker = cls(process, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False), fds)
+        worker = cls(process, to_child_w, from_child_r, control_w, fds)
         worker.send(("setup", initializer, shared_outcomes))
         return worker
 
@@ -70,35 +68,65 @@ class ChildProcess:
         return self.process.pid
 
     def fileno(self) -> int:
-        return self.outbox.fileno()
+        return self.outbox
 
     def send(self, message: tuple) -> bool:
         """Send a message; ``False`` if the process is gone."""
-        try:
-            self.inbox.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-            return True
-        except OSError:
-            return False
+        return self._write([pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)], [])
+
+    def send_chunks(self, chunks: list[tuple[int, str, bytes | None, object, int]]) -> bool:
+        """Send chunks to run after those sent before, in one write; ``False`` if the process is gone.
+
+        Each chunk is ``(token, call_id, function, payload, start)``; ``token`` names it for
+        :meth:`send_skip` and must grow from chunk to chunk. A small payload travels inside its
+        chunk's message; a large one (bytes or a ``SharedPayload``) follows it as a frame of its
+        own, so it is not pickled a second time.
+        """
+        frames, memfds = [], []
+        for token, call_id, function, payload, start in chunks:
+            inline = isinstance(payload, bytes) and len(payload) < _INLINE_PAYLOAD_BYTES
+            message = ("chunk", token, call_id, function, start, payload if inline else None)
+            frames.append(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+            if not inline:
+                frame, memfd = shared_memory.outgoing(payload)
+                frames.append(frame)
+                if memfd is not None:
+                    memfds.append(memfd)
+        return self._write(frames, memfds)
 
     def send_chunk(self, call_id: str, function: bytes | None, payload, start: int) -> bool:
-        """Send a chunk to run; ``False`` if the process is gone.
+        """Send one chunk (see :meth:`send_chunks`); ``False`` if the process is gone."""
+        return self.send_chunks([(0, call_id, function, payload, start)])
 
-        A small payload travels inside the message (one write); a large one (bytes or a
-        ``SharedPayload``) follows it as a frame of its own, so it is not pickled a second time.
+    def send_skip(self, token: int) -> bool:
+        """Ask the process to drop the chunk ``token`` unless it has started it; ``False`` if it is gone.
+
+        It answers with a frame that :func:`skipped_token` reads, or with the chunk's outcome.
         """
-        if isinstance(payload, bytes) and len(payload) < _INLINE_PAYLOAD_BYTES:
-            return self.send(("chunk", call_id, function, start, payload))
-        if not self.send(("chunk", call_id, function, start, None)):
-            return False
         try:
-            shared_memory.send(self.inbox, self.fds, payload)
+            write_frames(self.control, [str(token).encode()])
             return True
         except OSError:
             return False
 
+    def receive_all(self) -> list:
+        """Every outcome (bytes or a ``SharedPayload``) or skip answer that has arrived, at least
+        one (waits for it); ``EOFError`` or ``OSError`` if the process died."""
+        return [shared_memory.incoming(frame, self.fds) for frame in self._outcomes.read_frames()]
+
     def receive(self):
-        """The next outcome (bytes or a ``SharedPayload``); ``EOFError`` or ``OSError`` if the process died."""
-        return shared_memory.receive(self.outbox, self.fds)
+        """The outcome of the one chunk sent; ``EOFError`` or ``OSError`` if the process died."""
+        (outcome,) = self.receive_all()
+        return outcome
+
+    def _write(self, frames: list, memfds: list[int]) -> bool:
+        try:
+            for memfd in memfds:
+                socket.send_fds(self.fds, [b"m"], [memfd])
+            write_frames(self.inbox, frames)
+            return True
+        except OSError:
+            return False
 
     def describe_death(self, grace: float = 5.0) -> str:
         """How the process ended, e.g. ``process pid 12 was killed by SIGKILL``."""
@@ -121,6 +149,14 @@ class ChildProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        self.inbox.close()
-        self.outbox.close()
-        self.fds.close()
+        if self.fds.fileno() != -1:  # not closed yet: a descriptor number is never closed twice
+            for fd in (self.inbox, self.outbox, self.control):
+                os.close(fd)
+            self.fds.close()
+
+
+def skipped_token(frame) -> int | None:
+    """The token of the chunk a frame from :meth:`ChildProcess.receive` says was skipped, if it is one."""
+    if isinstance(frame, bytes) and frame[:1] == SKIPPED:
+        return int(frame[1:])
+    return None

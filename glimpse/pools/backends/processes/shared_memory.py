@@ -7,8 +7,8 @@ has no name, so nothing can leak into ``/dev/shm``: the kernel frees it when the
 descriptor and mapping are gone, whoever dies.
 
 On the wire a payload is one pipe frame: a pickle (``\\x80...``) when nothing was large, or
-``S`` + the pickled buffer sizes and skeleton, whose memfd travels just before it on the
-worker's descriptor socket (``socket.send_fds``).
+``S`` + the pickled buffer sizes and skeleton, whose memfd travels before it on the worker's
+descriptor socket (``socket.send_fds``), memfds in the order of their frames.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import os
 import pickle
 import socket
 import weakref
-from multiprocessing.connection import Connection
 
 import cloudpickle
 
@@ -73,19 +72,16 @@ def loads(payload: bytes | SharedPayload):
     return payload.load() if isinstance(payload, SharedPayload) else cloudpickle.loads(payload)
 
 
-def send(connection: Connection, fds: socket.socket, payload: bytes | SharedPayload) -> None:
-    """Send a payload: its memfd first (if any) on ``fds``, then its frame on ``connection``."""
+def outgoing(payload: bytes | SharedPayload) -> tuple[bytes, int | None]:
+    """The frame that carries a payload, and the memfd to send just before it (or ``None``)."""
     if isinstance(payload, SharedPayload):
-        socket.send_fds(fds, [b"m"], [payload.fd])
-        connection.send_bytes(payload.frame())
-    else:
-        connection.send_bytes(payload)
+        return payload.frame(), payload.fd
+    return payload, None
 
 
-def receive(connection: Connection, fds: socket.socket) -> bytes | SharedPayload:
-    """Receive what :func:`send` sent; a shared payload arrives mapped, its descriptor closed."""
-    frame = connection.recv_bytes()
-    if not frame.startswith(_SHARED):
+def incoming(frame, fds: socket.socket):
+    """The payload a frame carries; a shared one's memfd is taken from ``fds`` and mapped."""
+    if frame[:1] != _SHARED:
         return frame
     sizes, skeleton = pickle.loads(memoryview(frame)[1:])
     _, (fd,), _, _ = socket.recv_fds(fds, 1, 1)
