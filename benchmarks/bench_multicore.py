@@ -1,71 +1,66 @@
 """MulticorePool against multiprocessing.Pool, side by side in one run, reported as ratios.
 
-    python benchmarks/bench_multicore.py [--quick] [--processes N]
+    python benchmarks/bench_multicore.py [--quick] [--processes N] [--load N]
 
-Rows: tiny tasks through ``map`` and ``imap`` (ratio > 1 means glimpse is faster), CPU-bound
-efficiency (serial time / (workers x wall time); goal >= 0.95), and the peak memory of ``imap``
-over a 1,000,000-item generator, each pool measured in a fresh process (goal: flat).
+Rows: tiny tasks through ``map`` and ``imap`` with the chunk sizes users pass (ratio > 1 means
+glimpse is faster; goal >= 1), CPU-bound efficiency (serial time / (workers x wall time) over
+30 tasks of ~20 ms per worker; goal >= 0.95), and the peak memory of ``imap`` over a
+1,000,000-item generator, each pool measured in a fresh process (goal: flat). ``--load 2``
+runs two busy loops beside, as on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import os
 import subprocess
 import sys
 
-from workloads import best_of, busy, tiny
+from workloads import BusyLoops, busy, interleaved, tiny
 
 from glimpse.pools import MulticorePool
 
 
 def measure_tiny(processes: int, items: int, repeats: int) -> list[tuple[str, float, float]]:
+    """Tiny tasks: the pools' own cost per item and per chunk, with the stdlib's chunk sizes."""
     data = list(range(items))
-    rows = []
+    few = data[: max(1, items // 10)]
+    size = max(1, items // (4 * processes))
+    rows = [
+        (f"tiny map ({items} items)", lambda pool: pool.map(tiny, data)),
+        (f"tiny imap chunksize=64 ({items})", lambda pool: list(pool.imap(tiny, data, 64))),
+        (f"tiny imap chunksize=1 ({len(few)})", lambda pool: list(pool.imap(tiny, few, 1))),
+        (f"tiny imap_unordered chunksize=1 ({len(few)})", lambda pool: list(pool.imap_unordered(tiny, few, 1))),
+        (f"tiny imap, default vs mp {size}", None),
+    ]
+    results = []
     with MulticorePool(processes) as ours, multiprocessing.Pool(processes) as theirs:
         ours.map(tiny, range(100))
         theirs.map(tiny, range(100))
-        rows.append(
-            (
-                "tiny map",
-                best_of(repeats, lambda: theirs.map(tiny, data)),
-                best_of(repeats, lambda: ours.map(tiny, data)),
-            )
-        )
-        rows.append(
-            (
-                "tiny imap (default chunksize)",
-                best_of(repeats, lambda: list(theirs.imap(tiny, data))),
-                best_of(repeats, lambda: list(ours.imap(tiny, data))),
-            )
-        )
-        size = max(1, items // (4 * processes))
-        rows.append(
-            (
-                f"tiny imap (mp chunksize={size})",
-                best_of(repeats, lambda: list(theirs.imap(tiny, data, chunksize=size))),
-                best_of(repeats, lambda: list(ours.imap(tiny, data))),
-            )
-        )
-        rows.append(
-            (
-                "tiny imap_unordered (default)",
-                best_of(repeats, lambda: list(theirs.imap_unordered(tiny, data))),
-                best_of(repeats, lambda: list(ours.imap_unordered(tiny, data))),
-            )
-        )
-    return rows
+        for name, run in rows:
+            if run is None:  # glimpse picks its chunk size; multiprocessing is given the one its map picks
+                theirs_time, ours_time = interleaved(
+                    repeats, lambda: list(theirs.imap(tiny, data, size)), lambda: list(ours.imap(tiny, data))
+                )
+            else:
+                theirs_time, ours_time = interleaved(
+                    repeats, functools.partial(run, theirs), functools.partial(run, ours)
+                )
+            results.append((name, theirs_time, ours_time))
+    return results
 
 
-def measure_efficiency(processes: int, tasks: int, work: int) -> tuple[float, float]:
+def measure_efficiency(processes: int, tasks: int, work: int, repeats: int) -> tuple[float, float]:
+    """Serial time / (processes x wall time) on CPU-bound tasks, best of ``repeats``."""
     data = [work] * tasks
-    serial = best_of(1, lambda: [busy(n) for n in data])
     with MulticorePool(processes) as ours, multiprocessing.Pool(processes) as theirs:
         ours.map(tiny, range(10))
         theirs.map(tiny, range(10))
-        mp_wall = best_of(1, lambda: theirs.map(busy, data))
-        our_wall = best_of(1, lambda: ours.map(busy, data))
+        serial, mp_wall, our_wall = interleaved(
+            repeats, lambda: [busy(n) for n in data], lambda: theirs.map(busy, data), lambda: ours.map(busy, data)
+        )
     return serial / (processes * mp_wall), serial / (processes * our_wall)
 
 
@@ -100,20 +95,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller inputs, one repeat")
     parser.add_argument("--processes", type=int, default=os.cpu_count())
+    parser.add_argument("--load", type=int, default=0, help="busy loops to run beside (a loaded machine)")
     args = parser.parse_args()
-    items, repeats, memory_items = (20_000, 1, 200_000) if args.quick else (200_000, 3, 1_000_000)
+    items, repeats, memory_items = (20_000, 1, 200_000) if args.quick else (200_000, 5, 1_000_000)
+    work = 100_000 if args.quick else 300_000  # ~7 ms and ~20 ms of CPU per task here
 
-    print(f"MulticorePool vs multiprocessing.Pool, {args.processes} processes, Python {sys.version.split()[0]}")
-    print(f"{'measure':<36} {'multiprocessing':>16} {'glimpse':>10} {'ratio':>8}")
-    for name, theirs, ours in measure_tiny(args.processes, items, repeats):
-        print(f"{name + f' ({items} items)':<36} {theirs:>15.3f}s {ours:>9.3f}s {theirs / ours:>7.2f}x")
-    mp_eff, our_eff = measure_efficiency(args.processes, 8 * args.processes, 2_000_000 if not args.quick else 500_000)
-    print(f"{'CPU-bound efficiency':<36} {mp_eff:>16.2f} {our_eff:>10.2f} {our_eff / mp_eff:>7.2f}x")
-    for slow in (False, True):
-        name = f"imap peak RSS MB, {'slow' if slow else 'fast'} consumer ({memory_items} items)"
-        mp_mem = peak_memory_mb("multiprocessing", memory_items, args.processes, slow)
-        our_mem = peak_memory_mb("glimpse", memory_items, args.processes, slow)
-        print(f"{name:<36} {mp_mem:>16.0f} {our_mem:>10.0f} {mp_mem / our_mem:>7.2f}x")
+    print(
+        f"MulticorePool vs multiprocessing.Pool, {args.processes} processes, Python {sys.version.split()[0]}, "
+        f"{args.load} busy loops beside, best of {repeats} interleaved"
+    )
+    print(f"{'measure':<44} {'multiprocessing':>16} {'glimpse':>10} {'ratio':>8}")
+    with BusyLoops(args.load):
+        for name, theirs, ours in measure_tiny(args.processes, items, repeats):
+            print(f"{name:<44} {theirs:>15.3f}s {ours:>9.3f}s {theirs / ours:>7.2f}x")
+        mp_eff, our_eff = measure_efficiency(args.processes, 30 * args.processes, work, min(repeats, 3))
+        print(f"{'CPU-bound efficiency':<44} {mp_eff:>16.2f} {our_eff:>10.2f} {our_eff / mp_eff:>7.2f}x")
+        for slow in (False, True):
+            name = f"imap peak RSS MB, {'slow' if slow else 'fast'} consumer ({memory_items})"
+            mp_mem = peak_memory_mb("multiprocessing", memory_items, args.processes, slow)
+            our_mem = peak_memory_mb("glimpse", memory_items, args.processes, slow)
+            print(f"{name:<44} {mp_mem:>16.0f} {our_mem:>10.0f} {mp_mem / our_mem:>7.2f}x")
     print("(ratio = multiprocessing / glimpse for times and memory, glimpse / multiprocessing for efficiency)")
 
 

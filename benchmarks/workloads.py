@@ -77,3 +77,40 @@ def efficiencies(pools: list, workers: int, work: int, rounds: int) -> list[floa
             wall = best_of(1, pool.map, busy, data, 1)
             best[index] = max(best[index], serial / (workers * wall))
     return best
+
+
+def interleaved(repeats: int, *runs) -> list[float]:
+    """The shortest wall time of each of ``runs``, timed in turn ``repeats`` times, so that other
+    load on the machine hits every column alike."""
+    best = [float("inf")] * len(runs)
+    for _ in range(repeats):
+        for index, run in enumerate(runs):
+            best[index] = min(best[index], best_of(1, run))
+    return best
+
+
+class BusyLoops:
+    """``count`` processes spinning on the CPU (``--load``), each in its own session, ended by group.
+
+    Measures a pool on a machine that is busy with other work, as a shared node often is.
+    """
+
+    def __init__(self, count: int):
+        self.count = count
+        self.processes: list = []
+
+    def __enter__(self):
+        import subprocess
+
+        for _ in range(self.count):
+            command = [sys.executable, "-c", "while True: pass"]
+            self.processes.append(subprocess.Popen(command, start_new_session=True))
+        return self
+
+    def __exit__(self, *exc_info):
+        import os
+        import signal
+
+        for process in self.processes:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

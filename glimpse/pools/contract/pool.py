@@ -28,7 +28,10 @@ class Pool:
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None, progress: bool = False) -> list:
         """Return ``[func(x) for x in iterable]``, computed by the workers, in input order."""
-        return list(self._iterate(func, iterable, chunksize, progress, ordered=True, whole=True))
+        results: list = []
+        for values in self._iterate(func, iterable, chunksize, progress, ordered=True, whole=True):
+            results.extend(values)
+        return results
 
     def imap(
         self, func: Callable, iterable: Iterable, chunksize: int | None = None, progress: bool = False
@@ -112,8 +115,8 @@ class Pool:
 class _CallResults(itertools.chain):
     """The iterator of one call; it keeps the results if :meth:`Pool.join` runs the call to its end.
 
-    A ``chain`` over the call's generator, then what join() kept: iterating runs in C, so the
-    wrapper costs nothing per item.
+    A ``chain`` over the lists of results the call's generator yields, then what join() kept:
+    iterating runs in C, so the call costs nothing per item.
     """
 
     @classmethod
@@ -133,7 +136,8 @@ class _CallResults(itertools.chain):
         if not self.running:
             return
         try:
-            self._kept.values.extend(self._results)
+            for values in self._results:
+                self._kept.values.extend(values)
         except Exception as exc:
             self._kept.error = exc
 
@@ -151,7 +155,7 @@ class _Kept:
 
 
 def _then_kept(results: Generator, kept: _Kept) -> Iterator:
-    yield results
+    yield from results
     yield kept.values
     if kept.error is not None:
         error, kept.error = kept.error, None

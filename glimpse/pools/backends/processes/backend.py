@@ -24,9 +24,9 @@ from glimpse.pools.contract.backend import Backend, Call, Chunk, TrackedChunk
 
 _EXIT_GRACE_SECONDS = 5.0
 #: The most chunks a worker holds: the one it runs and those it runs next without waiting for us.
-_DEPTH = 8
+_DEPTH = 32
 #: How much work (in seconds) a worker holds beyond the chunk it runs, when chunks are short.
-_QUEUED_SECONDS = 0.002
+_QUEUED_SECONDS = 0.01
 #: A chunk running this long holds back the chunks behind it, which idle workers may take.
 _STUCK_SECONDS = 0.01
 #: What a chunk's message adds to its payload and function on the wire, at most.
