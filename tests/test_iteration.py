@@ -168,11 +168,43 @@ def test_input_is_read_at_most_one_window_ahead():
     results.close()
 
 
-def test_map_cuts_about_four_chunks_per_worker_like_multiprocessing_after_one_probe_item():
-    backend = ScriptedBackend(workers=2, reverse=False)
-    Pool(backend).map(abs, range(100))
-    sizes = [size for _, size in backend.submitted]
-    assert sizes[0] == 1 and set(sizes[1:-1]) == {13} and sum(sizes) == 100, sizes
+class _FinishedAtSubmit(ScriptedBackend):
+    """Records, for each chunk, how many chunks had finished when it was sent."""
+
+    def submit(self, call, chunk):
+        self.submitted.append((chunk.count, self.finished))
+        return _Submitted(call, chunk)
+
+
+def test_one_single_item_chunk_per_worker_until_one_finishes_then_chunks_of_the_target_time():
+    backend = _FinishedAtSubmit(workers=2, reverse=False)
+    assert Pool(backend).map(abs, range(-1000, 0)) == list(range(1000, 0, -1))
+    sizes = [size for size, _ in backend.submitted]
+    assert backend.submitted[:2] == [(1, 0), (1, 0)] and backend.submitted[2][1] >= 1, backend.submitted
+    assert max(sizes) > 100 and sum(sizes) == 1000, sizes
+
+
+def _negate(x):
+    return -x
+
+
+def test_a_function_called_again_starts_with_chunks_of_the_size_it_learned():
+    backend = _FinishedAtSubmit(workers=2, reverse=False)
+    pool = Pool(backend)
+    pool.map(_negate, range(1000))
+    backend.submitted.clear()
+    assert pool.map(_negate, range(1000)) == [-x for x in range(1000)]
+    assert backend.submitted[0][0] > 1, backend.submitted
+
+
+def test_chunks_grow_with_the_engines_cost_per_chunk_and_the_number_of_workers():
+    from glimpse.pools.contract.sizing import AdaptiveSize
+
+    few, many = AdaptiveSize(0.05, 2e-3, workers=2), AdaptiveSize(0.05, 2e-3, workers=256)
+    for sizes in (few, many):
+        sizes.observe(10, 0.5)  # 50 ms per item
+    assert (few.next_size(None), many.next_size(None)) == (1, 102)
+    assert many.next_size(remaining=1024) == 25  # near the end: a quarter of the ideal, not one item
 
 
 def test_every_call_is_opened_and_closed_once_even_when_it_fails():

@@ -124,8 +124,12 @@ class Backend(ABC):
     serializes: bool = True
     #: How many times a chunk is sent before its loss is an error (engine retries are extra).
     max_attempts: int = 3
-    #: The compute time adaptive chunking aims for per chunk: well above the engine's per-task cost.
+    #: The compute time adaptive chunking aims for per chunk, at least.
     chunk_seconds: float = 0.05
+    #: What one chunk costs beyond its compute (submitting, scheduling, returning the outcome),
+    #: paid one chunk after another by the engine's scheduler and the caller. Chunks are made
+    #: long enough that this stays a small share of the time every worker has (see ``sizing``).
+    task_seconds: float = 0.001
 
     def encode(self, items: list):
         """Pickle a chunk's items for the workers: bytes, or a payload object with ``__len__`` (its

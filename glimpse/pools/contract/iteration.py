@@ -9,14 +9,15 @@ consumer stops.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 
 import cloudpickle
 
 from glimpse.pools.contract.backend import Backend, Call, Chunk, ChunkLost, ClusterLost
 from glimpse.pools.contract.reader import ChunkReader
-from glimpse.pools.contract.sizing import AdaptiveSize, FixedSize, multiprocessing_chunksize, window_bytes
+from glimpse.pools.contract.sizing import AdaptiveSize, FixedSize, window_bytes
 from glimpse.pools.contract.watch import CallWatch
 from glimpse.pools.contract.worker_runner import ChunkOutcome, Failure
 from glimpse.pools.errors import ClusterLostError, RemoteTraceback, SerializationError, WorkerLostError
@@ -35,19 +36,20 @@ def iterate(
     chunksize: int | None,
     progress: bool,
     length: int | None,
-    whole: bool = False,
+    item_seconds: MutableMapping | None = None,
     on_end: Callable[[], None] = lambda: None,
 ) -> Iterator:
     """Yield the results of ``func`` on every item, as the module docstring describes, as one
     list per chunk (a consumer flattens them in C: a generator step per item costs more than
     the rest of a small item's trip).
 
-    ``length`` is the input's length if it has one; ``whole`` says the caller wants every
-    result at once (``map``), so chunks of a known-length input are cut as ``multiprocessing``
-    does instead of adaptively. ``on_end`` is called once the call has ended, however it ended.
+    ``length`` is the input's length if it has one (chunks then shrink towards the end, so the
+    workers finish together). ``item_seconds`` remembers what an item of ``func`` cost in
+    earlier calls, so a call of a known function sizes its first chunks without waiting to learn.
+    ``on_end`` is called once the call has ended, however it ended.
     """
     workers = backend.workers()
-    sizes = _chunk_sizes(backend, workers, chunksize, length, whole)
+    sizes = _chunk_sizes(backend, workers, chunksize, _remembered(item_seconds, func))
     window = _Window(backend.window(), window_bytes())
     reader = ChunkReader(iterable, sizes, backend.encode if backend.serializes else None, length)
     call = _open_call(backend, func)
@@ -59,7 +61,12 @@ def iterate(
         while True:
             if watch.resize_due():
                 _follow_cluster_size(backend, window, sizes)
-            while input_error is None and not reader.exhausted and window.has_room():
+            while (
+                input_error is None
+                and not reader.exhausted
+                and window.has_room()
+                and not sizes.learning(len(window.pending))
+            ):
                 try:
                     chunk = reader.read()
                 except Exception as exc:
@@ -106,6 +113,7 @@ def iterate(
         except Exception as exc:  # the cluster may be gone; never hide why the call ended
             log.warning("could not cancel the rest of the call on the cluster: %s: %s", type(exc).__name__, exc)
         bar.close()
+        _remember(item_seconds, func, sizes)
         on_end()
 
 
@@ -156,12 +164,25 @@ def _follow_cluster_size(backend: Backend, window: _Window, sizes) -> None:
         sizes.workers = backend.workers()
 
 
-def _chunk_sizes(backend: Backend, workers: int, chunksize: int | None, length: int | None, whole: bool):
+def _chunk_sizes(backend: Backend, workers: int, chunksize: int | None, seconds_per_item: float | None):
     if chunksize:
         return FixedSize(chunksize)
-    if whole and length is not None:
-        return FixedSize(multiprocessing_chunksize(length, workers) if length else 1, byte_capped=True)
-    return AdaptiveSize(backend.chunk_seconds, workers)
+    sizes = AdaptiveSize(backend.chunk_seconds, backend.task_seconds, workers)
+    sizes.seconds_per_item = seconds_per_item
+    return sizes
+
+
+def _remembered(item_seconds: MutableMapping | None, func) -> float | None:
+    try:
+        return item_seconds.get(func) if item_seconds is not None else None
+    except TypeError:  # a function that cannot be weakly referenced is not remembered
+        return None
+
+
+def _remember(item_seconds: MutableMapping | None, func, sizes) -> None:
+    if item_seconds is not None and getattr(sizes, "seconds_per_item", None) is not None:
+        with contextlib.suppress(TypeError):
+            item_seconds[func] = sizes.seconds_per_item
 
 
 def _open_call(backend: Backend, func) -> Call:

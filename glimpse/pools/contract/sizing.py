@@ -1,10 +1,14 @@
 """How many items the next chunk takes, and how many bytes a call may hold in flight.
 
-The adaptive size follows joblib's auto-batching: start with one item so the first result
-comes early, then size chunks so each takes about ``Backend.chunk_seconds`` of work (the
-worker's compute plus the caller's pickling). Every size the pool picks by itself also keeps a
-chunk under :data:`CHUNK_BYTES` pickled (one item at least), so large items travel one or a few
-at a time; a ``chunksize`` the user gives is used as it is.
+The adaptive size follows joblib's auto-batching: start with one item per worker so the first
+results come early, then size chunks so each takes about a target time of work (the worker's
+compute plus the caller's pickling). The target knows the engine: at least
+``Backend.chunk_seconds``, and long enough that the engine's own cost per chunk
+(``Backend.task_seconds``, paid one chunk after another by its scheduler and by the caller)
+stays a tenth of the time every worker has, so a cluster of hundreds of workers gets chunks
+its scheduler can keep up with. Every size the pool picks by itself also keeps a chunk under
+:data:`CHUNK_BYTES` pickled (one item at least), so large items travel one or a few at a time;
+a ``chunksize`` the user gives is used as it is.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ DEFAULT_WINDOW_MB = 256
 WINDOW_VARIABLE = "GLIMPSE_WINDOW_MB"
 _MAX_CHUNK = 10_000
 _SMOOTHING = 0.3
+#: The share of the time the engine's cost per chunk may take, one chunk after another.
+_OVERHEAD_SHARE = 0.1
 
 
 def window_bytes() -> int:
@@ -60,6 +66,10 @@ class _Sizes:
     def observe(self, count: int, seconds: float) -> None:
         """A worker computed ``count`` items in ``seconds``."""
 
+    def learning(self, in_flight: int) -> bool:
+        """Whether to send no more chunks until one finishes (to learn what an item costs)."""
+        return False
+
     def _capped(self, size: int) -> int:
         if self._byte_capped and self.bytes_per_item:
             size = min(size, int(CHUNK_BYTES / self.bytes_per_item))
@@ -67,31 +77,38 @@ class _Sizes:
 
 
 class FixedSize(_Sizes):
-    """Every chunk has ``size`` items (fewer if ``byte_capped`` and they are large)."""
+    """Every chunk has ``size`` items: the ``chunksize`` the user gave."""
 
-    def __init__(self, size: int, byte_capped: bool = False):
-        super().__init__(byte_capped)
+    def __init__(self, size: int):
+        super().__init__(byte_capped=False)
         self.size = size
 
     def next_size(self, remaining: int | None) -> int:
-        if self._byte_capped and self.bytes_per_item is None:
-            return 1  # learn how large an item is before cutting a chunk of many
-        return self._capped(self.size)
+        return self.size
 
 
 class AdaptiveSize(_Sizes):
-    """Chunks grow until one takes about ``target`` seconds, and shrink if items get slower.
+    """Chunks grow until one takes about the target time, and shrink if items get slower.
 
-    When the input length is known, a chunk takes no more than a quarter of one worker's share
-    of the remaining items (but at least a quarter of the ideal size), so the work stays
-    balanced to the end without a tail of tiny chunks.
+    The first chunks have one item each, one per worker, and no more are sent until one of
+    them finishes. When the input length is known, a chunk takes no more than a quarter of one
+    worker's share of the remaining items (but at least a quarter of the ideal size), so the
+    work stays balanced to the end without a tail of tiny chunks.
     """
 
-    def __init__(self, target: float, workers: int):
+    def __init__(self, chunk_seconds: float, task_seconds: float, workers: int):
         super().__init__(byte_capped=True)
-        self.target = target
+        self.chunk_seconds, self.task_seconds = chunk_seconds, task_seconds
         self.workers = workers
         self.seconds_per_item: float | None = None
+
+    @property
+    def target(self) -> float:
+        """The seconds of work a chunk aims for with this many workers."""
+        return max(self.chunk_seconds, self.workers * self.task_seconds / _OVERHEAD_SHARE)
+
+    def learning(self, in_flight: int) -> bool:
+        return self.seconds_per_item is None and in_flight >= self.workers
 
     def next_size(self, remaining: int | None) -> int:
         if self.seconds_per_item is None:
@@ -111,9 +128,3 @@ class AdaptiveSize(_Sizes):
             self.seconds_per_item = sample
         else:
             self.seconds_per_item += _SMOOTHING * (sample - self.seconds_per_item)
-
-
-def multiprocessing_chunksize(length: int, workers: int) -> int:
-    """``multiprocessing.Pool.map``'s choice: about four chunks per worker."""
-    size, extra = divmod(length, workers * 4)
-    return max(1, size + bool(extra))

@@ -51,6 +51,7 @@ class IPythonBackend(Backend):
     """
 
     chunk_seconds = 0.1
+    task_seconds = 5e-3  # the hub and the scheduler, each a Python process
 
     def __init__(self, client, owns_client: bool = True, cluster=None):
         self._client = client

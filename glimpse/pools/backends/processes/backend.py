@@ -59,6 +59,7 @@ class ProcessBackend(Backend):
     """
 
     chunk_seconds = 0.02
+    task_seconds = 2e-5  # a pipe write and read, batched
 
     def __init__(self, processes: int | None = None, initializer=None, initargs=(), maxtasksperchild=None):
         # The same checks, errors and messages as multiprocessing.Pool, at construction.
@@ -80,7 +81,7 @@ class ProcessBackend(Backend):
         self._queue: deque[ProcessChunk] = deque()
         self._tokens = itertools.count(1)
         self._depth = 2  # chunks per worker, grown up to _DEPTH while chunks are short
-        self._chunk_seconds = 1.0
+        self._seconds_per_chunk = 1.0
         # The result pipes of the workers holding a chunk, kept registered: one poll() per wait.
         self._busy = select.poll()
         self._busy_by_fd: dict[int, _Worker] = {}
@@ -256,8 +257,8 @@ class ProcessBackend(Backend):
         now = time.monotonic()
         sample = (now - worker.head_since) / chunks
         worker.head_since = now
-        self._chunk_seconds += 0.2 * (sample - self._chunk_seconds)
-        self._depth = max(2, min(_DEPTH, 1 + math.ceil(_QUEUED_SECONDS / max(self._chunk_seconds, 1e-6))))
+        self._seconds_per_chunk += 0.2 * (sample - self._seconds_per_chunk)
+        self._depth = max(2, min(_DEPTH, 1 + math.ceil(_QUEUED_SECONDS / max(self._seconds_per_chunk, 1e-6))))
 
     def _take_back_stuck_chunks(self, now: float) -> float:
         """While a worker is idle and nothing is queued, ask a worker whose chunk has run longer
