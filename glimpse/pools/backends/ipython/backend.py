@@ -1,7 +1,8 @@
 """The backend of IPython parallel pools: chunks are tasks of an ipyparallel load-balanced view.
 
-The pickled function is pushed once per call to every engine under a per-call name (and to an
-engine that joins later), and each chunk refers to it with ``ipyparallel.Reference``. An engine
+The pickled function is pushed to every engine (and to an engine that joins later) under a name
+made from its content, and each chunk refers to it with ``ipyparallel.Reference``; the last few
+functions stay there, so calling one again sends it nowhere. An engine
 that died while running a chunk (``EngineError``) loses that chunk; a cancelled chunk is aborted
 if queued, and the engine running it gets SIGUSR2 (through the engine's nanny), which ends it.
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import hashlib
 import logging
 import re
 import signal
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import ipyparallel
@@ -32,6 +35,8 @@ INTERRUPT_SIGNAL = "SIGUSR2"
 #: How long cancel() waits to learn which engines run the chunks it interrupts.
 LOCATE_SECONDS = 2.0
 _MAX_RESENDS = 5
+#: Functions kept on the engines after their call, for the next call of the same function.
+_KEPT_FUNCTIONS = 4
 
 
 @dataclass
@@ -59,7 +64,9 @@ class IPythonBackend(Backend):
         self._owns_client = owns_client
         self.cluster = cluster
         self._heal = cluster.replace_lost_engines if cluster is not None else None
-        self._shared: dict[str, _Shared] = {}
+        # Functions pushed to the engines, by content, kept for the next calls of the same function.
+        self._kept: OrderedDict[str, _Shared] = OrderedDict()
+        self._shared: dict[str, _Shared] = {}  # by call id, while the call runs
         self._cancelled: set = set()
         self._engine_ids: dict[str, int] = {}
 
@@ -79,16 +86,18 @@ class IPythonBackend(Backend):
         )
 
     def open_call(self, call: Call) -> None:
-        shared = self._shared[call.id] = _Shared(f"_glimpse_function_{call.id}", call.blob)
+        digest = hashlib.blake2b(call.blob, digest_size=16).hexdigest()
+        shared = self._kept.get(digest)
+        if shared is None:
+            shared = self._kept[digest] = _Shared(f"_glimpse_function_{digest}", call.blob)
+        self._kept.move_to_end(digest)
+        self._shared[call.id] = shared
         self._remember_engines()
         self._push(shared, set(self._client.ids))
+        self._drop_old_functions()
 
     def close_call(self, call: Call) -> None:
-        shared = self._shared.pop(call.id, None)
-        engines = sorted(shared.engines & set(self._client.ids)) if shared else []
-        view = self._view_of(engines)
-        if view is not None:
-            view.execute(f"globals().pop({shared.name!r}, None)", block=False)
+        self._shared.pop(call.id, None)
 
     def submit(self, call: Call, chunk: Chunk) -> _Task:
         shared = self._shared[call.id]
@@ -142,6 +151,10 @@ class IPythonBackend(Backend):
             time.sleep(0.05)
 
     def close(self) -> None:
+        if not self._owns_client:  # the engines go on serving others: leave nothing of ours there
+            for shared in self._kept.values():
+                self._drop(shared)
+        self._kept.clear()
         if self._owns_client:
             self._client.close()
         if self.cluster is not None:
@@ -180,6 +193,19 @@ class IPythonBackend(Backend):
             with self._view.temp_flags(targets=[engine]):
                 self._view.apply_async(_store, shared.name, shared.blob)
             shared.engines.add(engine)
+
+    def _drop_old_functions(self) -> None:
+        """Keep the newest ``_KEPT_FUNCTIONS`` functions no call uses, and those calls use."""
+        in_use = {id(shared) for shared in self._shared.values()}
+        idle = [digest for digest, kept in self._kept.items() if id(kept) not in in_use]
+        for digest in idle[: max(0, len(idle) - _KEPT_FUNCTIONS)]:
+            self._drop(self._kept.pop(digest))
+
+    def _drop(self, shared: _Shared) -> None:
+        """Remove a pushed function from the engines that have it."""
+        view = self._view_of(shared.engines)
+        if view is not None:
+            view.execute(f"globals().pop({shared.name!r}, None)", block=False)
 
     def _interrupt_cancelled(self) -> bool:
         """Signal the engines now running cancelled chunks; whether some are not located yet.

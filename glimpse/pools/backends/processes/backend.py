@@ -92,7 +92,9 @@ class ProcessBackend(Backend):
         return self._size
 
     def window(self) -> int:
-        return (_DEPTH + 1) * self._size + 2
+        # As many chunks as the workers hold now, and as many again waiting here: short chunks
+        # (a deep hold) keep many in flight, long or large ones few (read once per call).
+        return (self._depth + 1) * self._size + 2
 
     def encode(self, items: list):
         return shared_memory.dumps(items)
