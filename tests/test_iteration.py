@@ -204,7 +204,8 @@ def test_chunks_grow_with_the_engines_cost_per_chunk_and_the_number_of_workers()
 
     few, many = AdaptiveSize(0.05, 2e-3, workers=2), AdaptiveSize(0.05, 2e-3, workers=256)
     for sizes in (few, many):
-        sizes.observe(10, 0.5)  # 50 ms per item
+        sizes.observe_payload(10, 300, 0.0)  # small items
+        sizes.observe(10, 0.5)  # of 50 ms each
     assert (few.next_size(None), many.next_size(None)) == (1, 102)
     assert many.next_size(remaining=1024) == 25  # near the end: a quarter of the ideal, not one item
 
