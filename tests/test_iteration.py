@@ -184,21 +184,6 @@ def test_one_single_item_chunk_per_worker_until_one_finishes_then_chunks_of_the_
     assert max(sizes) > 100 and sum(sizes) == 1000, sizes
 
 
-def _negate(x):
-    return -x
-
-
-def test_a_function_called_again_does_not_wait_to_learn_what_its_items_cost():
-    backend = _FinishedAtSubmit(workers=2, reverse=False)
-    pool = Pool(backend)
-    pool.map(_negate, range(1000))
-    backend.submitted.clear()
-    assert pool.map(_negate, range(1000)) == [-x for x in range(1000)]
-    # One item to learn how large items are, then chunks of the learned size without waiting for a result.
-    (first, finished_before), (second, finished_between) = backend.submitted[:2]
-    assert (first, finished_between) == (1, finished_before) and second > 1, backend.submitted[:3]
-
-
 def test_chunks_grow_with_the_engines_cost_per_chunk_and_the_number_of_workers():
     from glimpse.pools.contract.sizing import AdaptiveSize
 

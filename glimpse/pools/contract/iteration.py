@@ -9,9 +9,8 @@ consumer stops.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator
 
 import cloudpickle
 
@@ -36,7 +35,6 @@ def iterate(
     chunksize: int | None,
     progress: bool,
     length: int | None,
-    item_seconds: MutableMapping | None = None,
     on_end: Callable[[], None] = lambda: None,
 ) -> Iterator:
     """Yield the results of ``func`` on every item, as the module docstring describes, as one
@@ -44,12 +42,10 @@ def iterate(
     the rest of a small item's trip).
 
     ``length`` is the input's length if it has one (chunks then shrink towards the end, so the
-    workers finish together). ``item_seconds`` remembers what an item of ``func`` cost in
-    earlier calls, so a call of a known function sizes its first chunks without waiting to learn.
-    ``on_end`` is called once the call has ended, however it ended.
+    workers finish together). ``on_end`` is called once the call has ended, however it ended.
     """
     workers = backend.workers()
-    sizes = _chunk_sizes(backend, workers, chunksize, _remembered(item_seconds, func))
+    sizes = _chunk_sizes(backend, workers, chunksize)
     window = _Window(backend.window(), window_bytes())
     reader = ChunkReader(iterable, sizes, backend.encode if backend.serializes else None, length)
     call = _open_call(backend, func)
@@ -113,7 +109,6 @@ def iterate(
         except Exception as exc:  # the cluster may be gone; never hide why the call ended
             log.warning("could not cancel the rest of the call on the cluster: %s: %s", type(exc).__name__, exc)
         bar.close()
-        _remember(item_seconds, func, sizes)
         on_end()
 
 
@@ -164,25 +159,10 @@ def _follow_cluster_size(backend: Backend, window: _Window, sizes) -> None:
         sizes.workers = backend.workers()
 
 
-def _chunk_sizes(backend: Backend, workers: int, chunksize: int | None, seconds_per_item: float | None):
+def _chunk_sizes(backend: Backend, workers: int, chunksize: int | None):
     if chunksize:
         return FixedSize(chunksize)
-    sizes = AdaptiveSize(backend.chunk_seconds, backend.task_seconds, workers)
-    sizes.seconds_per_item = seconds_per_item
-    return sizes
-
-
-def _remembered(item_seconds: MutableMapping | None, func) -> float | None:
-    try:
-        return item_seconds.get(func) if item_seconds is not None else None
-    except TypeError:  # a function that cannot be weakly referenced is not remembered
-        return None
-
-
-def _remember(item_seconds: MutableMapping | None, func, sizes) -> None:
-    if item_seconds is not None and getattr(sizes, "seconds_per_item", None) is not None:
-        with contextlib.suppress(TypeError):
-            item_seconds[func] = sizes.seconds_per_item
+    return AdaptiveSize(backend.chunk_seconds, backend.task_seconds, workers)
 
 
 def _open_call(backend: Backend, func) -> Call:

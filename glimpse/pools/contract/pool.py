@@ -25,8 +25,6 @@ class Pool:
         self._state = "running"
         self._calls: weakref.WeakSet[_CallResults] = weakref.WeakSet()
         self._backend_closed = False
-        # What an item of each function recently cost, so the next call of it sizes chunks at once.
-        self._item_seconds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None, progress: bool = False) -> list:
         """Return ``[func(x) for x in iterable]``, computed by the workers, in input order."""
@@ -99,7 +97,6 @@ class Pool:
             chunksize=chunksize,
             progress=progress,
             length=length,
-            item_seconds=self._item_seconds,
             on_end=self._close_backend_when_idle,
         )
         if whole:

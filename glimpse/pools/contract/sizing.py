@@ -112,7 +112,7 @@ class AdaptiveSize(_Sizes):
 
     def next_size(self, remaining: int | None) -> int:
         if self.seconds_per_item is None or self.bytes_per_item is None:
-            return 1  # learn what an item costs, or (known from an earlier call) how large it is
+            return 1  # learn what an item costs and how large it is
         ideal = int(self.target / max(self.seconds_per_item + self.pickle_seconds_per_item, 1e-9))
         size = ideal
         if remaining is not None:
