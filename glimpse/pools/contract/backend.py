@@ -130,6 +130,8 @@ class Backend(ABC):
     #: paid one chunk after another by the engine's scheduler and the caller. Chunks are made
     #: long enough that this stays a small share of the time every worker has (see ``sizing``).
     task_seconds: float = 0.001
+    #: The most items a chunk the pool sizes itself takes, however fast they are.
+    max_chunk_items: int = 10_000
 
     def encode(self, items: list):
         """Pickle a chunk's items for the workers: bytes, or a payload object with ``__len__`` (its

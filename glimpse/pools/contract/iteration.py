@@ -162,7 +162,7 @@ def _follow_cluster_size(backend: Backend, window: _Window, sizes) -> None:
 def _chunk_sizes(backend: Backend, workers: int, chunksize: int | None):
     if chunksize:
         return FixedSize(chunksize)
-    return AdaptiveSize(backend.chunk_seconds, backend.task_seconds, workers)
+    return AdaptiveSize(backend.chunk_seconds, backend.task_seconds, workers, backend.max_chunk_items)
 
 
 def _open_call(backend: Backend, func) -> Call:

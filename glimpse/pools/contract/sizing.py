@@ -21,7 +21,6 @@ CHUNK_BYTES = 4 * 2**20
 #: The default byte budget of one call's window (see :func:`window_bytes`).
 DEFAULT_WINDOW_MB = 256
 WINDOW_VARIABLE = "GLIMPSE_WINDOW_MB"
-_MAX_CHUNK = 10_000
 _SMOOTHING = 0.3
 #: The share of the time the engine's cost per chunk may take, one chunk after another.
 _OVERHEAD_SHARE = 0.1
@@ -96,9 +95,9 @@ class AdaptiveSize(_Sizes):
     work stays balanced to the end without a tail of tiny chunks.
     """
 
-    def __init__(self, chunk_seconds: float, task_seconds: float, workers: int):
+    def __init__(self, chunk_seconds: float, task_seconds: float, workers: int, max_items: int = 10_000):
         super().__init__(byte_capped=True)
-        self.chunk_seconds, self.task_seconds = chunk_seconds, task_seconds
+        self.chunk_seconds, self.task_seconds, self.max_items = chunk_seconds, task_seconds, max_items
         self.workers = workers
         self.seconds_per_item: float | None = None
 
@@ -118,7 +117,7 @@ class AdaptiveSize(_Sizes):
         if remaining is not None:
             # Near the end, shrink for balance, but never below a quarter of the ideal chunk.
             size = min(ideal, max(math.ceil(remaining / (4 * self.workers)), ideal // 4))
-        return self._capped(min(size, _MAX_CHUNK))
+        return self._capped(min(size, self.max_items))
 
     def observe(self, count: int, seconds: float) -> None:
         if count <= 0:

@@ -73,6 +73,7 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
 
     chunk_seconds = 0.05
     task_seconds = 2e-4  # two hops through gearmand, both signed
+    max_chunk_items = 50_000  # four hops per chunk: tiny items need larger chunks to keep up
 
     def __init__(
         self, servers: list[tuple[str, int]], key: ClusterKey, source: str = "the address argument", cluster=None

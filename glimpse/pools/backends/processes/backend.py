@@ -27,7 +27,8 @@ _EXIT_GRACE_SECONDS = 5.0
 _DEPTH = 32
 #: How much work (in seconds) a worker holds beyond the chunk it runs, when chunks are short.
 _QUEUED_SECONDS = 0.01
-#: A chunk running this long holds back the chunks behind it, which idle workers may take.
+#: A chunk running this long holds back the chunks behind it, which idle workers may take; and
+#: no chunk is sent to wait behind one that runs three times as long as chunks do (or this long).
 _STUCK_SECONDS = 0.01
 #: What a chunk's message adds to its payload and function on the wire, at most.
 _MESSAGE_BYTES = 512
@@ -190,13 +191,14 @@ class ProcessBackend(Backend):
         the worker waits for us to read its outcomes would hang both.
         """
         best = None
+        stuck_after = max(_STUCK_SECONDS, min(3 * self._seconds_per_chunk, 1.0))
         for worker in self._workers:
             if not worker.jobs:
                 return worker
             if (
                 len(worker.jobs) < self._depth
                 and (best is None or len(worker.jobs) < len(best.jobs))
-                and now - worker.head_since < _STUCK_SECONDS
+                and now - worker.head_since < stuck_after
                 and worker.unanswered_bytes + _wire_bytes(job, worker) <= worker.pipe_bytes
                 and worker.may_take_more(self._chunks_per_worker)
             ):

@@ -52,6 +52,7 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
 
     chunk_seconds = 0.05
     task_seconds = 2e-4  # two hops through the broker, both signed
+    max_chunk_items = 50_000  # four hops per chunk: tiny items need larger chunks to keep up
 
     def __init__(self, address: str, key: ClusterKey, source: str = "the address argument", cluster=None):
         self.address = p.normalize_address(address)
