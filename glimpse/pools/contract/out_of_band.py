@@ -20,23 +20,17 @@ OUT_OF_BAND_BYTES = 256 * 1024
 
 def pickle_out_of_band(obj) -> tuple[bytes, list[memoryview]]:
     """``obj`` pickled without its large buffers, and those buffers (raw, in order)."""
-    buffers: list[memoryview] = []
-
-    def keep_large(buffer: pickle.PickleBuffer) -> bool:
-        raw = buffer.raw()
-        if raw.nbytes < OUT_OF_BAND_BYTES:
-            return True  # pickled in band
-        buffers.append(raw)
-        return False
-
-    skeleton = pickling.dumps(obj, buffer_callback=keep_large)
+    skeleton, buffers = pickling.dumps_out_of_band(obj, _small)
     if len(skeleton) >= OUT_OF_BAND_BYTES:
         # Only a large pickle can hold a large bytes item: look for one only then, not on every chunk.
         marked = _with_large_bytes_marked(obj)
         if marked is not obj:
-            buffers.clear()
-            skeleton = pickling.dumps(marked, buffer_callback=keep_large)
+            skeleton, buffers = pickling.dumps_out_of_band(marked, _small)
     return skeleton, buffers
+
+
+def _small(raw: memoryview) -> bool:
+    return raw.nbytes < OUT_OF_BAND_BYTES  # pickled in band
 
 
 class Unpickled:

@@ -1,40 +1,51 @@
-"""Pickling for the wire: cloudpickle's reach, at the standard pickle's speed for plain data.
+"""Pickling for the wire: cloudpickle's reach, at the standard pickle's speed when it is enough.
 
-cloudpickle pickles what the standard pickle cannot (lambdas, closures, classes defined in
-``__main__``) but costs a few microseconds more per call, which is most of the cost of a chunk
-of a few small items. A short list of numbers and strings (or of tuples of them) pickles the
-same either way, so it takes the fast path; anything else goes through cloudpickle, whose
-extra cost does not grow with the number of plain items.
+cloudpickle pickles what the standard pickle cannot (lambdas, closures, classes and functions
+of ``__main__``) but costs a few microseconds more per call, which is much of the cost of a
+chunk of small items. So the standard pickle goes first; its result is used unless it failed
+or names ``__main__`` or a module registered with ``cloudpickle.register_pickle_by_value``
+(things a worker cannot import, which cloudpickle sends by value). Either way the worker
+unpickles the same objects.
 """
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 
 import cloudpickle
 
-#: Longer lists are not worth looking through: cloudpickle's fixed cost is small beside them.
-_SHORT = 16
-_ATOMIC = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
-
-def dumps(obj, buffer_callback=None) -> bytes:
+def dumps(obj) -> bytes:
     """``obj`` pickled with protocol 5, as ``cloudpickle.dumps`` would pickle it."""
-    fast = plain(obj) if type(obj) is list else getattr(obj, "holds_plain_data", _no)()
-    pickler = pickle.dumps if fast else cloudpickle.dumps
-    return pickler(obj, protocol=5, buffer_callback=buffer_callback)
+    return dumps_out_of_band(obj, lambda raw: True)[0]
 
 
-def plain(values: list) -> bool:
-    """Whether the list is short and every value is a number, string, bytes or ``None``, or a tuple of them."""
-    if len(values) > _SHORT:
+def dumps_out_of_band(obj, in_band: Callable[[memoryview], bool]) -> tuple[bytes, list[memoryview]]:
+    """``obj`` pickled with protocol 5, and the raw buffers ``in_band`` kept out of the pickle."""
+    try:
+        data, buffers = _pickle(pickle.dumps, obj, in_band)
+        if not _names_what_workers_cannot_import(data):
+            return data, buffers
+    except Exception:
+        pass
+    return _pickle(cloudpickle.dumps, obj, in_band)
+
+
+def _pickle(dumps, obj, in_band) -> tuple[bytes, list[memoryview]]:
+    buffers: list[memoryview] = []
+
+    def keep(buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if in_band(raw):
+            return True
+        buffers.append(raw)
         return False
-    for value in values:
-        kind = type(value)
-        if kind not in _ATOMIC and not (kind is tuple and all(type(part) in _ATOMIC for part in value)):
-            return False
-    return True
+
+    return dumps(obj, protocol=5, buffer_callback=keep), buffers
 
 
-def _no() -> bool:
-    return False
+def _names_what_workers_cannot_import(data: bytes) -> bool:
+    if b"__main__" in data:
+        return True
+    return any(module.encode() in data for module in cloudpickle.list_registry_pickle_by_value())

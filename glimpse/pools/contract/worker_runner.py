@@ -42,10 +42,6 @@ class ChunkOutcome:
     failure: Failure | None = None
     seconds: float = 0.0
 
-    def holds_plain_data(self) -> bool:
-        """Whether :func:`glimpse.pools.contract.pickling.dumps` may take its fast path."""
-        return self.failure is None and pickling.plain(self.values)
-
     def __reduce__(self):
         return ChunkOutcome, (self.values, self.failure, self.seconds)
 

@@ -24,9 +24,9 @@ from glimpse.pools.contract.backend import Backend, Call, Chunk, TrackedChunk
 
 _EXIT_GRACE_SECONDS = 5.0
 #: The most chunks a worker holds: the one it runs and those it runs next without waiting for us.
-_DEPTH = 32
+_DEPTH = 128
 #: How much work (in seconds) a worker holds beyond the chunk it runs, when chunks are short.
-_QUEUED_SECONDS = 0.01
+_QUEUED_SECONDS = 0.02
 #: A chunk running this long holds back the chunks behind it, which idle workers may take; and
 #: no chunk is sent to wait behind one that runs three times as long as chunks do (or this long).
 _STUCK_SECONDS = 0.01
