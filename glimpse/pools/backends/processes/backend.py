@@ -81,8 +81,10 @@ class ProcessBackend(Backend):
         self._exiting: list[_Worker] = []
         self._queue: deque[ProcessChunk] = deque()
         self._tokens = itertools.count(1)
-        self._depth = 2  # chunks per worker, grown up to _DEPTH while chunks are short
-        self._seconds_per_chunk = 1.0
+        # Chunks per worker: _DEPTH until chunks turn out long (the window's byte budget bounds
+        # what a first call of large items reads ahead meanwhile).
+        self._depth = _DEPTH
+        self._seconds_per_chunk = 0.0
         # The result pipes of the workers holding a chunk, kept registered: one poll() per wait.
         self._busy = select.poll()
         self._busy_by_fd: dict[int, _Worker] = {}
@@ -105,9 +107,7 @@ class ProcessBackend(Backend):
             raise ValueError("the pool was terminated; make a new pool")
         job = ProcessChunk(call, chunk)
         self._queue.append(job)
-        if len(self._busy_by_fd) < self._size:  # a worker is idle (or not started): start at once
-            self._dispatch()
-        return job
+        return job  # sent by the next wait(), with every chunk submitted before it
 
     def wait(self, handles, timeout: float) -> list[ProcessChunk]:
         if not handles:
@@ -230,6 +230,7 @@ class ProcessBackend(Backend):
             self._lose_worker(worker, "before it took" if worker.jobs[0] is jobs[0] else "while running")
 
     def _collect(self, worker: _Worker) -> None:
+        fresh = worker.chunks_done == 0  # its first chunk's time includes starting the process
         try:
             frames = worker.receive_all()
         except (EOFError, OSError):
@@ -250,17 +251,19 @@ class ProcessBackend(Backend):
             if not job.done:  # a cancelled chunk that had started: its outcome is not wanted
                 job.result = frame
             worker.chunks_done += 1
-        self._learn_chunk_time(worker, len(frames))
+        self._learn_chunk_time(worker, len(frames), fresh)
         if not worker.jobs:
             self._idle(worker)
             if self._chunks_per_worker is not None and worker.chunks_done >= self._chunks_per_worker:
                 self._retire(worker, kill=False)
 
-    def _learn_chunk_time(self, worker: _Worker, chunks: int) -> None:
+    def _learn_chunk_time(self, worker: _Worker, chunks: int, fresh: bool) -> None:
         """Follow how long a chunk takes, and hold as many per worker as ``_QUEUED_SECONDS`` of work."""
         now = time.monotonic()
         sample = (now - worker.head_since) / chunks
         worker.head_since = now
+        if fresh:
+            return
         self._seconds_per_chunk += 0.2 * (sample - self._seconds_per_chunk)
         self._depth = max(2, min(_DEPTH, 1 + math.ceil(_QUEUED_SECONDS / max(self._seconds_per_chunk, 1e-6))))
 
