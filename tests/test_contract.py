@@ -110,7 +110,8 @@ def test_imap_pulls_input_lazily_from_an_endless_generator(pool, method):
     first = list(itertools.islice(results, 50))
     results.close()
     assert len(first) == 50
-    assert source.pulled < 50 + 200, f"pulled {source.pulled} items to deliver 50 with chunksize=1"
+    window = pool._backend.window()  # chunks in flight: a pool of short chunks keeps many
+    assert source.pulled < 50 + max(200, window + 2), f"pulled {source.pulled} items to deliver 50 with chunksize=1"
 
 
 @pytest.mark.parametrize("method", ["imap", "imap_unordered"])
