@@ -1,4 +1,5 @@
-"""The backend of ``MulticorePool``: worker processes of its own, each running one chunk at a time.
+"""The backend of ``MulticorePool``: worker processes of its own, each running one chunk at a time
+and holding the next few.
 
 Unlike ``multiprocessing.Pool`` it knows which chunk each worker runs, so a worker that dies
 (SIGKILL, ``os._exit``, a segfault) loses exactly that chunk, which is sent again to a fresh
@@ -52,9 +53,9 @@ class ProcessChunk(TrackedChunk):
 class ProcessBackend(Backend):
     """Runs chunks on ``processes`` worker processes started on first use.
 
-    Each worker holds the chunk it runs and the next one or, when chunks are short, a few
-    milliseconds of them (up to ``_DEPTH``), so it never waits for the caller between chunks,
-    and the chunks sent together travel in one write. A chunk waiting behind one that runs
+    Each worker holds the chunk it runs and the next one or, when chunks are short,
+    ``_QUEUED_SECONDS`` of them (up to ``_DEPTH``), so it never waits for the caller between
+    chunks, and the chunks sent together travel in one write. A chunk waiting behind one that runs
     longer than ``_STUCK_SECONDS`` is taken back when another worker is idle, as a shared queue
     would let that worker take it.
     """
@@ -236,6 +237,7 @@ class ProcessBackend(Backend):
         except (EOFError, OSError):
             self._lose_worker(worker, "while running")
             return
+        results = 0
         for frame in frames:
             token = skipped_token(frame)
             if token is not None:
@@ -251,7 +253,9 @@ class ProcessBackend(Backend):
             if not job.done:  # a cancelled chunk that had started: its outcome is not wanted
                 job.result = frame
             worker.chunks_done += 1
-        self._learn_chunk_time(worker, len(frames), fresh)
+            results += 1
+        if results:  # (skip answers say nothing about how long a chunk takes)
+            self._learn_chunk_time(worker, results, fresh)
         if not worker.jobs:
             self._idle(worker)
             if self._chunks_per_worker is not None and worker.chunks_done >= self._chunks_per_worker:
@@ -270,21 +274,21 @@ class ProcessBackend(Backend):
     def _take_back_stuck_chunks(self, now: float) -> float:
         """While a worker is idle and nothing is queued, ask a worker whose chunk has run longer
         than ``_STUCK_SECONDS`` to give back the chunks behind it. Returns the seconds until a
-        chunk could get stuck (when to look again)."""
+        chunk could get stuck (when to look again; ``inf`` when nothing can)."""
+        next_check = math.inf
         if self._queue or (len(self._workers) == self._size and all(w.jobs for w in self._workers)):
-            return _STUCK_SECONDS
-        next_check = _STUCK_SECONDS
+            return next_check
         for worker in self._workers:
             if len(worker.jobs) < 2:
                 continue
             stuck_for = now - worker.head_since
             if stuck_for < _STUCK_SECONDS:
-                next_check = min(next_check, _STUCK_SECONDS - stuck_for)
+                next_check = min(next_check, max(_STUCK_SECONDS - stuck_for, 0.001))
                 continue
             for job in list(worker.jobs)[1:]:
                 if not job.skipping:
                     job.skipping = worker.send_skip(job.token)
-        return max(next_check, 0.001)
+        return next_check
 
     def _requeue(self, jobs: list[ProcessChunk]) -> None:
         """Put chunks that never started back at the front of the queue, in order."""
