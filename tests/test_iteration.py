@@ -188,7 +188,7 @@ def test_map_sends_chunks_as_multiprocessing_cuts_them_without_waiting_to_learn(
     backend = _FinishedAtSubmit(workers=2, reverse=False)
     assert Pool(backend).map(abs, range(-100, 0)) == list(range(100, 0, -1))
     # One item to learn how large items are, then about four chunks per worker, a window at once.
-    sizes, finished = zip(*backend.submitted, strict=True)
+    sizes, finished = zip(*backend.submitted)
     assert sizes == (1,) + (13,) * 7 + (8,), sizes
     assert set(finished[: backend.window()]) == {0}, backend.submitted
 
