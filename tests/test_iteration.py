@@ -178,19 +178,10 @@ class _FinishedAtSubmit(ScriptedBackend):
 
 def test_one_single_item_chunk_per_worker_until_one_finishes_then_chunks_of_the_target_time():
     backend = _FinishedAtSubmit(workers=2, reverse=False)
-    assert list(Pool(backend).imap(abs, range(-1000, 0))) == list(range(1000, 0, -1))
+    assert Pool(backend).map(abs, range(-1000, 0)) == list(range(1000, 0, -1))
     sizes = [size for size, _ in backend.submitted]
     assert backend.submitted[:2] == [(1, 0), (1, 0)] and backend.submitted[2][1] >= 1, backend.submitted
     assert max(sizes) > 100 and sum(sizes) == 1000, sizes
-
-
-def test_map_sends_chunks_as_multiprocessing_cuts_them_without_waiting_to_learn():
-    backend = _FinishedAtSubmit(workers=2, reverse=False)
-    assert Pool(backend).map(abs, range(-100, 0)) == list(range(100, 0, -1))
-    # One item to learn how large items are, then about four chunks per worker, a window at once.
-    sizes, finished = zip(*backend.submitted)
-    assert sizes == (1,) + (13,) * 7 + (8,), sizes
-    assert set(finished[: backend.window()]) == {0}, backend.submitted
 
 
 def test_chunks_grow_with_the_engines_cost_per_chunk_and_the_number_of_workers():

@@ -16,7 +16,7 @@ import cloudpickle
 
 from glimpse.pools.contract.backend import Backend, Call, Chunk, ChunkLost, ClusterLost
 from glimpse.pools.contract.reader import ChunkReader
-from glimpse.pools.contract.sizing import AdaptiveSize, FixedSize, multiprocessing_chunksize, window_bytes
+from glimpse.pools.contract.sizing import AdaptiveSize, FixedSize, window_bytes
 from glimpse.pools.contract.watch import CallWatch
 from glimpse.pools.contract.worker_runner import ChunkOutcome, Failure
 from glimpse.pools.errors import ClusterLostError, RemoteTraceback, SerializationError, WorkerLostError
@@ -35,7 +35,6 @@ def iterate(
     chunksize: int | None,
     progress: bool,
     length: int | None,
-    whole: bool = False,
     on_end: Callable[[], None] = lambda: None,
 ) -> Iterator:
     """Yield the results of ``func`` on every item, as the module docstring describes, as one
@@ -43,12 +42,10 @@ def iterate(
     the rest of a small item's trip).
 
     ``length`` is the input's length if it has one (chunks then shrink towards the end, so the
-    workers finish together); ``whole`` says the caller wants every result at once (``map``),
-    so the first chunks go out cut as ``multiprocessing`` cuts them, without waiting to learn
-    what an item costs. ``on_end`` is called once the call has ended, however it ended.
+    workers finish together). ``on_end`` is called once the call has ended, however it ended.
     """
     workers = backend.workers()
-    sizes = _chunk_sizes(backend, workers, chunksize, length if whole else None)
+    sizes = _chunk_sizes(backend, workers, chunksize)
     window = _Window(backend.window(), window_bytes())
     reader = ChunkReader(iterable, sizes, backend.encode if backend.serializes else None, length)
     call = _open_call(backend, func)
@@ -162,11 +159,10 @@ def _follow_cluster_size(backend: Backend, window: _Window, sizes) -> None:
         sizes.workers = backend.workers()
 
 
-def _chunk_sizes(backend: Backend, workers: int, chunksize: int | None, whole_length: int | None):
+def _chunk_sizes(backend: Backend, workers: int, chunksize: int | None):
     if chunksize:
         return FixedSize(chunksize)
-    largest = multiprocessing_chunksize(whole_length, workers) if whole_length else None
-    return AdaptiveSize(backend.chunk_seconds, backend.task_seconds, workers, backend.max_chunk_items, largest)
+    return AdaptiveSize(backend.chunk_seconds, backend.task_seconds, workers, backend.max_chunk_items)
 
 
 def _open_call(backend: Backend, func) -> Call:

@@ -97,7 +97,6 @@ class Pool:
             chunksize=chunksize,
             progress=progress,
             length=length,
-            whole=whole,
             on_end=self._close_backend_when_idle,
         )
         if whole:

@@ -1,8 +1,7 @@
 """How many items the next chunk takes, and how many bytes a call may hold in flight.
 
 The adaptive size follows joblib's auto-batching: start with one item per worker so the first
-results come early (``map`` of a known length starts with chunks as ``multiprocessing`` cuts
-them instead, and only shrinks them), then size chunks so each takes about a target time of work (the worker's
+results come early, then size chunks so each takes about a target time of work (the worker's
 compute plus the caller's pickling). The target knows the engine: at least
 ``Backend.chunk_seconds``, and long enough that the engine's own cost per chunk
 (``Backend.task_seconds``, paid one chunk after another by its scheduler and by the caller)
@@ -94,24 +93,12 @@ class AdaptiveSize(_Sizes):
     them finishes. When the input length is known, a chunk takes no more than a quarter of one
     worker's share of the remaining items (but at least a quarter of the ideal size), so the
     work stays balanced to the end without a tail of tiny chunks.
-
-    With ``largest`` (``map`` of a known length), chunks of ``largest`` items (as
-    ``multiprocessing`` cuts them) go out from the start without waiting to learn, and never
-    grow beyond it; once items turn out slow, chunks shrink to the target time.
     """
 
-    def __init__(
-        self,
-        chunk_seconds: float,
-        task_seconds: float,
-        workers: int,
-        max_items: int = 10_000,
-        largest: int | None = None,
-    ):
+    def __init__(self, chunk_seconds: float, task_seconds: float, workers: int, max_items: int = 10_000):
         super().__init__(byte_capped=True)
         self.chunk_seconds, self.task_seconds, self.max_items = chunk_seconds, task_seconds, max_items
         self.workers = workers
-        self.largest = largest
         self.seconds_per_item: float | None = None
 
     @property
@@ -120,19 +107,17 @@ class AdaptiveSize(_Sizes):
         return max(self.chunk_seconds, self.workers * self.task_seconds / _OVERHEAD_SHARE)
 
     def learning(self, in_flight: int) -> bool:
-        return self.largest is None and self.seconds_per_item is None and in_flight >= self.workers
+        return self.seconds_per_item is None and in_flight >= self.workers
 
     def next_size(self, remaining: int | None) -> int:
-        if self.bytes_per_item is None:
-            return 1  # learn how large an item is
-        if self.seconds_per_item is None:
-            return self._capped(self.largest or 1)  # (or what an item costs)
+        if self.seconds_per_item is None or self.bytes_per_item is None:
+            return 1  # learn what an item costs and how large it is
         ideal = int(self.target / max(self.seconds_per_item + self.pickle_seconds_per_item, 1e-9))
         size = ideal
         if remaining is not None:
             # Near the end, shrink for balance, but never below a quarter of the ideal chunk.
             size = min(ideal, max(math.ceil(remaining / (4 * self.workers)), ideal // 4))
-        return self._capped(min(size, self.max_items, self.largest or self.max_items))
+        return self._capped(min(size, self.max_items))
 
     def observe(self, count: int, seconds: float) -> None:
         if count <= 0:
@@ -142,9 +127,3 @@ class AdaptiveSize(_Sizes):
             self.seconds_per_item = sample
         else:
             self.seconds_per_item += _SMOOTHING * (sample - self.seconds_per_item)
-
-
-def multiprocessing_chunksize(length: int, workers: int) -> int:
-    """``multiprocessing.Pool.map``'s choice: about four chunks per worker."""
-    size, extra = divmod(length, workers * 4)
-    return max(1, size + bool(extra))
