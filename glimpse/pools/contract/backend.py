@@ -149,7 +149,8 @@ class Backend(ABC):
     def window(self) -> int:
         """How many chunks one call keeps in flight: enough to keep every worker busy.
 
-        Read once when a call starts.
+        Read when a call starts and after every :meth:`wait` that returned finished chunks, so
+        it must be cheap (ask the cluster at most once a second).
         """
         return 2 * self.workers() + 2
 

@@ -76,7 +76,9 @@ def iterate(
                     raise input_error
                 return
             finished = backend.wait(list(window.pending), _WAIT_SECONDS)
-            if not finished:
+            if finished:
+                window.chunks = max(window.chunks, backend.window())  # grows as the backend learns
+            else:
                 watch.check()
             for handle in finished:
                 watch.progress()

@@ -82,10 +82,8 @@ class ProcessBackend(Backend):
         self._exiting: list[_Worker] = []
         self._queue: deque[ProcessChunk] = deque()
         self._tokens = itertools.count(1)
-        # Chunks per worker: _DEPTH until chunks turn out long (the window's byte budget bounds
-        # what a first call of large items reads ahead meanwhile).
-        self._depth = _DEPTH
-        self._seconds_per_chunk = 0.0
+        self._depth = 2  # chunks per worker: grows to _DEPTH once chunks turn out short
+        self._seconds_per_chunk = 1.0
         # The result pipes of the workers holding a chunk, kept registered: one poll() per wait.
         self._busy = select.poll()
         self._busy_by_fd: dict[int, _Worker] = {}
@@ -97,7 +95,7 @@ class ProcessBackend(Backend):
 
     def window(self) -> int:
         # As many chunks as the workers hold now, and as many again waiting here: short chunks
-        # (a deep hold) keep many in flight, long or large ones few (read once per call).
+        # (a deep hold) keep many in flight, long or large ones few.
         return (self._depth + 1) * self._size + 2
 
     def encode(self, items: list):
