@@ -31,6 +31,8 @@ _QUEUED_SECONDS = 0.02
 #: A chunk running this long holds back the chunks behind it, which idle workers may take; and
 #: no chunk is sent to wait behind one that runs three times as long as chunks do (or this long).
 _STUCK_SECONDS = 0.01
+#: The most chunks a call keeps in flight: each may hold a memfd open (``ulimit -n`` is often 1024).
+_MAX_WINDOW = 512
 #: What a chunk's message adds to its payload and function on the wire, at most.
 _MESSAGE_BYTES = 512
 
@@ -96,7 +98,7 @@ class ProcessBackend(Backend):
     def window(self) -> int:
         # As many chunks as the workers hold now, and as many again waiting here: short chunks
         # (a deep hold) keep many in flight, long or large ones few.
-        return (self._depth + 1) * self._size + 2
+        return min((self._depth + 1) * self._size + 2, _MAX_WINDOW)
 
     def encode(self, items: list):
         return shared_memory.dumps(items)
