@@ -18,11 +18,12 @@ import cloudpickle
 
 def dumps(obj) -> bytes:
     """``obj`` pickled with protocol 5, as ``cloudpickle.dumps`` would pickle it."""
-    return dumps_out_of_band(obj, lambda raw: True)[0]
+    return dumps_out_of_band(obj, None)[0]
 
 
-def dumps_out_of_band(obj, in_band: Callable[[memoryview], bool]) -> tuple[bytes, list[memoryview]]:
-    """``obj`` pickled with protocol 5, and the raw buffers ``in_band`` kept out of the pickle."""
+def dumps_out_of_band(obj, in_band: Callable[[memoryview], bool] | None) -> tuple[bytes, list[memoryview]]:
+    """``obj`` pickled with protocol 5, and the raw buffers ``in_band`` kept out of the pickle
+    (``None``: every buffer stays in it)."""
     try:
         data, buffers = _pickle(pickle.dumps, obj, in_band)
         if not _names_what_workers_cannot_import(data):
@@ -34,6 +35,8 @@ def dumps_out_of_band(obj, in_band: Callable[[memoryview], bool]) -> tuple[bytes
 
 def _pickle(dumps, obj, in_band) -> tuple[bytes, list[memoryview]]:
     buffers: list[memoryview] = []
+    if in_band is None:
+        return dumps(obj, protocol=5), buffers
 
     def keep(buffer: pickle.PickleBuffer) -> bool:
         raw = buffer.raw()

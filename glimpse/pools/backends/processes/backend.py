@@ -40,11 +40,13 @@ _MESSAGE_BYTES = 512
 class ProcessChunk(TrackedChunk):
     """A chunk handed to this backend: queued, sent to a worker (running or next), or done."""
 
-    __slots__ = ("call", "chunk", "worker", "token", "skipping", "wire_bytes", "with_function")
+    __slots__ = ("call", "chunk", "worker", "token", "skipping", "payload_bytes", "wire_bytes", "with_function")
 
     def __init__(self, call: Call, chunk: Chunk):
         super().__init__()
         self.call, self.chunk = call, chunk
+        payload = chunk.payload
+        self.payload_bytes = len(payload) if isinstance(payload, bytes) else len(payload.frame)
         self.worker: _Worker | None = None
         self.token = 0
         self.skipping = False
@@ -111,22 +113,18 @@ class ProcessBackend(Backend):
         return job  # sent by the next wait(), with every chunk submitted before it
 
     def wait(self, handles, timeout: float) -> list[ProcessChunk]:
-        if not handles:
-            return []
-        deadline = time.monotonic() + timeout
         self._dispatch()
-        while True:
-            done = [job for job in handles if job.done]
-            now = time.monotonic()
-            remaining = deadline - now
-            if done or remaining <= 0:
-                return done
-            next_check = self._take_back_stuck_chunks(now)
-            for fd, _ in self._busy.poll(min(remaining, next_check) * 1000):
-                worker = self._busy_by_fd.get(fd)
-                if worker is not None and worker.jobs:
-                    self._collect(worker)
-            self._dispatch()
+        return TrackedChunk.wait(handles, timeout, self._receive)
+
+    def _receive(self, seconds: float) -> None:
+        """Collect what workers sent within ``seconds`` (sooner if a chunk may get stuck), then
+        hand out what is queued."""
+        next_check = self._take_back_stuck_chunks(time.monotonic())
+        for fd, _ in self._busy.poll(min(seconds, next_check) * 1000):
+            worker = self._busy_by_fd.get(fd)
+            if worker is not None and worker.jobs:
+                self._collect(worker)
+        self._dispatch()
 
     def outcome(self, handle: ProcessChunk) -> bytes:
         return handle.outcome()
@@ -342,11 +340,8 @@ class _Worker(ChildProcess):
 
 def _wire_bytes(job: ProcessChunk, worker: _Worker) -> int:
     """About how many bytes sending ``job`` to ``worker`` puts in its pipe."""
-    payload = job.chunk.payload
-    size = len(payload) if isinstance(payload, bytes) else len(payload.frame())
-    if worker.last_call != job.call.id:
-        size += len(job.call.blob)
-    return size + _MESSAGE_BYTES
+    function = len(job.call.blob) if worker.last_call != job.call.id else 0
+    return job.payload_bytes + function + _MESSAGE_BYTES
 
 
 def _pipe_capacity(fd: int) -> int:

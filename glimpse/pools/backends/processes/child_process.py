@@ -121,9 +121,7 @@ class ChildProcess:
 
     def _write(self, frames: list, memfds: list[int]) -> bool:
         try:
-            for memfd in memfds:
-                socket.send_fds(self.fds, [b"m"], [memfd])
-            write_frames(self.inbox, frames)
+            shared_memory.write(self.inbox, self.fds, frames, memfds)
             return True
         except OSError:
             return False

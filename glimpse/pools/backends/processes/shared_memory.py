@@ -13,6 +13,7 @@ descriptor socket (``socket.send_fds``), memfds in the order of their frames.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import pickle
@@ -21,6 +22,7 @@ import weakref
 
 import cloudpickle
 
+from glimpse.pools.backends.processes.frames import write_frames
 from glimpse.pools.contract.out_of_band import pickle_out_of_band
 
 _SHARED = b"S"
@@ -38,7 +40,9 @@ class SharedPayload:
     def __len__(self) -> int:
         return len(self.skeleton) + sum(self.sizes)
 
+    @functools.cached_property
     def frame(self) -> bytes:
+        """What travels in the pipe: the buffer sizes and the skeleton (the buffers are in the memfd)."""
         return _SHARED + pickle.dumps((self.sizes, self.skeleton), protocol=pickle.HIGHEST_PROTOCOL)
 
     def load(self):
@@ -75,8 +79,15 @@ def loads(payload: bytes | SharedPayload):
 def outgoing(payload: bytes | SharedPayload) -> tuple[bytes, int | None]:
     """The frame that carries a payload, and the memfd to send just before it (or ``None``)."""
     if isinstance(payload, SharedPayload):
-        return payload.frame(), payload.fd
+        return payload.frame, payload.fd
     return payload, None
+
+
+def write(fd: int, fds: socket.socket, frames: list, memfds: list[int]) -> None:
+    """Write frames to a pipe, after sending the memfds some of them carry (in their order) on ``fds``."""
+    for memfd in memfds:
+        socket.send_fds(fds, [b"m"], [memfd])
+    write_frames(fd, frames)
 
 
 def incoming(frame, fds: socket.socket):

@@ -24,7 +24,7 @@ import cloudpickle
 
 from glimpse.pools.backends.processes import shared_memory
 from glimpse.pools.backends.processes.child_process import SKIPPED
-from glimpse.pools.backends.processes.frames import FrameReader, write_frames
+from glimpse.pools.backends.processes.frames import FrameReader
 from glimpse.pools.contract import pickling
 from glimpse.pools.contract.worker_runner import ChunkOutcome, Failure, dumps_outcome, run_chunk
 from glimpse.pools.subprocesses import when_orphaned
@@ -103,9 +103,7 @@ class _Chunks:
     def send(self, frame, memfd: int | None = None) -> None:
         """Send one frame to the pool (after its memfd, if it has one)."""
         with self._sending:
-            if memfd is not None:
-                socket.send_fds(self._fds, [b"m"], [memfd])
-            write_frames(self._outbox, [frame])
+            shared_memory.write(self._outbox, self._fds, [frame], [] if memfd is None else [memfd])
 
     def answer_skips(self, control_fd: int) -> None:
         """The skip thread: drop each chunk the pool takes back unless it started, and say so."""
