@@ -48,7 +48,7 @@ class RayBackend(Backend):
     """
 
     chunk_seconds = 0.1
-    task_seconds = 1e-3  # submitting a task and fetching its object
+    task_seconds = 2e-3  # submitting a task and fetching its object
     max_attempts = 2
 
     def __init__(self, owns_ray: bool = False, address: str = ""):
