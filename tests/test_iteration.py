@@ -176,12 +176,43 @@ class _FinishedAtSubmit(ScriptedBackend):
         return _Submitted(call, chunk)
 
 
-def test_one_single_item_chunk_per_worker_until_one_finishes_then_chunks_of_the_target_time():
+def test_each_worker_first_gets_a_probe_with_an_equal_share_and_tiny_items_need_nothing_more():
     backend = _FinishedAtSubmit(workers=2, reverse=False)
     assert Pool(backend).map(abs, range(-1000, 0)) == list(range(1000, 0, -1))
-    sizes = [size for size, _ in backend.submitted]
-    assert backend.submitted[:2] == [(1, 0), (1, 0)] and backend.submitted[2][1] >= 1, backend.submitted
-    assert max(sizes) > 100 and sum(sizes) == 1000, sizes
+    assert backend.submitted == [(500, 0), (500, 0)], backend.submitted
+
+
+def _slow_abs(x):
+    time.sleep(0.002)
+    return abs(x)
+
+
+@pytest.mark.parametrize("reverse", [True, False])
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_a_probe_out_of_time_returns_what_it_ran_and_the_rest_follows_in_order(reverse, method):
+    backend = ScriptedBackend(workers=2, reverse=reverse)
+    backend.chunk_seconds = 0.02  # the probes' budget: about ten items of 2 ms
+    results = list(getattr(Pool(backend), method)(_slow_abs, range(-200, 0)))
+    assert (results if method == "imap" else sorted(results, reverse=True)) == list(range(200, 0, -1))
+    assert backend.submitted[:2] == [(0, 100), (100, 100)], backend.submitted
+    later = backend.submitted[2:]
+    assert later and all(count < 100 for _, count in later), backend.submitted
+    assert sum(count for _, count in later) < 200, "items a probe ran were sent again"
+
+
+def test_items_a_probe_gave_back_come_before_an_error_from_the_input():
+    error = KeyError("from the input")
+
+    def items():
+        yield from range(60)
+        raise error
+
+    backend = ScriptedBackend(workers=2, reverse=False)
+    backend.chunk_seconds = 0.01
+    delivered = []
+    with pytest.raises(KeyError) as caught:
+        delivered.extend(Pool(backend).imap(_slow_abs, items()))
+    assert caught.value is error and delivered == list(range(60))
 
 
 def test_chunks_grow_with_the_engines_cost_per_chunk_and_the_number_of_workers():

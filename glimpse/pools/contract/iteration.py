@@ -51,16 +51,16 @@ def iterate(
     call = _open_call(backend, func)
     bar = _progress_bar(progress, length)
     watch = CallWatch(backend)
-    next_seq = delivered = 0
+    next_start = delivered = 0
     input_error: BaseException | None = None
     try:
         while True:
             if watch.resize_due():
                 _follow_cluster_size(backend, window, sizes)
             while (
-                input_error is None
+                (input_error is None or reader.gave_back)
                 and not reader.exhausted
-                and window.has_room()
+                and window.has_room(given_back=reader.gave_back)
                 and not sizes.learning(len(window.pending))
             ):
                 try:
@@ -88,14 +88,16 @@ def iterate(
                     continue
                 sizes.observe(len(outcome.values) + (outcome.failure is not None), outcome.seconds)
                 bar.update(len(outcome.values))
+                if outcome.failure is None and len(outcome.values) < chunk.count:  # a probe's time ran out
+                    reader.give_back(chunk.start + len(outcome.values), chunk.items[len(outcome.values) :])
                 if ordered:
-                    window.hold(chunk.seq, outcome, nbytes)
+                    window.hold(chunk.start, outcome, nbytes)
                 else:
                     yield from _deliver(outcome)
                     delivered += len(outcome.values)
-            while next_seq in window.held:
-                outcome = window.release(next_seq)
-                next_seq += 1
+            while next_start in window.held:
+                outcome = window.release(next_start)
+                next_start += len(outcome.values)
                 yield from _deliver(outcome)
                 delivered += len(outcome.values)
     except ClusterLost as lost:
@@ -115,10 +117,13 @@ def iterate(
 
 
 class _Window:
-    """What one call holds: chunks in flight and results held back for order, by count and bytes.
+    """What one call holds: chunks in flight and results held back for order (by the index of
+    their first item), by count and bytes.
 
     There is room for another chunk while both are under their limits, and always when the
-    window is empty, so an item larger than the byte budget still runs, alone.
+    window is empty, so an item larger than the byte budget still runs, alone. Items a probe
+    gave back come before results held back, and are in memory already: they need only room
+    among the chunks in flight.
     """
 
     def __init__(self, chunks: int, budget: int):
@@ -127,8 +132,8 @@ class _Window:
         self.held: dict[int, tuple[ChunkOutcome, int]] = {}
         self.nbytes = 0
 
-    def has_room(self) -> bool:
-        if self.empty():
+    def has_room(self, given_back: bool = False) -> bool:
+        if self.empty() or (given_back and len(self.pending) < self.chunks):
             return True
         return len(self.pending) + len(self.held) < self.chunks and self.nbytes < self.budget
 
@@ -144,12 +149,12 @@ class _Window:
         self.nbytes -= chunk.nbytes
         return chunk
 
-    def hold(self, seq: int, outcome: ChunkOutcome, nbytes: int) -> None:
-        self.held[seq] = (outcome, nbytes)
+    def hold(self, start: int, outcome: ChunkOutcome, nbytes: int) -> None:
+        self.held[start] = (outcome, nbytes)
         self.nbytes += nbytes
 
-    def release(self, seq: int) -> ChunkOutcome:
-        outcome, nbytes = self.held.pop(seq)
+    def release(self, start: int) -> ChunkOutcome:
+        outcome, nbytes = self.held.pop(start)
         self.nbytes -= nbytes
         return outcome
 

@@ -12,7 +12,7 @@ import dataclasses
 import pickle
 
 from glimpse.pools.contract import pickling
-from glimpse.pools.contract.worker_runner import ChunkOutcome
+from glimpse.pools.contract.worker_runner import ChunkOutcome, ProbeItems
 
 #: Buffers at least this large travel out of band; smaller ones cost less inside the pickle.
 OUT_OF_BAND_BYTES = 256 * 1024
@@ -83,6 +83,8 @@ def _with_large_bytes_marked(obj):
     to go out of band."""
     if isinstance(obj, ChunkOutcome) and _has_large_bytes(obj.values):
         return dataclasses.replace(obj, values=[_marked(value) for value in obj.values])
+    if type(obj) is ProbeItems and _has_large_bytes(obj):
+        return ProbeItems([_marked(item) for item in obj], obj.budget)
     if type(obj) is list and _has_large_bytes(obj):
         return [_marked(item) for item in obj]
     return obj

@@ -5,13 +5,20 @@ from __future__ import annotations
 import itertools
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import cloudpickle
 
 from glimpse.pools.contract.backend import Chunk
+from glimpse.pools.contract.out_of_band import pickle_out_of_band
+from glimpse.pools.contract.worker_runner import ProbeItems
 from glimpse.pools.errors import SerializationError
+
+#: How long a probe may spend reading the input, and how many items it reads between checks.
+_PROBE_READ_SECONDS = 0.01
+_PROBE_READ_BLOCK = 256
 
 
 class ChunkReader:
@@ -32,35 +39,94 @@ class ChunkReader:
         self._next_start = 0
         self._next_seq = 0
         self._error: BaseException | None = None
-        self.exhausted = False
+        self._input_done = False
+        self._returned: deque[tuple[int, list]] = deque()
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether every item has been read and no item was given back."""
+        return self._input_done and not self._returned
+
+    @property
+    def gave_back(self) -> bool:
+        """Whether items given back wait to be read again (before an error from the input)."""
+        return bool(self._returned)
+
+    def give_back(self, start: int, items: list) -> None:
+        """Items from ``start`` on that a probe did not run: the next chunks take them first."""
+        self._returned.append((start, list(items)))
 
     def read(self) -> Chunk | None:
         """The next chunk, or ``None`` when the input is used up."""
+        if self._returned:
+            return self._read_given_back()
         if self._error is not None:
             error, self._error = self._error, None
-            self.exhausted = True
+            self._input_done = True
             raise error
-        if self.exhausted:
+        if self._input_done:
             return None
-        items = self._take(self._sizes.next_size(self._remaining))
-        chunk = Chunk(self._next_seq, self._next_start, len(items))
+        if self._sizes.probing:
+            items = self._take_probe(self._sizes.next_size(self._remaining))
+            if len(items) > 1:
+                items = ProbeItems(items, self._sizes.target)
+        else:
+            items = self._take(self._sizes.next_size(self._remaining))
+        chunk = self._chunk(self._next_start, items)
+        if chunk is None:
+            return self.read() if self._error is not None else None
+        self._next_start += chunk.count
+        if self._remaining is not None:
+            self._remaining -= chunk.count
+        return chunk
+
+    def _read_given_back(self) -> Chunk:
+        start, items = self._returned[0]
+        remaining = None if self._remaining is None else self._remaining + sum(len(i) for _, i in self._returned)
+        size = self._sizes.next_size(remaining)
+        if size < len(items):
+            self._returned[0] = (start + size, items[size:])
+        else:
+            self._returned.popleft()
+        return self._chunk(start, items[:size])
+
+    def _chunk(self, start: int, items: list) -> Chunk | None:
+        """The items as a chunk (pickled if the backend serializes), or ``None`` if there are none."""
+        chunk = Chunk(self._next_seq, start, len(items))
         if self._encode is not None and items:
             began = time.perf_counter()
-            items, chunk.payload = self._pickle(items)
+            items, chunk.payload = self._pickle(items, start)
             chunk.count, chunk.nbytes = len(items), len(chunk.payload or b"")
             if items:
                 self._sizes.observe_payload(chunk.count, chunk.nbytes, time.perf_counter() - began)
+            if type(items) is ProbeItems:
+                chunk.items = items  # kept, to send again what the probe does not run
         elif items:
             chunk.items = items
             # Nothing is pickled, so estimate (shallowly: bytes and arrays count, containers do not).
             self._sizes.observe_payload(chunk.count, sum(map(sys.getsizeof, items)), 0.0)
         if not items:
-            return self.read() if self._error is not None else None
+            return None
         self._next_seq += 1
-        self._next_start += chunk.count
-        if self._remaining is not None:
-            self._remaining -= chunk.count
         return chunk
+
+    def _take_probe(self, size: int) -> list:
+        """Up to ``size`` items for a probe, also within :data:`CHUNK_BYTES` and a few ms of reading
+        (a slow generator must not hold the first chunk back)."""
+        items = self._take(1)
+        if not items or size <= 1:
+            return items
+        if self._sizes.bytes_per_item is None:
+            try:
+                skeleton, buffers = pickle_out_of_band(items)
+            except Exception:
+                return items  # unpicklable: reported when the chunk is pickled
+            self._sizes.observe_payload(1, len(skeleton) + sum(b.nbytes for b in buffers), 0.0)
+            size = self._sizes.capped(size)
+        deadline = time.perf_counter() + _PROBE_READ_SECONDS
+        while len(items) < size and not self._input_done and self._error is None and time.perf_counter() < deadline:
+            items.extend(self._take(min(_PROBE_READ_BLOCK, size - len(items))))
+        return items
 
     def _take(self, size: int) -> list:
         items = []
@@ -69,10 +135,10 @@ class ChunkReader:
         except Exception as exc:
             self._error = exc
         if self._error is None and len(items) < size:
-            self.exhausted = True
+            self._input_done = True
         return items
 
-    def _pickle(self, items: list) -> tuple[list, Any]:
+    def _pickle(self, items: list, start: int) -> tuple[list, Any]:
         try:
             return items, self._encode(items)
         except Exception:
@@ -81,8 +147,8 @@ class ChunkReader:
             try:
                 cloudpickle.dumps(item)
             except Exception as exc:
-                self._error = _unpicklable_argument(self._next_start + offset, item, exc)
-                good = items[:offset]
+                self._error = _unpicklable_argument(start + offset, item, exc)
+                good = type(items)(items[:offset], items.budget) if type(items) is ProbeItems else items[:offset]
                 return good, self._encode(good) if good else None
         return items, self._encode(items)
 

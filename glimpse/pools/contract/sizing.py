@@ -1,8 +1,10 @@
 """How many items the next chunk takes, and how many bytes a call may hold in flight.
 
-The adaptive size follows joblib's auto-batching: start with one item per worker so the first
-results come early, then size chunks so each takes about a target time of work (the worker's
-compute plus the caller's pickling). The target knows the engine: at least
+The adaptive size follows joblib's auto-batching, without its first round trip: each worker's
+first chunk is a probe (:class:`~glimpse.pools.contract.worker_runner.ProbeItems`) with a share
+of the input that it runs only for the target time, so the first results come early and tiny
+items need no chunk just to learn their cost; later chunks are sized so each takes about the
+target time of work (the worker's compute plus the caller's pickling). The target knows the engine: at least
 ``Backend.chunk_seconds``, and long enough that the engine's own cost per chunk
 (``Backend.task_seconds``, paid one chunk after another by its scheduler and by the caller)
 stays a tenth of the time every worker has, so a cluster of hundreds of workers gets chunks
@@ -69,7 +71,13 @@ class _Sizes:
         """Whether to send no more chunks until one finishes (to learn what an item costs)."""
         return False
 
-    def _capped(self, size: int) -> int:
+    @property
+    def probing(self) -> bool:
+        """Whether the next chunk is a probe: run for a time budget, since no item cost is known."""
+        return False
+
+    def capped(self, size: int) -> int:
+        """``size`` cut to keep a chunk under :data:`CHUNK_BYTES` pickled (one item at least)."""
         if self._byte_capped and self.bytes_per_item:
             size = min(size, int(CHUNK_BYTES / self.bytes_per_item))
         return max(1, size)
@@ -89,8 +97,9 @@ class FixedSize(_Sizes):
 class AdaptiveSize(_Sizes):
     """Chunks grow until one takes about the target time, and shrink if items get slower.
 
-    The first chunks have one item each, one per worker, and no more are sent until one of
-    them finishes. When the input length is known, a chunk takes no more than a quarter of one
+    The first chunks are probes, one per worker, each with an equal share of the input when
+    its length is known (else :attr:`max_items`; the reader also caps a probe in bytes and in
+    reading time), and no more are sent until one of them finishes. When the input length is known, a chunk takes no more than a quarter of one
     worker's share of the remaining items (but at least a quarter of the ideal size), so the
     work stays balanced to the end without a tail of tiny chunks.
     """
@@ -100,6 +109,7 @@ class AdaptiveSize(_Sizes):
         self.chunk_seconds, self.task_seconds, self.max_items = chunk_seconds, task_seconds, max_items
         self.workers = workers
         self.seconds_per_item: float | None = None
+        self._probes = 0
 
     @property
     def target(self) -> float:
@@ -109,15 +119,22 @@ class AdaptiveSize(_Sizes):
     def learning(self, in_flight: int) -> bool:
         return self.seconds_per_item is None and in_flight >= self.workers
 
+    @property
+    def probing(self) -> bool:
+        return self.seconds_per_item is None
+
     def next_size(self, remaining: int | None) -> int:
-        if self.seconds_per_item is None or self.bytes_per_item is None:
-            return 1  # learn what an item costs and how large it is
+        if self.seconds_per_item is None:
+            self._probes += 1
+            if remaining is None:
+                return self.capped(self.max_items)
+            return self.capped(min(self.max_items, math.ceil(remaining / max(1, self.workers - self._probes + 1))))
         ideal = int(self.target / max(self.seconds_per_item + self.pickle_seconds_per_item, 1e-9))
         size = ideal
         if remaining is not None:
             # Near the end, shrink for balance, but never below a quarter of the ideal chunk.
             size = min(ideal, max(math.ceil(remaining / (4 * self.workers)), ideal // 4))
-        return self._capped(min(size, self.max_items))
+        return self.capped(min(size, self.max_items))
 
     def observe(self, count: int, seconds: float) -> None:
         if count <= 0:

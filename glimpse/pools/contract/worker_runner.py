@@ -12,6 +12,7 @@ import socket
 import time
 import traceback
 from collections import OrderedDict
+from itertools import islice
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -46,15 +47,48 @@ class ChunkOutcome:
         return ChunkOutcome, (self.values, self.failure, self.seconds)
 
 
+class ProbeItems(list):
+    """The items of a call's first chunk on a worker, sent before anyone knows what an item costs.
+
+    The worker runs them only until ``budget`` seconds have passed (one item at least) and
+    returns the results so far; the caller sends the rest again in chunks sized by what the
+    probe measured. So a call of tiny items needs no round trip to learn, and a call of slow
+    items keeps the first results early.
+    """
+
+    def __init__(self, items, budget: float):
+        super().__init__(items)
+        self.budget = budget
+
+    def __reduce__(self):
+        return ProbeItems, (list(self), self.budget)
+
+
 def execute_chunk(func, items, start: int, catch=Exception) -> ChunkOutcome:
-    """Apply ``func`` to each item, stopping at the first exception (kept with its traceback)."""
+    """Apply ``func`` to each item, stopping at the first exception (kept with its traceback),
+    or, for :class:`ProbeItems`, once their time budget is spent."""
     values: list = []
     began = time.perf_counter()
     try:
-        values.extend(map(func, items))  # the loop runs in C; on an error, the values before it stay
+        if type(items) is ProbeItems:
+            _run_within_budget(func, items, values, began)
+        else:
+            values.extend(map(func, items))  # the loop runs in C; on an error, the values before it stay
     except catch as exc:
         return ChunkOutcome(values, Failure(start + len(values), exc), time.perf_counter() - began)
     return ChunkOutcome(values, None, time.perf_counter() - began)
+
+
+def _run_within_budget(func, items: ProbeItems, values: list, began: float) -> None:
+    """Run items in blocks, each as large as the time left allows at the rate measured so far."""
+    deadline, remaining = began + items.budget, iter(items)
+    while len(values) < len(items):
+        now = time.perf_counter()
+        done = len(values)
+        if done and now >= deadline:
+            return
+        block = 1 if not done else max(1, min(done, int((deadline - now) * done / max(now - began, 1e-9))))
+        values.extend(map(func, islice(remaining, block)))
 
 
 #: How a chunk names its call's function: the pickled function, or a callable that returns it
