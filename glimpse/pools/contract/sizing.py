@@ -99,9 +99,10 @@ class AdaptiveSize(_Sizes):
 
     The first chunks are probes, one per worker, each with an equal share of the input when
     its length is known (else :attr:`max_items`; the reader also caps a probe in bytes and in
-    reading time), and no more are sent until one of them finishes. When the input length is known, a chunk takes no more than a quarter of one
-    worker's share of the remaining items (but at least a quarter of the ideal size), so the
-    work stays balanced to the end without a tail of tiny chunks.
+    reading time), and no more are sent until one of them finishes. Later, when the input length
+    is known, a chunk takes no more than a quarter of one worker's share of the remaining items
+    (but at least a quarter of the ideal size), so the work stays balanced to the end without a
+    tail of tiny chunks.
     """
 
     def __init__(self, chunk_seconds: float, task_seconds: float, workers: int, max_items: int = 10_000):

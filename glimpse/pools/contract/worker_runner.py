@@ -12,9 +12,9 @@ import socket
 import time
 import traceback
 from collections import OrderedDict
-from itertools import islice
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 
 import cloudpickle
 

@@ -201,7 +201,7 @@ class DaskBackend(Backend):
             results = self.client.gather(ready)
         except Exception:  # a result lost meanwhile: outcome() fetches each and says which
             return
-        self._fetched.update(zip((f.key for f in ready), results))
+        self._fetched.update(zip((f.key for f in ready), results, strict=True))
 
     def _notify(self, future: Future) -> None:
         with self._finished:
