@@ -64,6 +64,18 @@ def test_imap_unordered_delivers_every_result_once(pool, chunksize):
     assert sorted(results) == [x * 10 for x in range(100)]
 
 
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_items_a_probe_had_no_time_for_are_sent_again_and_delivered_once(pool, method, monkeypatch):
+    # Each worker's first chunk (a probe) takes an equal share of the 120 items of 10 ms and runs
+    # them for one chunk's target time only (at most 0.3 s), then gives the rest back.
+    sent = []
+    submit = pool._backend.submit
+    monkeypatch.setattr(pool._backend, "submit", lambda call, chunk: sent.append(chunk.count) or submit(call, chunk))
+    results = list(getattr(pool, method)(helpers.sleep_then_return, [(0.01, x) for x in range(120)]))
+    assert (results if method == "imap" else sorted(results)) == list(range(120))
+    assert sum(sent) > 120, f"no probe gave items back: chunks of {sent}"
+
+
 def test_imap_streams_results_before_later_items_finish(pool, tmp_path, limits):
     _skip_if(limits, "sequential")
     release = str(tmp_path / "release")
