@@ -200,6 +200,17 @@ def test_a_probe_out_of_time_returns_what_it_ran_and_the_rest_follows_in_order(r
     assert sum(count for _, count in later) < 200, "items a probe ran were sent again"
 
 
+def test_a_probe_reads_a_slow_input_only_for_a_few_milliseconds():
+    def slow_items():
+        for x in range(100):
+            time.sleep(0.02)
+            yield x
+
+    backend = ScriptedBackend(workers=2, reverse=False)
+    assert Pool(backend).map(abs, slow_items()) == list(range(100))
+    assert [count for _, count in backend.submitted[:2]] == [1, 1], backend.submitted
+
+
 def test_items_a_probe_gave_back_come_before_an_error_from_the_input():
     error = KeyError("from the input")
 

@@ -112,7 +112,8 @@ class ChunkReader:
 
     def _take_probe(self, size: int) -> list:
         """Up to ``size`` items for a probe, also within :data:`CHUNK_BYTES` and a few ms of reading
-        (a slow generator must not hold the first chunk back)."""
+        (a slow generator must not hold the first chunk back): read in blocks that double."""
+        deadline = time.perf_counter() + _PROBE_READ_SECONDS
         items = self._take(1)
         if not items or size <= 1:
             return items
@@ -123,9 +124,8 @@ class ChunkReader:
                 return items  # unpicklable: reported when the chunk is pickled
             self._sizes.observe_payload(1, len(skeleton) + sum(b.nbytes for b in buffers), 0.0)
             size = self._sizes.capped(size)
-        deadline = time.perf_counter() + _PROBE_READ_SECONDS
         while len(items) < size and not self._input_done and self._error is None and time.perf_counter() < deadline:
-            items.extend(self._take(min(_PROBE_READ_BLOCK, size - len(items))))
+            items.extend(self._take(min(len(items), _PROBE_READ_BLOCK, size - len(items))))
         return items
 
     def _take(self, size: int) -> list:
