@@ -18,7 +18,7 @@ from glimpse.pools.errors import SerializationError
 
 #: How long a probe may spend reading the input, and how many items it reads between checks.
 _PROBE_READ_SECONDS = 0.01
-_PROBE_READ_BLOCK = 256
+_PROBE_READ_BLOCK = 4096
 
 
 class ChunkReader:
