@@ -56,7 +56,8 @@ class Chunk:
 
     ``payload`` is the pickled items, of ``nbytes`` bytes; a backend that does not serialize
     gets the ``items`` themselves instead (a serializing one gets ``None``, so the caller does
-    not hold every item twice). ``attempts`` counts how many times the engine lost the chunk.
+    not hold every item twice, except for a probe's, kept to send again what the probe did not
+    run). ``attempts`` counts how many times the engine lost the chunk.
     """
 
     seq: int

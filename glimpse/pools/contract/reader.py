@@ -54,7 +54,7 @@ class ChunkReader:
 
     def give_back(self, start: int, items: list) -> None:
         """Items from ``start`` on that a probe did not run: the next chunks take them first."""
-        self._returned.append((start, list(items)))
+        self._returned.append((start, items))
 
     def read(self) -> Chunk | None:
         """The next chunk, or ``None`` when the input is used up."""
