@@ -69,11 +69,7 @@ class ChunkReader:
         if self._sizes.probing:
             items = self._take_probe(self._sizes.next_size(self._remaining))
             if len(items) > 1:
-                # The first probe returns after the engine's chunk time, so the first results and
-                # the item cost come early; the others run for the full target time, so that a
-                # big cluster's scheduler is not flooded with small chunks when they return.
-                first = self._next_start == 0
-                items = ProbeItems(items, self._sizes.chunk_seconds if first else self._sizes.target)
+                items = ProbeItems(items, self._sizes.probe_seconds)
         else:
             items = self._take(self._sizes.next_size(self._remaining))
         chunk = self._chunk(self._next_start, items)

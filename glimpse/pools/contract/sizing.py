@@ -125,6 +125,13 @@ class AdaptiveSize(_Sizes):
     def probing(self) -> bool:
         return self.seconds_per_item is None
 
+    @property
+    def probe_seconds(self) -> float:
+        """How long the probe just sized runs: the call's first for the engine's chunk time, so the
+        first results and the item cost come early; the others for the target time, so that a big
+        cluster's scheduler is not flooded with small chunks when they return."""
+        return self.chunk_seconds if self._probes <= 1 else self.target
+
     def next_size(self, remaining: int | None) -> int:
         if self.seconds_per_item is None:
             self._probes += 1
