@@ -89,6 +89,16 @@ def _nothing(socket, kind: bytes) -> bool:
     return True
 
 
+def _all(socket, kind: bytes) -> list[list[bytes]]:
+    """The frames of every message of ``kind`` the peer got (until it gets nothing for 100 ms)."""
+    messages = []
+    while socket.poll(100):
+        got, *frames = socket.recv_multipart()
+        if got == kind:
+            messages.append(frames)
+    return messages
+
+
 def _ready_worker(context, broker, name=b"w1"):
     worker = _peer(context, name)
     worker.send_multipart([p.READY, p.VERSION, p.to_json({"pid": 1, "host": "here"})])
@@ -104,9 +114,15 @@ def _chunk_on_a_worker(context, broker, task: bytes = b"1"):
     pool.send_multipart([p.FUNC, b"call", b"function-bytes"])
     pool.send_multipart([p.CHUNK, task, b"call", b"payload", b"0"])
     _deliver(broker)
-    job, call, payload, start = _receive(worker, p.TASK)
-    assert (call, payload, start) == (b"call", b"payload", b"0")
+    job, call, payload, start, function = _receive(worker, p.TASK)
+    assert (call, payload, start, function) == (b"call", b"payload", b"0", b"function-bytes")
     return worker, pool, job
+
+
+def _chunks(pool, *tasks: bytes) -> None:
+    pool.send_multipart([p.FUNC, b"call", b"function-bytes"])
+    for task in tasks:
+        pool.send_multipart([p.CHUNK, task, b"call", b"payload-" + task, b"0"])
 
 
 def test_a_chunk_goes_to_an_idle_worker_and_its_result_back_to_its_pool(context, broker):
@@ -114,6 +130,74 @@ def test_a_chunk_goes_to_an_idle_worker_and_its_result_back_to_its_pool(context,
     worker.send_multipart([p.RESULT, job, b"outcome"])
     _deliver(broker)
     assert _receive(pool, p.DONE) == [b"7", b"outcome"]
+
+
+def test_a_worker_gets_a_second_chunk_to_start_when_its_first_ends_but_only_when_none_is_idle(context, broker):
+    first, second = _ready_worker(context, broker, b"w1"), _ready_worker(context, broker, b"w2")
+    pool = _peer(context, b"pool-1")
+    _chunks(pool, b"1", b"2", b"3", b"4", b"5")
+    _deliver(broker)
+    held = {name: [frames[2] for frames in _all(worker, p.TASK)] for name, worker in ((b"w1", first), (b"w2", second))}
+    assert sorted(held[b"w1"] + held[b"w2"]) == [b"payload-1", b"payload-2", b"payload-3", b"payload-4"]
+    assert len(held[b"w1"]) == len(held[b"w2"]) == p.HELD_PER_WORKER
+    assert [job.task for job in broker.queue] == [b"5"]
+
+
+def test_a_function_travels_with_a_workers_first_chunk_of_the_call_only(context, broker):
+    worker = _ready_worker(context, broker)
+    pool = _peer(context, b"pool-1")
+    _chunks(pool, b"1", b"2")
+    _deliver(broker)
+    assert [frames[4] for frames in _all(worker, p.TASK)] == [b"function-bytes", b""]
+
+
+def test_a_chunk_waiting_behind_another_is_taken_back_for_an_idle_worker(context, broker):
+    busy = _ready_worker(context, broker, b"w1")
+    pool = _peer(context, b"pool-1")
+    _chunks(pool, b"1", b"2")
+    _deliver(broker)
+    running, waiting = (frames[0] for frames in _all(busy, p.TASK))
+    idle = _ready_worker(context, broker, b"w2")
+    assert _receive(busy, p.TAKEBACK) == [waiting]
+    busy.send_multipart([p.GAVEBACK, waiting])
+    _deliver(broker)
+    job, _call, payload, _start, function = _receive(idle, p.TASK)
+    assert (payload, function) == (b"payload-2", b"function-bytes")
+    idle.send_multipart([p.RESULT, job, b"second"])
+    busy.send_multipart([p.RESULT, running, b"first"])
+    _deliver(broker)
+    assert sorted(_receive(pool, p.DONE) for _ in range(2)) == [[b"1", b"first"], [b"2", b"second"]]
+
+
+def test_a_chunk_asked_back_that_had_started_finishes_where_it_runs(context, broker):
+    busy = _ready_worker(context, broker, b"w1")
+    pool = _peer(context, b"pool-1")
+    _chunks(pool, b"1", b"2")
+    _deliver(broker)
+    running, waiting = (frames[0] for frames in _all(busy, p.TASK))
+    _ready_worker(context, broker, b"w2")
+    _receive(busy, p.TAKEBACK)
+    busy.send_multipart([p.RESULT, running, b"first"])
+    busy.send_multipart([p.RESULT, waiting, b"second"])
+    _deliver(broker)
+    assert sorted(_receive(pool, p.DONE) for _ in range(2)) == [[b"1", b"first"], [b"2", b"second"]]
+    assert not broker.running and not broker.queue
+
+
+def test_a_silent_worker_loses_the_chunk_it_ran_and_the_one_waiting_goes_to_another(context, broker):
+    silent = _ready_worker(context, broker, b"w1")
+    pool = _peer(context, b"pool-1")
+    _chunks(pool, b"1", b"2")
+    _deliver(broker)
+    _all(silent, p.TASK)
+    other = _ready_worker(context, broker, b"w2")
+    broker.workers[b"w1"].seen -= p.WORKER_TIMEOUT_SECONDS + 1
+    broker.expire_silent_workers()
+    broker.dispatch()
+    task, reason = _receive(pool, p.LOST)
+    assert task == b"1" and b"heartbeat" in reason
+    assert _receive(other, p.TASK)[2] == b"payload-2"
+    assert _nothing(pool, p.LOST), "the chunk that waited was reported lost"
 
 
 def test_a_chunk_of_an_unknown_call_asks_for_the_function_and_is_lost(context, broker):

@@ -77,7 +77,7 @@ class Slot:
         self.servers, self.key, self.signer = servers, key, signer
         self.work: dict[tuple[str, int], g.Connection | None] = dict.fromkeys(servers)
         self.control: dict[tuple[str, int], g.Connection | None] = dict.fromkeys(servers)
-        self.process = ChildProcess.start(shared_outcomes=False)
+        self.process = ChildProcess.start(outcomes="bytes")
         self.job: RunningJob | None = None
         self.grabbing: g.Connection | None = None
         self.woken: list[g.Connection] = []
@@ -270,7 +270,7 @@ class Slot:
 
     def replace_process(self) -> None:
         self.process.stop()
-        self.process = ChildProcess.start(shared_outcomes=False)
+        self.process = ChildProcess.start(outcomes="bytes")
 
     def close(self) -> None:
         self.process.stop()

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from glimpse.pools.backends.processes import shared_memory
-from glimpse.pools.backends.processes.frames import FrameReader, write_frames
+from glimpse.pools.backends.processes.frames import FrameReader, frame_views, write_available, write_frames
 from glimpse.pools.subprocesses import child_environment
 
 #: The first byte of the frame that answers a skip; outcomes start with a pickle or ``S``.
@@ -34,14 +34,20 @@ class ChildProcess:
     def __init__(self, process: subprocess.Popen, inbox: int, outbox: int, control: int, fds: socket.socket):
         self.process, self.inbox, self.outbox, self.control, self.fds = process, inbox, outbox, control, fds
         self._outcomes = FrameReader(outbox)
+        self._unsent: list[memoryview] | None = None
         self.last_call = None
 
     @classmethod
-    def start(cls, initializer: bytes | None = None, shared_outcomes: bool = True):
+    def start(cls, initializer: bytes | None = None, outcomes: str = "buffers", blocking: bool = True):
         """Start a worker; ``initializer`` is the pickled ``(initializer, initargs)`` it runs first.
 
-        With ``shared_outcomes`` the worker sends large result buffers through shared memory
-        (outcomes are then ``SharedPayload`` objects); without, outcomes are always bytes.
+        ``outcomes`` says how the worker sends them: ``"buffers"``, large result buffers through
+        shared memory (such outcomes are ``SharedPayload`` objects); ``"pickles"``, a large
+        outcome's whole pickle through shared memory (a ``SharedPayload`` without skeleton, whose
+        ``view`` is the pickle); ``"bytes"``, always as bytes through the pipe.
+        Without ``blocking``, sending never waits for the worker to read: what its pipe does not
+        take yet waits here until :meth:`flush` (call it when ``inbox`` is writable, while
+        :attr:`sending`); so one event loop can feed a worker a chunk while it writes an outcome.
         """
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
@@ -60,7 +66,10 @@ class ChildProcess:
                 os.close(fd)
             child_fds.close()
         worker = cls(process, to_child_w, from_child_r, control_w, fds)
-        worker.send(("setup", initializer, shared_outcomes))
+        if not blocking:
+            os.set_blocking(to_child_w, False)
+            worker._unsent = []
+        worker.send(("setup", initializer, outcomes))
         return worker
 
     @property
@@ -119,12 +128,29 @@ class ChildProcess:
         (outcome,) = self.receive_all()
         return outcome
 
-    def _write(self, frames: list, memfds: list[int]) -> bool:
+    @property
+    def sending(self) -> bool:
+        """Whether sent messages still wait for room in the pipe (without ``blocking`` only)."""
+        return bool(self._unsent)
+
+    def flush(self) -> bool:
+        """Write what the pipe takes now of what waits to go; ``False`` if the process is gone."""
         try:
-            shared_memory.write(self.inbox, self.fds, frames, memfds)
+            write_available(self.inbox, self._unsent)
             return True
         except OSError:
             return False
+
+    def _write(self, frames: list, memfds: list[int]) -> bool:
+        try:
+            if self._unsent is None:
+                shared_memory.write(self.inbox, self.fds, frames, memfds)
+                return True
+            shared_memory.send_memfds(self.fds, memfds)
+            self._unsent.extend(frame_views(frames))
+        except OSError:
+            return False
+        return self.flush()
 
     def describe_death(self, grace: float = 5.0) -> str:
         """How the process ended, e.g. ``process pid 12 was killed by SIGKILL``."""

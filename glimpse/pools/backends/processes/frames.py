@@ -15,28 +15,43 @@ _HEADER = struct.Struct("!Q")
 _BLOCK = 256 * 1024
 #: A frame at least this large is read into a buffer of its own instead of through the block buffer.
 _LARGE = 1024 * 1024
-_MAX_PARTS = 512  # below IOV_MAX (1024): two parts per frame
+_MAX_PARTS = 1024  # IOV_MAX
 
 
 def write_frames(fd: int, frames: list) -> None:
     """Write ``frames`` (bytes-like) in order, with as few system calls as their size allows."""
-    parts = []
-    for frame in frames:
-        parts.append(_HEADER.pack(len(frame)))
-        parts.append(frame)
-    for begin in range(0, len(parts), _MAX_PARTS):
-        _write_all(fd, parts[begin : begin + _MAX_PARTS])
-
-
-def _write_all(fd: int, parts: list) -> None:
-    views = [memoryview(part).cast("B") for part in parts]
+    views = frame_views(frames)
     while views:
-        written = os.writev(fd, views)
-        while views and written >= len(views[0]):
-            written -= len(views[0])
-            views.pop(0)
-        if views and written:
-            views[0] = views[0][written:]
+        _advance(views, os.writev(fd, views[:_MAX_PARTS]))
+
+
+def frame_views(frames: list) -> list[memoryview]:
+    """The bytes that carry ``frames``, as views to write in order."""
+    views = []
+    for frame in frames:
+        views.append(memoryview(_HEADER.pack(len(frame))))
+        views.append(memoryview(frame).cast("B"))
+    return views
+
+
+def write_available(fd: int, views: list[memoryview]) -> None:
+    """Write as much of ``views`` as the non-blocking ``fd`` takes now, removing it from ``views``."""
+    while views:
+        try:
+            _advance(views, os.writev(fd, views[:_MAX_PARTS]))
+        except BlockingIOError:
+            return
+
+
+def _advance(views: list[memoryview], written: int) -> None:
+    """Drop the first ``written`` bytes from ``views``."""
+    done = 0
+    while done < len(views) and written >= len(views[done]):
+        written -= len(views[done])
+        done += 1
+    del views[:done]
+    if views and written:
+        views[0] = views[0][written:]
 
 
 class FrameReader:

@@ -23,22 +23,26 @@ import weakref
 import cloudpickle
 
 from glimpse.pools.backends.processes.frames import write_frames
+from glimpse.pools.contract import pickling
 from glimpse.pools.contract.out_of_band import pickle_out_of_band
 
 _SHARED = b"S"
+#: A whole pickle at least this large goes through a memfd (:func:`share_pickle`).
+SHARED_PICKLE_BYTES = 64 * 1024
 _HAS_MEMFD = hasattr(os, "memfd_create")
 
 
 class SharedPayload:
-    """A pickle whose large buffers live in a memfd (``fd``, owned) or its mapping (``view``)."""
+    """A pickle whose large buffers live in a memfd (``fd``, owned) or its mapping (``view``);
+    with no ``skeleton``, the whole pickle does (see :func:`share_pickle`)."""
 
-    def __init__(self, skeleton: bytes, sizes: list[int], fd: int | None = None, view: memoryview | None = None):
+    def __init__(self, skeleton: bytes | None, sizes: list[int], fd: int | None = None, view: memoryview | None = None):
         self.skeleton, self.sizes, self.fd, self.view = skeleton, sizes, fd, view
         if fd is not None:
             weakref.finalize(self, os.close, fd)
 
     def __len__(self) -> int:
-        return len(self.skeleton) + sum(self.sizes)
+        return len(self.skeleton or b"") + sum(self.sizes)
 
     @functools.cached_property
     def frame(self) -> bytes:
@@ -48,6 +52,8 @@ class SharedPayload:
     def load(self):
         """The pickled object; its arrays are backed by the shared pages (copy-on-write)."""
         view = self.view if self.view is not None else _map(self.fd, sum(self.sizes))
+        if self.skeleton is None:
+            return pickle.loads(view)
         buffers, offset = [], 0
         for size in self.sizes:
             buffers.append(view[offset : offset + size])
@@ -62,13 +68,31 @@ def dumps(obj) -> bytes | SharedPayload:
     skeleton, raws = pickle_out_of_band(obj)
     if not raws:
         return skeleton
+    return SharedPayload(skeleton, [raw.nbytes for raw in raws], fd=_memfd(raws))
+
+
+def share_pickle(data: bytes) -> bytes | SharedPayload:
+    """A pickle moved whole into a memfd when it is large (so it never waits for the reader of a
+    pipe), else as it is. A zmq worker slot sends its child large chunks this way, and gets large
+    outcomes back (:func:`dumps_whole`); the pickle itself is the one the broker forwarded."""
+    if not _HAS_MEMFD or len(data) < SHARED_PICKLE_BYTES:
+        return data
+    return SharedPayload(None, [len(data)], fd=_memfd([memoryview(data)]))
+
+
+def dumps_whole(obj) -> bytes | SharedPayload:
+    """Pickle ``obj`` (cloudpickle where needed), through a memfd if the pickle is large."""
+    return share_pickle(pickling.dumps(obj))
+
+
+def _memfd(raws: list[memoryview]) -> int:
     fd = os.memfd_create("glimpse-payload", os.MFD_CLOEXEC)
     try:
         _write_all(fd, raws)
     except BaseException:
         os.close(fd)
         raise
-    return SharedPayload(skeleton, [raw.nbytes for raw in raws], fd=fd)
+    return fd
 
 
 def loads(payload: bytes | SharedPayload):
@@ -85,9 +109,14 @@ def outgoing(payload: bytes | SharedPayload) -> tuple[bytes, int | None]:
 
 def write(fd: int, fds: socket.socket, frames: list, memfds: list[int]) -> None:
     """Write frames to a pipe, after sending the memfds some of them carry (in their order) on ``fds``."""
+    send_memfds(fds, memfds)
+    write_frames(fd, frames)
+
+
+def send_memfds(fds: socket.socket, memfds: list[int]) -> None:
+    """Send memfds (in the order of the frames that carry them) ahead of those frames."""
     for memfd in memfds:
         socket.send_fds(fds, [b"m"], [memfd])
-    write_frames(fd, frames)
 
 
 def incoming(frame, fds: socket.socket):

@@ -45,7 +45,7 @@ def main(read_fd: int, write_fd: int, control_fd: int, fds_fd: int) -> None:
             return
         if kind == "setup":
             setup_error = _run_initializer(message[1])
-            dumps = shared_memory.dumps if message[2] else pickling.dumps
+            dumps = _OUTCOME_PICKLERS[message[2]]
         elif kind == "chunk":
             _, _, call_id, func_blob, start, payload = message
             if setup_error is None:
@@ -72,6 +72,7 @@ class _Chunks:
         self._sending = threading.Lock()  # frames (and their memfds) never interleave
         self._skipped: set[int] = set()
         self._last_started = -1  # chunk tokens grow in the order the pool sends them
+        self._skipped_function: tuple[str, bytes] | None = None
 
     def take(self) -> tuple:
         """The next message to act on (waits for one); skipped chunks are passed over."""
@@ -83,9 +84,15 @@ class _Chunks:
                 token = message[1]
                 if token in self._skipped:
                     self._skipped.discard(token)
+                    if message[3] is not None:
+                        self._skipped_function = (message[2], message[3])
                     continue
                 self._last_started = token
-                return message
+            if message[3] is None and self._skipped_function and self._skipped_function[0] == message[2]:
+                # The pool sends a call's function once, with the call's first chunk here; if that one
+                # was skipped, the chunks of the call that follow count on it all the same.
+                message = (*message[:3], self._skipped_function[1], *message[4:])
+            return message
 
     def _next_message(self) -> tuple:
         try:
@@ -122,6 +129,13 @@ class _Chunks:
                 return  # it started: its outcome will answer
             self._skipped.add(token)
             self.send(SKIPPED + str(token).encode())
+
+
+_OUTCOME_PICKLERS = {
+    "buffers": shared_memory.dumps,
+    "bytes": pickling.dumps,
+    "pickles": shared_memory.dumps_whole,
+}
 
 
 def _run_initializer(blob: bytes | None) -> BaseException | None:

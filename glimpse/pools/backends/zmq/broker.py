@@ -1,8 +1,12 @@
 """The broker of the glimpse ZeroMQ cluster: one ROUTER socket between pools and workers.
 
-It queues the chunks pools send, hands each to an idle worker, forwards outcomes back, keeps
-each call's pickled function until the pool releases it, and reports the chunk of a worker that
-stops sending heartbeats as lost to the pool that sent it. See ``protocol.py`` for the messages.
+It queues the chunks pools send and hands them to workers: one to each idle worker first, then
+a second to each busy one, which its worker starts the moment the first ends (no round trip
+between chunks); while a worker is idle and nothing is queued, a chunk waiting behind another is
+taken back for it. It forwards outcomes back, keeps each call's pickled function until the pool
+releases it (sending it along with a worker's first chunk of the call), and reports the chunk a
+worker was running when it stopped sending heartbeats as lost to the pool that sent it (the
+chunk waiting behind it goes to another worker). See ``protocol.py`` for the messages.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from glimpse.pools.security import ClusterKey, MessageSigner, Tagged
 log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.5
+#: A function smaller than this travels with a worker's first chunk of its call; a larger one
+#: (signed end to end) is fetched once per worker process with GETFUNC.
+INLINE_FUNCTION_BYTES = 64 * 1024
 
 
 def serve(host: str, port: int, key: ClusterKey, ready_fd: int | None = None) -> None:
@@ -73,6 +80,7 @@ class QueuedChunk:
     payload: bytes | Tagged
     start: bytes
     worker: Worker | None = None
+    taking_back: bool = False
 
 
 @dataclass(eq=False)
@@ -82,7 +90,9 @@ class Worker:
     id: bytes
     info: dict
     seen: float
-    job: QueuedChunk | None = None
+    #: The chunks it holds, in the order it was sent them: it runs the first, the others wait.
+    jobs: list[QueuedChunk] = field(default_factory=list)
+    functions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     since: float = field(default_factory=time.monotonic)
 
     def describe(self) -> str:
@@ -117,6 +127,7 @@ class Broker:
             p.RESULT: self.on_result,
             p.FAILED: self.on_failed,
             p.GETFUNC: self.on_getfunc,
+            p.GAVEBACK: self.on_gaveback,
             p.LEAVING: self.on_leaving,
         }
 
@@ -150,14 +161,41 @@ class Broker:
             self.dispatch()
 
     def dispatch(self) -> None:
-        while self.queue:
-            worker = next((w for w in self.workers.values() if w.job is None), None)
-            if worker is None:
+        """Hand queued chunks to the workers holding the fewest; with none queued, take back for idle ones."""
+        while self.queue and self.workers:
+            worker = min(self.workers.values(), key=lambda w: len(w.jobs))
+            if len(worker.jobs) >= p.HELD_PER_WORKER:
                 return
-            job = self.queue.popleft()
-            job.worker, worker.job, worker.since = worker, job, time.monotonic()
-            self.running[job.number] = job
-            self.send(worker.id, p.TASK, p.number(job.number), job.call, job.payload, job.start)
+            self.hand_out(self.queue.popleft(), worker)
+        if not self.queue:
+            self.take_back_for_idle_workers()
+
+    def hand_out(self, job: QueuedChunk, worker: Worker) -> None:
+        job.worker = worker
+        if not worker.jobs:
+            worker.since = time.monotonic()
+        worker.jobs.append(job)
+        self.running[job.number] = job
+        function = b""
+        entry = self.functions.get(job.call)
+        if job.call not in worker.functions and entry is not None and not isinstance(entry[1], Tagged):
+            function = entry[1]
+            worker.functions[job.call] = None
+            while len(worker.functions) > p.FUNCTIONS_KEPT:
+                worker.functions.popitem(last=False)
+        self.send(worker.id, p.TASK, p.number(job.number), job.call, job.payload, job.start, function)
+
+    def take_back_for_idle_workers(self) -> None:
+        """Ask busy workers to give back chunks waiting behind their running one, one per idle worker."""
+        idle = sum(1 for worker in self.workers.values() if not worker.jobs)
+        for worker in self.workers.values():
+            if not idle:
+                return
+            for job in worker.jobs[1:]:
+                if idle and not job.taking_back:
+                    job.taking_back = True
+                    self.send(worker.id, p.TAKEBACK, p.number(job.number))
+                    idle -= 1
 
     def expire_silent_workers(self) -> None:
         limit = time.monotonic() - p.WORKER_TIMEOUT_SECONDS
@@ -207,7 +245,7 @@ class Broker:
             else:
                 self.running.pop(job.number, None)
                 self.send(job.worker.id, p.CANCEL, p.number(job.number))
-                job.worker.job = None
+                job.worker.jobs.remove(job)
 
     def on_list(self, client: bytes) -> None:
         now = time.monotonic()
@@ -215,7 +253,8 @@ class Broker:
             {
                 "id": worker.id.decode(errors="replace"),
                 **worker.info,
-                "state": "idle" if worker.job is None else "busy",
+                "state": "busy" if worker.jobs else "idle",
+                "chunks_held": len(worker.jobs),
                 "for_seconds": round(now - worker.since, 1),
             }
             for worker in self.workers.values()
@@ -233,7 +272,7 @@ class Broker:
     def on_restart(self, client: bytes) -> None:
         for worker in self.workers.values():
             self.send(worker.id, p.RESTART)
-            self.lose_job(worker, f"{worker.describe()} was restarted by RestartWorkers")
+            self.lose_jobs(worker, f"{worker.describe()} was restarted by RestartWorkers")
         self.send(client, p.RESTARTED, p.number(len(self.workers)))
 
     def on_bye(self, client: bytes) -> None:
@@ -251,7 +290,7 @@ class Broker:
             return
         old = self.workers.pop(sender, None)
         if old is not None:
-            self.lose_job(old, f"{old.describe()} started over while running it")
+            self.lose_jobs(old, f"{old.describe()} started over while running it")
         self.workers[sender] = Worker(sender, p.from_json(info), time.monotonic())
         self.send(sender, p.WELCOME, self.id)
         log.info("worker %s joined (%d workers)", sender.decode(errors="replace"), len(self.workers))
@@ -281,6 +320,14 @@ class Broker:
         else:
             self.send(sender, p.FUNC, call, entry[1])
 
+    def on_gaveback(self, sender: bytes, job_number: bytes) -> None:
+        """A worker gave back a chunk it had not started: it goes first to the next free worker."""
+        job = self.running.get(int(job_number))
+        worker = self.workers.get(sender)
+        if job is None or worker is None or job.worker is not worker:
+            return
+        self.requeue(worker, [job])
+
     def on_leaving(self, sender: bytes, reason: bytes) -> None:
         worker = self.workers.get(sender)
         if worker is not None:
@@ -296,22 +343,34 @@ class Broker:
             return None
         del self.running[job.number]
         self.jobs.pop((job.client, job.task), None)
-        worker.job, worker.since = None, time.monotonic()
+        worker.jobs.remove(job)
+        worker.since = time.monotonic()
         return job
 
-    def lose_job(self, worker: Worker, reason: str) -> None:
-        job = worker.job
-        worker.job, worker.since = None, time.monotonic()
-        if job is None:
+    def lose_jobs(self, worker: Worker, reason: str) -> None:
+        """The worker is gone or restarted: the chunk it ran is lost, those waiting go to other workers."""
+        if not worker.jobs:
             return
-        self.running.pop(job.number, None)
-        self.jobs.pop((job.client, job.task), None)
-        self.send(job.client, p.LOST, job.task, reason.encode())
+        running, *waiting = worker.jobs
+        self.requeue(worker, waiting)
+        worker.jobs.clear()
+        worker.since = time.monotonic()
+        self.running.pop(running.number, None)
+        self.jobs.pop((running.client, running.task), None)
+        self.send(running.client, p.LOST, running.task, reason.encode())
+
+    def requeue(self, worker: Worker, jobs: list[QueuedChunk]) -> None:
+        """Put chunks a worker never started back at the front of the queue, in order."""
+        for job in reversed(jobs):
+            worker.jobs.remove(job)
+            self.running.pop(job.number, None)
+            job.worker, job.taking_back = None, False
+            self.queue.appendleft(job)
 
     def remove_worker(self, worker: Worker, reason: str) -> None:
         self.workers.pop(worker.id, None)
         log.info("%s (%d workers)", reason, len(self.workers))
-        self.lose_job(worker, reason)
+        self.lose_jobs(worker, reason)
 
     def send(self, peer: bytes, kind: bytes, *frames: bytes | Tagged) -> None:
         self.socket.send(peer, kind, *frames)

@@ -9,9 +9,14 @@ client -> broker   HELLO version | FUNC call blob | DROP call | CHUNK task call 
 broker -> client   WELCOME broker n | PONG broker n last_task task... | DONE task outcome |
                    LOST task reason | NOFUNC call | LISTED json | KILLED n | RESTARTED n | REFUSED reason
 worker -> broker   READY version info | HEARTBEAT info | RESULT job outcome | FAILED job reason |
-                   GETFUNC call | LEAVING reason
-broker -> worker   WELCOME broker | TASK job call payload start | FUNC call blob | NOFUNC call |
-                   CANCEL job | RESTART | EXIT | RESET
+                   GAVEBACK job | GETFUNC call | LEAVING reason
+broker -> worker   WELCOME broker | TASK job call payload start blob | FUNC call blob | NOFUNC call |
+                   TAKEBACK job | CANCEL job | RESTART | EXIT | RESET
+
+A worker holds up to two chunks (:data:`HELD_PER_WORKER`) and runs them in the order it got
+them; a TASK carries the call's function (``blob``) when the broker has not sent it to that worker
+yet, else an empty frame (a worker that lost it asks with GETFUNC). TAKEBACK asks for a chunk that
+waits behind another: the worker answers GAVEBACK if it had not started it, else its RESULT.
 
 Every message is signed with the cluster key (``signed_socket.py``): a last frame carries its
 signature, and a peer acts on nothing that does not verify.
@@ -28,7 +33,7 @@ import os
 
 import zmq
 
-VERSION = b"glimpse-zmq-2"
+VERSION = b"glimpse-zmq-3"
 
 HELLO, WELCOME, REFUSED = b"HELLO", b"WELCOME", b"REFUSED"
 FUNC, NOFUNC, GETFUNC, DROP = b"FUNC", b"NOFUNC", b"GETFUNC", b"DROP"
@@ -37,6 +42,12 @@ PING, PONG, BYE = b"PING", b"PONG", b"BYE"
 LIST, LISTED, KILL, KILLED, RESTART, RESTARTED = b"LIST", b"LISTED", b"KILL", b"KILLED", b"RESTART", b"RESTARTED"
 READY, HEARTBEAT, RESULT, FAILED, LEAVING = b"READY", b"HEARTBEAT", b"RESULT", b"FAILED", b"LEAVING"
 TASK, EXIT, RESET = b"TASK", b"EXIT", b"RESET"
+TAKEBACK, GAVEBACK = b"TAKEBACK", b"GAVEBACK"
+
+#: Chunks a worker holds: the one it runs and one waiting behind it, so it never waits for a round trip.
+HELD_PER_WORKER = 2
+#: Call functions a worker process keeps (and the broker remembers sending to each worker).
+FUNCTIONS_KEPT = 4
 
 #: How often a worker tells the broker it is alive, and a waiting pool asks the broker.
 HEARTBEAT_SECONDS = 1.0

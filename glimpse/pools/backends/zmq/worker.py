@@ -2,12 +2,14 @@
 
 Each slot has its own DEALER socket (so the broker sees one worker per slot) and a child
 process that runs chunks (the ``worker_main`` program MulticorePool uses). The slot keeps sending
-heartbeats while its child computes, fetches a call's function from the broker the first time
-it needs it, and kills and replaces its child when a chunk is cancelled or the child dies.
+heartbeats while its child computes, passes on the chunks it holds (the child starts the next
+the moment one ends), fetches a call's function from the broker when a chunk did not bring it,
+and kills and replaces its child when its running chunk is cancelled or the child dies.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -17,15 +19,22 @@ from dataclasses import dataclass
 
 import zmq
 
-from glimpse.pools.backends.processes.child_process import ChildProcess
+from glimpse.pools.backends.processes import shared_memory
+from glimpse.pools.backends.processes.child_process import ChildProcess, skipped_token
+from glimpse.pools.backends.processes.shared_memory import SharedPayload
 from glimpse.pools.backends.zmq import protocol as p
 from glimpse.pools.backends.zmq.signed_socket import PeerSocket
 from glimpse.pools.security import ClusterKey, MessageSigner
 
 log = logging.getLogger(__name__)
 
-_FUNCTIONS_KEPT = 4
 _CLOSE_LINGER_MS = 500
+
+
+def _start_child() -> ChildProcess:
+    # Large chunks and outcomes go whole through shared memory and small ones through a pipe that
+    # never blocks the loop serving every slot: a child waits for no slot to be scheduled.
+    return ChildProcess.start(outcomes="pickles", blocking=False)
 
 
 def serve(address: str, nworkers: int, key: ClusterKey) -> None:
@@ -52,8 +61,12 @@ def serve(address: str, nworkers: int, key: ClusterKey) -> None:
                 poller.register(slot.socket.socket, zmq.POLLIN)
                 if slot.running:
                     poller.register(slot.process.fileno(), zmq.POLLIN)
+                if slot.process.sending:
+                    poller.register(slot.process.inbox, zmq.POLLOUT)
             ready = dict(poller.poll(p.HEARTBEAT_SECONDS * 500))
             for slot in list(slots):
+                if slot.process.sending and slot.process.inbox in ready:
+                    slot.process.flush()  # a dead child is found by collect(), at the end of its pipe
                 if slot.running and slot.process.fileno() in ready:
                     slot.collect()
                 if slot.socket.socket in ready and not slot.receive_available():
@@ -69,19 +82,28 @@ def serve(address: str, nworkers: int, key: ClusterKey) -> None:
         context.term()
 
 
-@dataclass
+@dataclass(eq=False)
 class SlotChunk:
-    """A chunk the broker handed to a slot."""
+    """A chunk the broker handed to a slot; ``token`` names it to the child once sent there."""
 
     number: bytes
     call: bytes
     payload: bytes
     start: int
-    running: bool = False
+    token: int | None = None
+    fetching: bool = False  # its function was asked of the broker
+    giving_back: bool = False  # the broker asked for it back
+    cancelled: bool = False
 
 
 class Slot:
-    """One worker: a connection to the broker and a child process that runs its chunks."""
+    """One worker: a connection to the broker and a child process that runs its chunks.
+
+    The slot holds the chunks the broker sent (the one running and one waiting) and passes them
+    to its child as soon as it has their function, so the child starts the next chunk the moment
+    one ends. A waiting chunk the broker takes back or cancels is skipped by the child unless it
+    started (``worker_main`` decides, once per chunk).
+    """
 
     def __init__(
         self, context: zmq.Context, address: str, index: int, functions: OrderedDict[bytes, bytes], key: ClusterKey
@@ -90,15 +112,17 @@ class Slot:
         self.index = index
         self.socket = PeerSocket(p.dealer(context, address, self.id), MessageSigner(key, self.id), address)
         self.functions = functions
-        self.process = ChildProcess.start(shared_outcomes=False)
-        self.job: SlotChunk | None = None
+        self.process = _start_child()
+        self.jobs: list[SlotChunk] = []
+        self.tokens = itertools.count()
         self.chunks = 0
         self.welcomed = False
         self.send(p.READY, p.VERSION, self.info())
 
     @property
     def running(self) -> bool:
-        return self.job is not None and self.job.running
+        """Whether its child holds chunks (so its outcomes must be watched for)."""
+        return any(job.token is not None for job in self.jobs)
 
     def info(self) -> bytes:
         return p.to_json(
@@ -132,74 +156,147 @@ class Slot:
             self.on_function(*frames)
         elif kind == p.NOFUNC:
             self.on_missing_function(*frames)
+        elif kind == p.TAKEBACK:
+            self.on_take_back(*frames)
         elif kind == p.CANCEL:
-            if self.job is not None and self.job.number == frames[0]:
-                self.abort()
+            self.on_cancel(*frames)
         elif kind == p.RESTART:
-            self.abort()
-            self.replace_process()
+            self.drop_all(restart=True)
         elif kind == p.RESET:
-            self.abort()
+            self.drop_all()
             self.send(p.READY, p.VERSION, self.info())
 
-    def on_task(self, number: bytes, call: bytes, payload: bytes, start: bytes) -> None:
-        if self.job is not None:
-            self.send(p.FAILED, number, f"zmq worker {self.id.decode()} was still busy with another chunk".encode())
+    def on_task(self, number: bytes, call: bytes, payload: bytes, start: bytes, function: bytes) -> None:
+        if len(self.jobs) >= p.HELD_PER_WORKER:
+            self.send(p.FAILED, number, f"zmq worker {self.id.decode()} already holds {len(self.jobs)} chunks".encode())
             return
-        self.job = SlotChunk(number, call, payload, int(start))
-        if self.process.last_call == call:
-            self.run(None)
-        elif call in self.functions:
-            self.functions.move_to_end(call)
-            self.run(self.functions[call])
-        else:
-            self.send(p.GETFUNC, call)
+        if function:
+            self.keep_function(call, function)
+        self.jobs.append(SlotChunk(number, call, payload, int(start)))
+        self.forward()
 
     def on_function(self, call: bytes, blob: bytes) -> None:
+        self.keep_function(call, blob)
+        self.forward()
+
+    def keep_function(self, call: bytes, blob: bytes) -> None:
         self.functions[call] = blob
-        while len(self.functions) > _FUNCTIONS_KEPT:
+        self.functions.move_to_end(call)
+        while len(self.functions) > p.FUNCTIONS_KEPT:
             self.functions.popitem(last=False)
-        if self.job is not None and not self.job.running and self.job.call == call:
-            self.run(blob)
 
     def on_missing_function(self, call: bytes) -> None:
-        if self.job is not None and not self.job.running and self.job.call == call:
-            self.fail("the broker no longer has the function of this call (its pool released it)")
+        for job in [job for job in self.jobs if job.token is None and job.call == call]:
+            self.jobs.remove(job)
+            self.send(p.FAILED, job.number, self.failure("the broker no longer has the function of this call"))
+        self.forward()
 
-    def run(self, blob: bytes | None) -> None:
-        job = self.job
-        job.running = True
-        if not self.process.send_chunk(job.call.decode(), blob, job.payload, job.start):
-            self.fail(f"its task {self.process.describe_death(2.0)} before it took the chunk")
-            self.replace_process()
+    def on_take_back(self, number: bytes) -> None:
+        job = self.find(number)
+        if job is None:
+            return  # it finished: its RESULT is on the way
+        job.giving_back = True
+        if job.token is None:
+            self.answer_unstarted(job)
+        elif not self.process.send_skip(job.token):
+            self.child_died()
+
+    def on_cancel(self, number: bytes) -> None:
+        job = self.find(number)
+        if job is None:
             return
-        self.process.last_call = job.call
+        job.cancelled = True
+        if job.token is None:
+            self.jobs.remove(job)
+        elif job is self.head():
+            self.replace_process()  # it may be running: stop it
+        elif not self.process.send_skip(job.token):
+            self.child_died()
+
+    def forward(self) -> None:
+        """Send the child, in order, every held chunk it does not have yet and whose function is here."""
+        batch = []
+        for job in self.jobs:
+            if job.token is not None:
+                continue
+            if self.process.last_call == job.call:
+                blob = None
+            elif job.call in self.functions:
+                blob = self.functions[job.call]
+                self.functions.move_to_end(job.call)
+            else:
+                if not job.fetching:
+                    job.fetching = True
+                    self.send(p.GETFUNC, job.call)
+                break
+            job.token = next(self.tokens)
+            self.process.last_call = job.call
+            batch.append((job.token, job.call.decode(), blob, shared_memory.share_pickle(job.payload), job.start))
+        if batch and not self.process.send_chunks(batch):
+            self.child_died()
 
     def collect(self) -> None:
-        """Forward the finished chunk's outcome, or report the chunk lost if the child died."""
+        """Forward the outcomes the child sent, and the chunks it skipped; replace a child that died."""
         try:
-            outcome = self.process.receive()
+            frames = self.process.receive_all()
         except (EOFError, OSError):
-            self.fail(f"its task {self.process.describe_death(2.0)} while running it")
-            self.replace_process()
+            self.child_died()
             return
-        self.send(p.RESULT, self.job.number, outcome)
-        self.job = None
-        self.chunks += 1
+        for frame in frames:
+            token = skipped_token(frame)
+            if token is not None:
+                job = next((job for job in self.jobs if job.token == token), None)
+                if job is not None:
+                    self.answer_unstarted(job)
+                continue
+            job = self.head()
+            self.jobs.remove(job)
+            self.chunks += 1
+            if not job.cancelled:
+                self.send(p.RESULT, job.number, frame.view if isinstance(frame, SharedPayload) else frame)
 
-    def abort(self) -> None:
-        """Drop the current chunk, killing the child if it was running it."""
-        if self.running:
-            self.replace_process()
-        self.job = None
+    def answer_unstarted(self, job: SlotChunk) -> None:
+        """A chunk that never ran leaves: given back if the broker asked, dropped if it cancelled it."""
+        self.jobs.remove(job)
+        if job.giving_back and not job.cancelled:
+            self.send(p.GAVEBACK, job.number)
 
-    def fail(self, reason: str) -> None:
-        self.send(p.FAILED, self.job.number, f"zmq worker {self.id.decode()}: {reason}".encode())
-        self.job = None
+    def child_died(self) -> None:
+        """The chunk the child ran is lost; the ones behind it go to a fresh child."""
+        head = self.head()
+        death = self.process.describe_death(2.0)
+        if head is not None:
+            self.jobs.remove(head)
+            if not head.cancelled:
+                self.send(p.FAILED, head.number, self.failure(f"its task {death} while running it"))
+        self.replace_process()
+
+    def head(self) -> SlotChunk | None:
+        """The chunk the child runs (or ran last without answering yet)."""
+        return next((job for job in self.jobs if job.token is not None), None)
+
+    def find(self, number: bytes) -> SlotChunk | None:
+        return next((job for job in self.jobs if job.number == number), None)
+
+    def failure(self, reason: str) -> bytes:
+        return f"zmq worker {self.id.decode()}: {reason}".encode()
+
+    def drop_all(self, restart: bool = False) -> None:
+        """Forget every chunk (the broker did), replacing the child if it held any (or to ``restart`` it)."""
+        if self.running or restart:
+            self.process.stop()
+            self.process = _start_child()
+        self.jobs.clear()
 
     def replace_process(self) -> None:
+        """Start a fresh child; the chunks the old one held are sent again, except those that are leaving."""
         self.process.stop()
-        self.process = ChildProcess.start(shared_outcomes=False)
+        self.process = _start_child()
+        for job in [job for job in self.jobs if job.token is not None]:
+            job.token = None
+            if job.cancelled or job.giving_back:
+                self.answer_unstarted(job)
+        self.forward()
 
     def close(self, reason: str) -> None:
         self.send(p.LEAVING, reason.encode())
