@@ -89,3 +89,9 @@ def worker_pid(x):
 def sleep_then_pid(seconds):
     time.sleep(seconds)
     return os.getpid()
+
+
+def sleep_then_index_and_pid(item):
+    index, seconds = item
+    time.sleep(seconds)
+    return index, os.getpid()

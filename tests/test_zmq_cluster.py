@@ -133,6 +133,15 @@ def test_worker_process_killed_mid_chunk_is_detected_and_its_chunk_rerun(small_c
     assert time.monotonic() - killed_at < 30, "the lost chunk took too long to be re-sent"
 
 
+def test_a_chunk_waiting_behind_a_long_one_is_taken_back_for_an_idle_worker(zmq_external_cluster):
+    # Each worker holds a second chunk while it runs one, to start it without a round trip; the
+    # short chunk held behind the 3 s one must move to the other worker once that one runs dry.
+    items = enumerate([3.0] + [0.05] * 20)
+    with MakePool(zmq_external_cluster.address) as pool:
+        ran_on = dict(pool.imap_unordered(helpers.sleep_then_index_and_pid, items, chunksize=1))
+    assert ran_on[0] not in [ran_on[index] for index in range(1, 21)], "a short chunk waited behind the long one"
+
+
 def test_broker_death_mid_call_is_a_clear_error(small_cluster, tmp_path):
     pool = MakePool(small_cluster.address)
     results = pool.imap(helpers.held_until_released, [0, ("hold", str(tmp_path / "never"))], chunksize=1)
