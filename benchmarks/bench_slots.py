@@ -1,12 +1,14 @@
 """Efficiency on a cluster of many worker slots, against the engine's own API, in one run.
 
-    python benchmarks/bench_slots.py [--engine dask|ray] [--slots 64 256] [--quick]
+    python benchmarks/bench_slots.py [--engine dask|ray|zmq] [--slots 64 256] [--quick]
 
 Many slots are simulated on this machine: Dask workers with many threads, Ray with ``num_cpus``
-set high, and tasks that sleep 50 ms (so the cores are free and only the engine's and the
-pool's cost per task count). Efficiency = ideal time (items x 50 ms / slots) / wall time; goal
->= 0.9 for glimpse ``map``, ``imap`` and ``imap_unordered`` (no chunksize given), beside
-``client.map`` + ``gather`` (Dask) or one ``ray.remote`` task per item (Ray).
+set high, an embedded zmq cluster with many worker slots (a process each), and tasks that sleep
+50 ms (so the cores are free and only the engine's and the pool's cost per task count).
+Efficiency = ideal time (items x 50 ms / slots) / wall time; goal >= 0.9 for glimpse ``map``,
+``imap`` and ``imap_unordered`` (no chunksize given), beside ``client.map`` + ``gather`` (Dask),
+one ``ray.remote`` task per item (Ray), or ``multiprocessing.Pool(slots).map`` (zmq, which has no
+API of its own).
 """
 
 from __future__ import annotations
@@ -74,9 +76,22 @@ def ray_rows(slots: int, items: int, repeats: int) -> dict[str, float]:
         pool.close()
 
 
+def zmq_rows(slots: int, items: int, repeats: int) -> dict[str, float]:
+    import multiprocessing
+
+    from glimpse.pools.zmq_cluster import MakePool
+
+    with MakePool(workers=slots) as pool, multiprocessing.Pool(slots) as stdlib:
+
+        def engine_map(data):
+            return stdlib.map(nap, data)
+
+        return measure(pool, engine_map, slots, items, repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engine", choices=("dask", "ray"), action="append")
+    parser.add_argument("--engine", choices=tuple(_ROWS), action="append")
     parser.add_argument("--slots", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--quick", action="store_true", help="fewer items, one repeat")
     args = parser.parse_args()
@@ -84,7 +99,7 @@ def main() -> None:
     print(f"Efficiency with many slots ({SECONDS * 1000:.0f} ms sleep tasks), Python {sys.version.split()[0]}")
     print(f"{'engine':<6} {'slots':>5} {'items':>6}  " + "  ".join(f"{name:>22}" for name in _NAMES))
     for engine in args.engine or ["dask", "ray"]:
-        rows = dask_rows if engine == "dask" else ray_rows
+        rows = _ROWS[engine]
         for slots in args.slots:
             items = slots * (10 if args.quick else 50)
             efficiency = rows(slots, items, repeats)
@@ -93,6 +108,7 @@ def main() -> None:
 
 
 _NAMES = ("engine's own", "glimpse map", "glimpse imap", "glimpse imap_unordered")
+_ROWS = {"dask": dask_rows, "ray": ray_rows, "zmq": zmq_rows}
 
 if __name__ == "__main__":
     main()
