@@ -142,6 +142,22 @@ def test_a_chunk_waiting_behind_a_long_one_is_taken_back_for_an_idle_worker(zmq_
     assert ran_on[0] not in [ran_on[index] for index in range(1, 21)], "a short chunk waited behind the long one"
 
 
+def test_a_call_still_runs_where_its_first_chunk_was_taken_back(zmq_external_cluster, tmp_path):
+    # A worker's first chunk of a call brings the call's function; when that chunk is taken back
+    # before it starts, the call's later chunks on that worker must still find the function.
+    release = str(tmp_path / "release")
+    with MakePool(zmq_external_cluster.address) as pool:
+        held = pool.imap(helpers.held_until_released, [0, ("hold", release)], chunksize=1)
+        assert next(held) == 0
+        naps = pool.imap_unordered(helpers.sleep_then_pid, [0.05] * 40, chunksize=1)
+        ran_on = [next(naps) for _ in range(4)]
+        time.sleep(1)  # the other worker runs dry, so the chunk waiting behind the held one is taken back
+        open(release, "w").close()
+        ran_on += naps
+        assert list(held) == ["released"]
+    assert len(set(ran_on)) == 2, "the worker that gave a chunk back ran none of the call afterwards"
+
+
 def test_broker_death_mid_call_is_a_clear_error(small_cluster, tmp_path):
     pool = MakePool(small_cluster.address)
     results = pool.imap(helpers.held_until_released, [0, ("hold", str(tmp_path / "never"))], chunksize=1)
