@@ -167,9 +167,8 @@ class Slot:
             self.send(p.READY, p.VERSION, self.info())
 
     def on_task(self, number: bytes, call: bytes, payload: bytes, start: bytes, function: bytes) -> None:
-        if len(self.jobs) >= p.HELD_PER_WORKER:
-            self.send(p.FAILED, number, f"zmq worker {self.id.decode()} already holds {len(self.jobs)} chunks".encode())
-            return
+        # How many chunks a worker holds is the broker's to decide: a chunk it cancelled may still
+        # be here, waiting for the child to say it skipped it, when the next one arrives.
         if function:
             self.keep_function(call, function)
         self.jobs.append(SlotChunk(number, call, payload, int(start)))
