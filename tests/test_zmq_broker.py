@@ -151,12 +151,18 @@ def test_a_function_travels_with_a_workers_first_chunk_of_the_call_only(context,
     assert [frames[4] for frames in _all(worker, p.TASK)] == [b"function-bytes", b""]
 
 
-def test_a_chunk_waiting_behind_another_is_taken_back_for_an_idle_worker(context, broker):
+def _two_chunks_on_one_worker(context, broker):
+    """A worker holding a pool's chunks 1 and 2 (their job numbers: the running one, the waiting one)."""
     busy = _ready_worker(context, broker, b"w1")
     pool = _peer(context, b"pool-1")
     _chunks(pool, b"1", b"2")
     _deliver(broker)
     running, waiting = (frames[0] for frames in _all(busy, p.TASK))
+    return busy, pool, running, waiting
+
+
+def test_a_chunk_waiting_behind_another_is_taken_back_for_an_idle_worker(context, broker):
+    busy, pool, running, waiting = _two_chunks_on_one_worker(context, broker)
     idle = _ready_worker(context, broker, b"w2")
     assert _receive(busy, p.TAKEBACK) == [waiting]
     busy.send_multipart([p.GAVEBACK, waiting])
@@ -170,11 +176,7 @@ def test_a_chunk_waiting_behind_another_is_taken_back_for_an_idle_worker(context
 
 
 def test_a_chunk_asked_back_that_had_started_finishes_where_it_runs(context, broker):
-    busy = _ready_worker(context, broker, b"w1")
-    pool = _peer(context, b"pool-1")
-    _chunks(pool, b"1", b"2")
-    _deliver(broker)
-    running, waiting = (frames[0] for frames in _all(busy, p.TASK))
+    busy, pool, running, waiting = _two_chunks_on_one_worker(context, broker)
     _ready_worker(context, broker, b"w2")
     _receive(busy, p.TAKEBACK)
     busy.send_multipart([p.RESULT, running, b"first"])
@@ -185,11 +187,7 @@ def test_a_chunk_asked_back_that_had_started_finishes_where_it_runs(context, bro
 
 
 def test_a_silent_worker_loses_the_chunk_it_ran_and_the_one_waiting_goes_to_another(context, broker):
-    silent = _ready_worker(context, broker, b"w1")
-    pool = _peer(context, b"pool-1")
-    _chunks(pool, b"1", b"2")
-    _deliver(broker)
-    _all(silent, p.TASK)
+    _, pool, _, _ = _two_chunks_on_one_worker(context, broker)
     other = _ready_worker(context, broker, b"w2")
     broker.workers[b"w1"].seen -= p.WORKER_TIMEOUT_SECONDS + 1
     broker.expire_silent_workers()
