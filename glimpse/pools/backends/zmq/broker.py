@@ -27,9 +27,6 @@ from glimpse.pools.security import ClusterKey, MessageSigner, Tagged
 log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.5
-#: A function smaller than this travels with a worker's first chunk of its call; a larger one
-#: (signed end to end) is fetched once per worker process with GETFUNC.
-INLINE_FUNCTION_BYTES = 64 * 1024
 
 
 def serve(host: str, port: int, key: ClusterKey, ready_fd: int | None = None) -> None:
@@ -178,6 +175,7 @@ class Broker:
         self.running[job.number] = job
         function = b""
         entry = self.functions.get(job.call)
+        # A large function (a Tagged frame, signed end to end) is fetched once per worker process instead.
         if job.call not in worker.functions and entry is not None and not isinstance(entry[1], Tagged):
             function = entry[1]
             worker.functions[job.call] = None
@@ -188,11 +186,12 @@ class Broker:
     def take_back_for_idle_workers(self) -> None:
         """Ask busy workers to give back chunks waiting behind their running one, one per idle worker."""
         idle = sum(1 for worker in self.workers.values() if not worker.jobs)
+        idle -= sum(job.taking_back for worker in self.workers.values() for job in worker.jobs)
         for worker in self.workers.values():
-            if not idle:
+            if idle <= 0:
                 return
             for job in worker.jobs[1:]:
-                if idle and not job.taking_back:
+                if idle > 0 and not job.taking_back:
                     job.taking_back = True
                     self.send(worker.id, p.TAKEBACK, p.number(job.number))
                     idle -= 1

@@ -249,6 +249,9 @@ class Slot:
                     self.answer_unstarted(job)
                 continue
             job = self.head()
+            if job is None:  # (never: the child answers only chunks it was sent)
+                log.warning("ignoring an outcome from task process %d for no chunk", self.process.pid)
+                continue
             self.jobs.remove(job)
             self.chunks += 1
             if not job.cancelled:
