@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
+
+from workloads import best_of, interleaved
 
 from glimpse.pools.ipython_cluster import MakePool
 
@@ -35,15 +36,6 @@ def busy(n):
     return total
 
 
-def best_of(repeats: int, run) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
 def measure_tiny(pool, view, items: int, repeats: int) -> list[tuple[str, float, float]]:
     data = list(range(items))
     expected = [x + 1 for x in data]
@@ -51,20 +43,17 @@ def measure_tiny(pool, view, items: int, repeats: int) -> list[tuple[str, float,
     default = best_of(1, lambda: view.map_sync(tiny, data))
     tried = {size: best_of(repeats, lambda size=size: view.map_sync(tiny, data, chunksize=size)) for size in CHUNKSIZES}
     best_size = min(tried, key=tried.get)
-    runs = {
-        "map_sync": lambda: view.map_sync(tiny, data, chunksize=best_size),
-        "map": lambda: pool.map(tiny, data),
-        "imap_unordered": lambda: list(pool.imap_unordered(tiny, data)),
-    }
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats * 5):
-        for name, run in runs.items():
-            best[name] = min(best[name], best_of(1, run))
+    theirs, ours_map, ours_unordered = interleaved(
+        repeats * 5,
+        lambda: view.map_sync(tiny, data, chunksize=best_size),
+        lambda: pool.map(tiny, data),
+        lambda: list(pool.imap_unordered(tiny, data)),
+    )
     return [
-        ("tiny map vs map_sync (default chunks)", default, best["map"]),
-        ("tiny imap_unordered vs map_sync (default)", default, best["imap_unordered"]),
-        (f"tiny map vs map_sync (chunksize={best_size})", best["map_sync"], best["map"]),
-        (f"tiny imap_unordered vs map_sync ({best_size})", best["map_sync"], best["imap_unordered"]),
+        ("tiny map vs map_sync (default chunks)", default, ours_map),
+        ("tiny imap_unordered vs map_sync (default)", default, ours_unordered),
+        (f"tiny map vs map_sync (chunksize={best_size})", theirs, ours_map),
+        (f"tiny imap_unordered vs map_sync ({best_size})", theirs, ours_unordered),
     ]
 
 

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from workloads import array_double, array_filtered, array_sum, arrays, best_of, efficiencies, tiny
+from workloads import array_double, array_filtered, array_sum, arrays, efficiencies, interleaved, tiny
 
 from glimpse.pools import MulticorePool
 from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool
@@ -38,14 +38,10 @@ def measure_tiny(zmq_pool, multicore, items: int, repeats: int) -> list[tuple[st
         "imap": lambda pool: list(pool.imap(tiny, data)),
         "imap_unordered": lambda pool: list(pool.imap_unordered(tiny, data)),
     }
-    rows = []
-    for name, run in runs.items():
-        theirs = ours = float("inf")
-        for _ in range(repeats):
-            theirs = min(theirs, best_of(1, run, multicore))
-            ours = min(ours, best_of(1, run, zmq_pool))
-        rows.append((name, theirs, ours))
-    return rows
+    return [
+        (name, *interleaved(repeats, lambda run=run: run(multicore), lambda run=run: run(zmq_pool)))
+        for name, run in runs.items()
+    ]
 
 
 def signing_cost(workers: int, items: int, count: int, repeats: int) -> None:
@@ -65,11 +61,8 @@ def signing_cost(workers: int, items: int, count: int, repeats: int) -> None:
             pool.map(tiny, range(100))
         print(f"\n{'signing cost':<40} {'unsigned':>10} {'signed':>10} {'ratio':>8}")
         for label, (run, amount) in runs.items():
-            best = {"signed": float("inf"), "unsigned": float("inf")}
-            for _ in range(repeats):
-                for name, pool in (("unsigned", unsigned), ("signed", signed)):
-                    best[name] = min(best[name], best_of(1, run, pool))
-            ours, theirs = amount / best["signed"], amount / best["unsigned"]
+            plain, signed_time = interleaved(repeats, lambda run=run: run(unsigned), lambda run=run: run(signed))
+            ours, theirs = amount / signed_time, amount / plain
             print(f"{label:<40} {theirs:>10.0f} {ours:>10.0f} {ours / theirs:>7.2f}x")
     print("(ratio = signed / unsigned throughput: 1.00 means signing costs nothing measurable)")
 

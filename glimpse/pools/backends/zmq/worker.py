@@ -285,10 +285,10 @@ class Slot:
 
     def drop_all(self, restart: bool = False) -> None:
         """Forget every chunk (the broker did), replacing the child if it held any (or to ``restart`` it)."""
-        if self.running or restart:
-            self.process.stop()
-            self.process = _start_child()
+        replace = self.running or restart
         self.jobs.clear()
+        if replace:
+            self.replace_process()
 
     def replace_process(self) -> None:
         """Start a fresh child; the chunks the old one held are sent again, except those that are leaving."""
