@@ -237,6 +237,19 @@ def test_chunks_grow_with_the_engines_cost_per_chunk_and_the_number_of_workers()
     assert many.next_size(remaining=1024) == 25  # near the end: a quarter of the ideal, not one item
 
 
+def test_probes_run_for_times_spread_up_to_the_target_so_they_return_one_after_another():
+    from glimpse.pools.contract.sizing import AdaptiveSize
+
+    sizes = AdaptiveSize(0.05, 4e-3, workers=5)  # target: 5 workers x 4 ms / 10% = 0.2 s
+    budgets = []
+    for _ in range(5):
+        sizes.next_size(remaining=1000)
+        budgets.append(sizes.probe_seconds)
+    # The first probe reports the item cost early; the others end evenly apart up to the target,
+    # so the workers they free do not all wait for new chunks at the same moment.
+    assert budgets == pytest.approx([0.05, 0.0875, 0.125, 0.1625, 0.2])
+
+
 def test_every_call_is_opened_and_closed_once_even_when_it_fails():
     backend = ScriptedBackend()
     with pytest.raises(ValueError):

@@ -128,9 +128,14 @@ class AdaptiveSize(_Sizes):
     @property
     def probe_seconds(self) -> float:
         """How long the probe just sized runs: the call's first for the engine's chunk time, so the
-        first results and the item cost come early; the others for the target time, so that a big
-        cluster's scheduler is not flooded with small chunks when they return."""
-        return self.chunk_seconds if self._probes <= 1 else self.target
+        first results and the item cost come early; the others for times spread evenly up to the
+        target time, so that they return one after another (each worker then takes a chunk made
+        of what the earlier probes gave back, already queued), not all at once to a caller that
+        must cut new chunks for every idle worker at the same moment."""
+        if self._probes <= 1:
+            return self.chunk_seconds
+        share = min(1.0, (self._probes - 1) / max(1, self.workers - 1))
+        return self.chunk_seconds + share * (self.target - self.chunk_seconds)
 
     def next_size(self, remaining: int | None) -> int:
         if self.seconds_per_item is None:
