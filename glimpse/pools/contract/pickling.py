@@ -51,4 +51,5 @@ def _pickle(dumps, obj, in_band) -> tuple[bytes, list[memoryview]]:
 def _names_what_workers_cannot_import(data: bytes) -> bool:
     if b"__main__" in data:
         return True
-    return any(module.encode() in data for module in cloudpickle.list_registry_pickle_by_value())
+    by_value = cloudpickle.list_registry_pickle_by_value()
+    return bool(by_value) and any(module.encode() in data for module in by_value)
