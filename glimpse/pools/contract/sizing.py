@@ -5,13 +5,14 @@ first chunk is a probe (:class:`~glimpse.pools.contract.worker_runner.ProbeItems
 of the input that it runs only for a time budget (the call's first probe for
 ``Backend.chunk_seconds``, so the first results come early; the others for times up to the
 target time, spread so they do not all end at once), so tiny items need no chunk just to learn
-their cost; later chunks are sized so each takes about the target time of work (the worker's compute plus the caller's pickling). The target knows the
-engine: at least ``Backend.chunk_seconds``, and long enough that the engine's own cost per chunk
+their cost; later chunks are sized so each takes about the target time of work (the worker's
+compute plus the caller's pickling). The target knows the engine: at least
+``Backend.chunk_seconds``, and long enough that the engine's own cost per chunk
 (``Backend.task_seconds``, paid one chunk after another by its scheduler and by the caller)
-stays a tenth of the time every worker has, so a cluster of hundreds of workers gets chunks
-its scheduler can keep up with. Every size the pool picks by itself also keeps a chunk under
-:data:`CHUNK_BYTES` pickled (one item at least), so large items travel one or a few at a time;
-a ``chunksize`` the user gives is used as it is.
+stays a tenth of the time every worker has, so a cluster of hundreds of workers gets chunks its
+scheduler can keep up with. Every size the pool picks by itself also keeps a chunk under
+:data:`CHUNK_BYTES` pickled (one item at least), so large items travel one or a few at a time; a
+``chunksize`` the user gives is used as it is.
 """
 
 from __future__ import annotations
