@@ -250,6 +250,23 @@ def test_probes_run_for_times_spread_up_to_the_target_so_they_return_one_after_a
     assert budgets == pytest.approx([0.05, 0.125, 0.15, 0.175, 0.2])
 
 
+def test_the_first_items_given_back_are_shared_out_among_the_workers():
+    from glimpse.pools.contract.reader import ChunkReader
+    from glimpse.pools.contract.sizing import AdaptiveSize
+
+    sizes = AdaptiveSize(0.05, 2e-3, workers=16)  # target 0.32 s
+    reader = ChunkReader(range(800), sizes, None, 800)
+    assert [reader.read().count for _ in range(16)] == [50] * 16  # the probes hold the whole input
+    sizes.observe(4, 0.05)  # the first probe ran 4 items of 12.5 ms: chunks of 25, 6 near the end
+    reader.give_back(4, list(range(4, 50)))
+    reader.give_back(120, list(range(120, 140)))  # a later probe's: sized as usual
+    counts = [reader.read().count for _ in range(20)]
+    # The first probe's 46 items wait for workers to free up, at the end of the call: in chunks of
+    # 6 they would make a tail of 75 ms while most workers are done; shared out, 3 at most each.
+    assert counts[:16] == [3] * 15 + [1] and counts[16:] == [6, 6, 6, 2], counts
+    assert reader.read() is None
+
+
 def test_every_call_is_opened_and_closed_once_even_when_it_fails():
     backend = ScriptedBackend()
     with pytest.raises(ValueError):

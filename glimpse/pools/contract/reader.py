@@ -40,7 +40,9 @@ class ChunkReader:
         self._next_seq = 0
         self._error: BaseException | None = None
         self._input_done = False
-        self._returned: deque[tuple[int, list]] = deque()
+        self._first_give_back = True
+        #: Items probes gave back: (first index, items, the most items a chunk of them takes).
+        self._returned: deque[tuple[int, list, int]] = deque()
 
     @property
     def exhausted(self) -> bool:
@@ -53,8 +55,16 @@ class ChunkReader:
         return bool(self._returned)
 
     def give_back(self, start: int, items: list) -> None:
-        """Items from ``start`` on that a probe did not run: the next chunks take them first."""
-        self._returned.append((start, items))
+        """Items from ``start`` on that a probe did not run: the next chunks take them first.
+
+        The call's first items given back (the first probe's: it runs shortest) are shared out
+        among the workers (:meth:`~glimpse.pools.contract.sizing.AdaptiveSize.shared_out`): while
+        every other worker runs a probe, they wait for the next worker that frees up, which, when
+        the probes hold the rest of the input, is at the very end of the call.
+        """
+        most = self._sizes.shared_out(len(items)) if self._first_give_back else len(items)
+        self._first_give_back = False
+        self._returned.append((start, items, most))
 
     def read(self) -> Chunk | None:
         """The next chunk, or ``None`` when the input is used up."""
@@ -81,11 +91,11 @@ class ChunkReader:
         return chunk
 
     def _read_given_back(self) -> Chunk:
-        start, items = self._returned[0]
-        remaining = None if self._remaining is None else self._remaining + sum(len(i) for _, i in self._returned)
-        size = self._sizes.next_size(remaining)
+        start, items, most = self._returned[0]
+        remaining = None if self._remaining is None else self._remaining + sum(len(i) for _, i, _ in self._returned)
+        size = min(self._sizes.next_size(remaining), most)
         if size < len(items):
-            self._returned[0] = (start + size, items[size:])
+            self._returned[0] = (start + size, items[size:], most)
         else:
             self._returned.popleft()
         return self._chunk(start, items[:size])

@@ -78,6 +78,10 @@ class _Sizes:
         """Whether the next chunk is a probe: run for a time budget, since no item cost is known."""
         return False
 
+    def shared_out(self, count: int) -> int:
+        """The most items a chunk takes of ``count`` that are to be shared out among the workers."""
+        return count
+
     def capped(self, size: int) -> int:
         """``size`` cut to keep a chunk under :data:`CHUNK_BYTES` pickled (one item at least)."""
         if self._byte_capped and self.bytes_per_item:
@@ -152,6 +156,10 @@ class AdaptiveSize(_Sizes):
             # Near the end, shrink for balance, but never below a quarter of the ideal chunk.
             size = min(ideal, max(math.ceil(remaining / (4 * self.workers)), ideal // 4))
         return self.capped(min(size, self.max_items))
+
+    def shared_out(self, count: int) -> int:
+        # One chunk per worker at most: never a flood, however small the chunks.
+        return math.ceil(count / self.workers)
 
     def observe(self, count: int, seconds: float) -> None:
         if count <= 0:
