@@ -134,11 +134,12 @@ class AdaptiveSize(_Sizes):
     def probe_seconds(self) -> float:
         """How long the probe just sized runs: the call's first for the engine's chunk time, so the
         first results and the item cost come early; the others for times spread evenly between
-        half the target time and the target time. Probes that all ran out of time together would free
-        every worker at once, each waiting while the caller cuts new chunks; spread, they return one
-        after another, and each freed worker takes a chunk of what earlier probes gave back, queued
-        already. (Not from the call's first time on: on a cluster of hundreds of workers, probes
-        that stopped early would flood its scheduler with the chunks of what they gave back.)"""
+        half the target time and the target time. Probes that all ran out of time together would
+        free every worker at once, each waiting while the caller cuts new chunks; spread, they
+        return one after another, and each freed worker takes a chunk of what earlier probes gave
+        back, queued already. (Not spread down to the first probe's short time: on a cluster of
+        hundreds of workers, probes that stopped that early would flood its scheduler with the
+        chunks of what they gave back.)"""
         if self._probes <= 1:
             return self.chunk_seconds
         share = min(1.0, (self._probes - 1) / max(1, self.workers - 1))
