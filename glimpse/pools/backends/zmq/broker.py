@@ -186,6 +186,8 @@ class Broker:
     def take_back_for_idle_workers(self) -> None:
         """Ask busy workers to give back chunks waiting behind their running one, one per idle worker."""
         idle = sum(1 for worker in self.workers.values() if not worker.jobs)
+        if not idle:  # the usual case on a busy cluster, after every message: look at no chunk
+            return
         idle -= sum(job.taking_back for worker in self.workers.values() for job in worker.jobs)
         for worker in self.workers.values():
             if idle <= 0:
