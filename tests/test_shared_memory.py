@@ -19,6 +19,7 @@ import pytest
 
 from glimpse.pools import MulticorePool
 from glimpse.pools.backends.processes import shared_memory
+from glimpse.pools.contract.worker_runner import ChunkOutcome
 from tests import helpers
 
 np = pytest.importorskip("numpy")
@@ -66,6 +67,14 @@ def test_large_bytes_and_bytearray_items_and_results_round_trip():
         assert pool.map(helpers.size_of, items) == [2 * MIB, MIB, 5, MIB]
         blobs = pool.map(helpers.make_blob, [3 * MIB, 4])
     assert [type(b) for b in blobs] == [bytes, bytes] and [len(b) for b in blobs] == [3 * MIB, 4]
+
+
+def test_large_bytes_items_and_results_travel_out_of_band():
+    outcome = ChunkOutcome([b"r" * (2 * MIB), b"small"], None, 0.1)
+    for value in ([b"a" * (2 * MIB), b"small"], outcome.wire()):
+        payload = shared_memory.dumps(value)
+        assert isinstance(payload, shared_memory.SharedPayload) and sum(payload.sizes) == 2 * MIB
+        assert payload.load() == value
 
 
 def test_small_items_do_not_use_shared_memory():

@@ -86,20 +86,25 @@ def iterate(
                 outcome, nbytes = _outcome_or_resubmit(backend, call, chunk, handle, window)
                 if outcome is None:
                     continue
-                sizes.observe(len(outcome.values) + (outcome.failure is not None), outcome.seconds)
-                bar.update(len(outcome.values))
-                if outcome.failure is None and len(outcome.values) < chunk.count:  # a probe's time ran out
-                    reader.give_back(chunk.start + len(outcome.values), chunk.items[len(outcome.values) :])
+                count = len(outcome.values)
+                sizes.observe(count + (outcome.failure is not None), outcome.seconds)
+                bar.update(count)
+                if outcome.failure is None and count < chunk.count:  # a probe's time ran out
+                    reader.give_back(chunk.start + count, chunk.items[count:])
                 if ordered:
                     window.hold(chunk.start, outcome, nbytes)
                 else:
-                    yield from _deliver(outcome)
-                    delivered += len(outcome.values)
+                    yield outcome.values
+                    delivered += count
+                    if outcome.failure is not None:
+                        _raise(outcome.failure)
             while next_start in window.held:
                 outcome = window.release(next_start)
                 next_start += len(outcome.values)
-                yield from _deliver(outcome)
+                yield outcome.values
                 delivered += len(outcome.values)
+                if outcome.failure is not None:
+                    _raise(outcome.failure)
     except ClusterLost as lost:
         raise ClusterLostError(
             f"{lost}; the call had delivered {delivered} results, none after them. "
@@ -208,17 +213,11 @@ def _outcome_or_resubmit(backend, call, chunk, handle, window: _Window) -> tuple
 
 def _decode(raw, chunk: Chunk) -> ChunkOutcome:
     try:
-        return raw.load() if hasattr(raw, "load") else cloudpickle.loads(raw)
+        return ChunkOutcome.from_wire(raw.load() if hasattr(raw, "load") else cloudpickle.loads(raw))
     except Exception as exc:
         raise SerializationError(
             f"the results of {chunk.describe()} could not be unpickled in the caller: {type(exc).__name__}: {exc}"
         ) from exc
-
-
-def _deliver(outcome: ChunkOutcome) -> Iterator[list]:
-    yield outcome.values
-    if outcome.failure is not None:
-        _raise(outcome.failure)
 
 
 def _raise(failure: Failure):

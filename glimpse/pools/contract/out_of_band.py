@@ -8,11 +8,10 @@ Ray and Dask through their own zero-copy serialization (:class:`Unpickled`).
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 
 from glimpse.pools.contract import pickling
-from glimpse.pools.contract.worker_runner import ChunkOutcome, ProbeItems
+from glimpse.pools.contract.worker_runner import ProbeItems
 
 #: Buffers at least this large travel out of band; smaller ones cost less inside the pickle.
 OUT_OF_BAND_BYTES = 256 * 1024
@@ -79,10 +78,11 @@ class _LargeBytes:
 
 
 def _with_large_bytes_marked(obj):
-    """``obj`` with each large ``bytes`` item of a chunk (a list) or of an outcome's values marked
-    to go out of band."""
-    if isinstance(obj, ChunkOutcome) and _has_large_bytes(obj.values):
-        return dataclasses.replace(obj, values=[_marked(value) for value in obj.values])
+    """``obj`` with each large ``bytes`` item of a chunk (a list) or of an outcome's values (the
+    list in its wire tuple) marked to go out of band."""
+    if type(obj) is tuple:
+        marked = tuple(map(_with_large_bytes_marked, obj))
+        return obj if all(new is old for new, old in zip(marked, obj, strict=True)) else marked
     if type(obj) is ProbeItems and _has_large_bytes(obj):
         return ProbeItems([_marked(item) for item in obj], obj.budget)
     if type(obj) is list and _has_large_bytes(obj):

@@ -18,25 +18,18 @@ import cloudpickle
 
 def dumps(obj) -> bytes:
     """``obj`` pickled with protocol 5, as ``cloudpickle.dumps`` would pickle it."""
-    return dumps_out_of_band(obj, None)[0]
-
-
-def dumps_out_of_band(obj, in_band: Callable[[memoryview], bool] | None) -> tuple[bytes, list[memoryview]]:
-    """``obj`` pickled with protocol 5, and the raw buffers ``in_band`` kept out of the pickle
-    (``None``: every buffer stays in it)."""
     try:
-        data, buffers = _pickle(pickle.dumps, obj, in_band)
+        data = pickle.dumps(obj, protocol=5)
         if not _names_what_workers_cannot_import(data):
-            return data, buffers
+            return data
     except Exception:
         pass
-    return _pickle(cloudpickle.dumps, obj, in_band)
+    return cloudpickle.dumps(obj, protocol=5)
 
 
-def _pickle(dumps, obj, in_band) -> tuple[bytes, list[memoryview]]:
+def dumps_out_of_band(obj, in_band: Callable[[memoryview], bool]) -> tuple[bytes, list[memoryview]]:
+    """``obj`` pickled with protocol 5, and the raw buffers ``in_band`` keeps out of the pickle."""
     buffers: list[memoryview] = []
-    if in_band is None:
-        return dumps(obj, protocol=5), buffers
 
     def keep(buffer: pickle.PickleBuffer) -> bool:
         raw = buffer.raw()
@@ -45,7 +38,14 @@ def _pickle(dumps, obj, in_band) -> tuple[bytes, list[memoryview]]:
         buffers.append(raw)
         return False
 
-    return dumps(obj, protocol=5, buffer_callback=keep), buffers
+    try:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=keep)
+        if not _names_what_workers_cannot_import(data):
+            return data, buffers
+    except Exception:
+        pass
+    buffers.clear()
+    return cloudpickle.dumps(obj, protocol=5, buffer_callback=keep), buffers
 
 
 def _names_what_workers_cannot_import(data: bytes) -> bool:

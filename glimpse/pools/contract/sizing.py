@@ -99,6 +99,9 @@ class FixedSize(_Sizes):
     def next_size(self, remaining: int | None) -> int:
         return self.size
 
+    def observe_payload(self, count: int, nbytes: int, seconds: float) -> None:
+        pass  # the size is the user's: nothing to learn
+
 
 class AdaptiveSize(_Sizes):
     """Chunks grow until one takes about the target time, and shrink if items get slower.

@@ -171,9 +171,10 @@ class ProcessBackend(Backend):
     def _dispatch(self) -> None:
         """Hand queued chunks to workers; the chunks one worker gets go in one write."""
         batches: dict[_Worker, list[ProcessChunk]] = {}
-        now = time.monotonic()
+        # A worker is stuck once its chunk has run much longer than chunks do.
+        stuck_since = time.monotonic() - max(_STUCK_SECONDS, min(3 * self._seconds_per_chunk, 1.0))
         while self._queue:
-            worker = self._worker_for(self._queue[0], now)
+            worker = self._worker_for(self._queue[0], stuck_since)
             if worker is None:
                 break
             job = self._queue.popleft()
@@ -182,7 +183,7 @@ class ProcessBackend(Backend):
         for worker, jobs in batches.items():
             self._send(worker, jobs)
 
-    def _worker_for(self, job: ProcessChunk, now: float) -> _Worker | None:
+    def _worker_for(self, job: ProcessChunk, stuck_since: float) -> _Worker | None:
         """An idle worker, a new one, or the least loaded that has room for ``job``.
 
         A busy worker takes a chunk only if it is not stuck and the chunk fits in its pipe
@@ -190,14 +191,13 @@ class ProcessBackend(Backend):
         the worker waits for us to read its outcomes would hang both.
         """
         best = None
-        stuck_after = max(_STUCK_SECONDS, min(3 * self._seconds_per_chunk, 1.0))
         for worker in self._workers:
             if not worker.jobs:
                 return worker
             if (
                 len(worker.jobs) < self._depth
                 and (best is None or len(worker.jobs) < len(best.jobs))
-                and now - worker.head_since < stuck_after
+                and worker.head_since > stuck_since
                 and worker.unanswered_bytes + _wire_bytes(job, worker) <= worker.pipe_bytes
                 and worker.may_take_more(self._chunks_per_worker)
             ):

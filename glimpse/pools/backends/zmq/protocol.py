@@ -33,7 +33,7 @@ import os
 
 import zmq
 
-VERSION = b"glimpse-zmq-3"
+VERSION = b"glimpse-zmq-4"
 
 HELLO, WELCOME, REFUSED = b"HELLO", b"WELCOME", b"REFUSED"
 FUNC, NOFUNC, GETFUNC, DROP = b"FUNC", b"NOFUNC", b"GETFUNC", b"DROP"
