@@ -18,13 +18,7 @@ import cloudpickle
 
 def dumps(obj) -> bytes:
     """``obj`` pickled with protocol 5, as ``cloudpickle.dumps`` would pickle it."""
-    try:
-        data = pickle.dumps(obj, protocol=5)
-        if not _names_what_workers_cannot_import(data):
-            return data
-    except Exception:
-        pass
-    return cloudpickle.dumps(obj, protocol=5)
+    return _standard_pickle_if_enough(obj, None)
 
 
 def dumps_out_of_band(obj, in_band: Callable[[memoryview], bool]) -> tuple[bytes, list[memoryview]]:
@@ -38,14 +32,19 @@ def dumps_out_of_band(obj, in_band: Callable[[memoryview], bool]) -> tuple[bytes
         buffers.append(raw)
         return False
 
+    return _standard_pickle_if_enough(obj, keep, buffers), buffers
+
+
+def _standard_pickle_if_enough(obj, buffer_callback, buffers: list | None = None) -> bytes:
     try:
-        data = pickle.dumps(obj, protocol=5, buffer_callback=keep)
+        data = pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
         if not _names_what_workers_cannot_import(data):
-            return data, buffers
+            return data
     except Exception:
         pass
-    buffers.clear()
-    return cloudpickle.dumps(obj, protocol=5, buffer_callback=keep), buffers
+    if buffers:
+        buffers.clear()  # those of the standard pickle's attempt
+    return cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
 
 
 def _names_what_workers_cannot_import(data: bytes) -> bool:
