@@ -12,6 +12,7 @@
       |  sizing.*Size: how many items the next chunk takes           |  the items, applies func,
       |  Backend.submit(call, chunk) ------- engine ---------------> |  never raises: returns
       |  Backend.wait(handles, timeout) <--- engine ---------------- |  the pickled ChunkOutcome
+      |                                                              |  as a plain tuple
       |  Backend.outcome(handle): the outcome bytes, or ChunkLost
       |     ChunkLost: the chunk is sent again, up to Backend.max_attempts
       v

@@ -182,11 +182,13 @@ class Backend(ABC):
 
     @abstractmethod
     def outcome(self, handle: Any) -> Any:
-        """The finished chunk's outcome bytes; raise :class:`ChunkLost` if the engine lost it.
+        """The finished chunk's outcome bytes, as ``run_chunk`` returned them; raise
+        :class:`ChunkLost` if the engine lost it.
 
         Called once per handle that :meth:`wait` returned. It may also be an object whose
-        ``load()`` returns the outcome and whose ``len()`` is its size; without ``serializes``,
-        the :class:`~glimpse.pools.contract.worker_runner.ChunkOutcome` itself.
+        ``load()`` returns the unpickled outcome (its ``wire()`` tuple) and whose ``len()`` is its
+        size; without ``serializes``, the :class:`~glimpse.pools.contract.worker_runner.ChunkOutcome`
+        itself.
         """
 
     @abstractmethod

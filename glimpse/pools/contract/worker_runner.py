@@ -109,8 +109,8 @@ def run_chunk(call_id: str, function: PickledFunction, payload, start: int, dump
     """Unpickle a function (cached per call) and a chunk, run it, and return the pickled outcome.
 
     ``payload`` is the pickled items: bytes, or an object whose ``load()`` returns them (pickled
-    with its large buffers elsewhere); ``dumps`` pickles the outcome's wire form (an engine may keep its
-    large buffers out of band the same way).
+    with its large buffers elsewhere); ``dumps`` pickles the outcome's :meth:`~ChunkOutcome.wire`
+    tuple (an engine may keep its large buffers out of band the same way).
     """
     try:
         func = _function_for(call_id, function)
