@@ -35,7 +35,7 @@ from glimpse.pools.security.keys import ClusterKey
 log = logging.getLogger(__name__)
 
 #: Frames this large are signed once end to end (their tag travels with them); smaller ones per hop.
-LARGE_FRAME = 64 * 1024
+LARGE_FRAME = 16 * 1024
 #: How old the first message of an unknown session may be (clocks of different machines must agree this well).
 REPLAY_WINDOW_SECONDS = 300.0
 #: How old a message of an unordered transport may be (a gearman job may wait in the queue this long).
