@@ -3,7 +3,8 @@
     python benchmarks/bench_zmq.py [--quick] [--workers N]
 
 One message per item would only measure ZeroMQ, so the reference is MulticorePool on the same
-cores. Rows: tiny-task throughput through ``map``, ``imap`` and ``imap_unordered`` with automatic
+cores. Rows: the time of a one-item call (what every call pays to cross the broker and a worker
+slot, and back); tiny-task throughput through ``map``, ``imap`` and ``imap_unordered`` with automatic
 chunk sizes, on calls of 20k items (a few milliseconds: mostly the latency of a call, which
 crosses four more hops than MulticorePool's) and of 200k and 1M items (a stream: the cost per
 item); ratio = glimpse zmq throughput / MulticorePool throughput, best of the runs, the two pools
@@ -83,6 +84,8 @@ def main() -> None:
         print(f"ZmqPool vs MulticorePool, {args.workers} workers, Python {sys.version.split()[0]}")
         print(f"(embedded zmq cluster and MulticorePool started in {startup:.2f}s)")
         print(f"{'measure':<40} {'multicore':>10} {'zmq':>10} {'ratio':>8}")
+        theirs, ours = interleaved(20 * repeats, lambda: multicore.map(tiny, [1]), lambda: zmq_pool.map(tiny, [1]))
+        print(f"{'one-item call, ms':<40} {theirs * 1e3:>10.2f} {ours * 1e3:>10.2f} {theirs / ours:>7.2f}x")
         for items in sizes:
             for name, theirs, ours in measure_tiny(zmq_pool, multicore, items, repeats):
                 label = f"tiny {name} items/s ({items} items)"
