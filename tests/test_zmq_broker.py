@@ -312,3 +312,31 @@ def test_a_large_payload_is_checked_where_it_is_unpickled_and_a_tampered_one_ref
     pool.send_multipart([p.CHUNK, b"2", b"call", payload, b"0"])
     _deliver(broker)
     assert _receive(worker, p.TASK)[2] == payload
+
+
+def test_a_slot_in_the_brokers_process_gets_a_large_payload_only_if_it_matches_its_tag(context):
+    socket = context.socket(zmq.ROUTER)
+    socket.linger = 0
+    socket.bind(_ENDPOINT)
+    broker = Broker(BrokerSocket(socket, MessageSigner(KEY, BROKER)), local_workers=1)
+    try:
+        broker.pass_local_messages()
+        (slot,) = broker.local.slots.values()
+        assert slot.welcomed and list(broker.workers) == [slot.id]
+        pool = _peer(context, b"pool-1")
+        payload = bytes(range(256)) * 1024
+        pool.send_multipart([p.FUNC, b"call", b"f"])
+        signed = pool.signer.sign(BROKER, [p.CHUNK, b"1", b"call", payload, b"0"])
+        signed[3] = payload[:-1] + b"!"
+        pool.socket.send_multipart(signed)
+        _deliver(broker)
+        broker.pass_local_messages()
+        assert not slot.jobs and broker.socket.signer.rejected_count == 1
+        pool.send_multipart([p.CANCEL, b"1"])
+        pool.send_multipart([p.CHUNK, b"2", b"call", payload, b"0"])
+        _deliver(broker)
+        broker.pass_local_messages()
+        assert [job.payload for job in slot.jobs] == [payload]
+    finally:
+        broker.close()
+        socket.close()

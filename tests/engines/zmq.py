@@ -50,14 +50,18 @@ class ZmqCluster:
             stop_process_group(process)
 
 
-def start_zmq_cluster(log_dir: Path, nworkers: int = 2, broker_env: dict | None = None) -> ZmqCluster:
-    """Start ``LaunchBroker`` on a free port of 127.0.0.1 and one ``LaunchWorker --nworkers N``.
+def start_zmq_cluster(
+    log_dir: Path, nworkers: int = 2, broker_env: dict | None = None, broker_slots: int = 0
+) -> ZmqCluster:
+    """Start ``LaunchBroker --nworkers broker_slots`` on a free port of 127.0.0.1 and one
+    ``LaunchWorker --nworkers N``.
 
     Both use the session's cluster key (``$GLIMPSE_CLUSTER_KEY_FILE``, set by conftest)."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     broker_log = log_dir / "broker.log"
-    broker = start_process([*_cli(), "LaunchBroker", "--port", str(port)], broker_log, env=broker_env)
+    command = [*_cli(), "LaunchBroker", "--port", str(port), "--nworkers", str(broker_slots)]
+    broker = start_process(command, broker_log, env=broker_env)
     cluster = ZmqCluster(f"tcp://127.0.0.1:{port}", broker, log_dir)
     try:
         wait_for_port(port, STARTUP_SECONDS, broker, broker_log)

@@ -5,6 +5,8 @@ The pool makes a random cluster key and hands it to both in their environment (n
 command line, which other users can read). The broker and the worker process each run in a
 process group of their own (their task processes join the worker's group), ended by group id;
 both also exit when the pool's process is gone, so a crashed program leaves nothing behind.
+A zmq broker runs the worker slots itself (``LaunchBroker --nworkers``): one process, and one
+hop, fewer on the way of every chunk.
 """
 
 from __future__ import annotations
@@ -25,28 +27,28 @@ _STOP_GRACE_SECONDS = 5.0
 
 
 class EmbeddedCluster:
-    """A broker process and a worker process with ``nworkers`` slots, started by :meth:`start`."""
+    """A broker process and a worker process with ``nworkers`` slots (or a broker that runs them), started by
+    :meth:`start`."""
 
-    def __init__(self, address: str, broker: subprocess.Popen, workers: subprocess.Popen):
+    def __init__(self, address: str, broker: subprocess.Popen, workers: subprocess.Popen | None):
         self.address, self.broker, self.workers = address, broker, workers
+        self._processes = [process for process in (workers, broker) if process is not None]
 
     @classmethod
-    def start(cls, cluster_type: str, nworkers: int, key: ClusterKey) -> EmbeddedCluster:
+    def start(cls, cluster_type: str, nworkers: int, key: ClusterKey, in_broker: bool = False) -> EmbeddedCluster:
         """Start a ``cluster_type`` broker on a free port of 127.0.0.1 (it writes its address to a pipe
-        given as ``--ready-fd``) and ``nworkers`` workers connected to it, sharing ``key``."""
+        given as ``--ready-fd``) and ``nworkers`` workers connected to it, sharing ``key``; with
+        ``in_broker``, the broker runs the workers itself (``LaunchBroker --nworkers``)."""
         ready_r, ready_w = os.pipe()
+        slots = ["--nworkers", str(nworkers)]
+        broker_args = ["LaunchBroker", "--host", "127.0.0.1", "--port", "0", "--ready-fd", str(ready_w)]
         try:
-            broker = _launch(
-                cluster_type,
-                ["LaunchBroker", "--host", "127.0.0.1", "--port", "0", "--ready-fd", str(ready_w)],
-                key,
-                ready_w,
-            )
+            broker = _launch(cluster_type, broker_args + (slots if in_broker else []), key, ready_w)
         finally:
             os.close(ready_w)
         try:
             address = _read_address(ready_r, broker, cluster_type)
-            workers = _launch(cluster_type, ["LaunchWorker", "--address", address, "--nworkers", str(nworkers)], key)
+            workers = None if in_broker else _launch(cluster_type, ["LaunchWorker", "--address", address, *slots], key)
         except BaseException:
             signal_group(broker.pid, signal.SIGKILL)
             broker.wait()
@@ -54,18 +56,18 @@ class EmbeddedCluster:
         return cls(address, broker, workers)
 
     def pids(self) -> list[int]:
-        """The process ids of the broker and the worker process (the leaders of their groups)."""
-        return [self.broker.pid, self.workers.pid]
+        """The process ids of the broker and the worker process, if any (the leaders of their groups)."""
+        return [process.pid for process in reversed(self._processes)]
 
     def stop(self) -> None:
         """Ask the broker and the workers to exit (SIGTERM to their process groups)."""
-        for process in (self.workers, self.broker):
+        for process in self._processes:
             signal_group(process.pid, signal.SIGTERM)
 
     def join(self, grace: float = _STOP_GRACE_SECONDS) -> None:
         """Wait up to ``grace`` seconds for the processes to exit, then kill whatever is left of their groups."""
         deadline = time.monotonic() + grace
-        for process in (self.workers, self.broker):
+        for process in self._processes:
             try:
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -74,7 +76,7 @@ class EmbeddedCluster:
 
     def kill(self) -> None:
         """Kill the broker, the workers and their task processes at once."""
-        for process in (self.workers, self.broker):
+        for process in self._processes:
             signal_group(process.pid, signal.SIGKILL)
             process.wait()
 

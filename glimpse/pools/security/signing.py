@@ -134,15 +134,18 @@ class MessageSigner:
         if not hmac.compare_digest(mac, expected):
             raise Rejected("a message whose signature does not match the cluster key")
         for index, tag in zip(large, tags, strict=True):
-            if forwarding:
-                data[index] = Tagged(bytes(data[index]), tag)
-            elif not hmac.compare_digest(tag, self.tag(data[index])):
-                raise Rejected("a message whose payload does not match its signature")
+            data[index] = Tagged(bytes(data[index]), tag) if forwarding else self.opened(Tagged(data[index], tag))
         if self._ordered:
             self._check_fresh(*_HEADER.unpack(header))
         else:
             self._check_unseen(mac, _HEADER.unpack(header)[2])
         return data
+
+    def opened(self, frame: Tagged):
+        """The bytes of a large frame, once they match its tag; :class:`Rejected` if they do not."""
+        if not hmac.compare_digest(frame.tag, self.tag(frame.data)):
+            raise Rejected("a message whose payload does not match its signature")
+        return frame.data
 
     def rejected(self, peer: bytes, reason: Rejected) -> bool:
         """Count a message from ``peer`` that did not verify; log it the first time for that peer.

@@ -6,7 +6,8 @@ between chunks); while a worker is idle and nothing is queued, a chunk waiting b
 taken back for it. It forwards outcomes back, keeps each call's pickled function until the pool
 releases it (sending it along with a worker's first chunk of the call), and reports the chunk a
 worker was running when it stopped sending heartbeats as lost to the pool that sent it (the
-chunk waiting behind it goes to another worker). See ``protocol.py`` for the messages.
+chunk waiting behind it goes to another worker). See ``protocol.py`` for the messages. Worker
+slots may also run in the broker's own process (``local_slots.py``), served by the same loop.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from glimpse.pools.backends.zmq import protocol as p
+from glimpse.pools.backends.zmq.local_slots import LocalSlots
 from glimpse.pools.backends.zmq.signed_socket import BROKER, BrokerSocket
 from glimpse.pools.security import ClusterKey, MessageSigner, Tagged
 
@@ -29,11 +31,12 @@ log = logging.getLogger(__name__)
 _POLL_SECONDS = 0.5
 
 
-def serve(host: str, port: int, key: ClusterKey, ready_fd: int | None = None) -> None:
+def serve(host: str, port: int, key: ClusterKey, ready_fd: int | None = None, nworkers: int = 0) -> None:
     """Bind ``tcp://host:port`` (port 0 picks a free one) and run the broker until interrupted.
 
     Only messages signed with ``key`` are acted on. When ``ready_fd`` is given, the bound
-    address is written to it and it is closed.
+    address is written to it and it is closed. ``nworkers`` worker slots run in the broker's own
+    process (see ``local_slots.py``), beside any that connect.
     """
     context = zmq.Context()
     socket = context.socket(zmq.ROUTER)
@@ -56,12 +59,14 @@ def serve(host: str, port: int, key: ClusterKey, ready_fd: int | None = None) ->
             "the data, so keep it to a private network",
             address,
         )
+    broker = Broker(BrokerSocket(socket, MessageSigner(key, BROKER)), nworkers)
     if ready_fd is not None:
         with os.fdopen(ready_fd, "w") as ready:
             ready.write(address + "\n")
     try:
-        Broker(BrokerSocket(socket, MessageSigner(key, BROKER))).run()
+        broker.run()
     finally:
+        broker.close()
         socket.close()
         context.term()
 
@@ -99,8 +104,9 @@ class Worker:
 class Broker:
     """The broker's state and its message handlers; :meth:`run` is the event loop."""
 
-    def __init__(self, socket: BrokerSocket):
+    def __init__(self, socket: BrokerSocket, local_workers: int = 0):
         self.socket = socket
+        self.local = LocalSlots(local_workers, socket.signer) if local_workers else None
         self.id = uuid.uuid4().hex.encode()
         self.workers: OrderedDict[bytes, Worker] = OrderedDict()
         self.queue: deque[QueuedChunk] = deque()
@@ -129,11 +135,29 @@ class Broker:
         }
 
     def run(self) -> None:
+        next_heartbeat = 0.0
         while True:
-            if self.socket.socket.poll(_POLL_SECONDS * 1000):
+            self.pass_local_messages()
+            poller = zmq.Poller()
+            poller.register(self.socket.socket, zmq.POLLIN)
+            if self.local is not None:
+                self.local.watch(poller)
+            ready = dict(poller.poll(_POLL_SECONDS * 1000))
+            if self.socket.socket in ready:
                 self.receive_available()
+            if self.local is not None:
+                self.local.serve(ready)
+                if time.monotonic() >= next_heartbeat:
+                    next_heartbeat = time.monotonic() + p.HEARTBEAT_SECONDS
+                    self.local.heartbeat()
+            self.pass_local_messages()
             self.expire_silent_workers()
             self.dispatch()
+
+    def close(self) -> None:
+        """Stop the task processes of the slots in this process."""
+        if self.local is not None:
+            self.local.close("the broker stopped")
 
     def receive_available(self) -> None:
         while True:
@@ -141,21 +165,31 @@ class Broker:
                 message = self.socket.receive()
             except zmq.Again:
                 return
-            if message is None:
-                continue
-            sender, (kind, *frames) = message
-            worker = self.workers.get(sender)
-            if worker is not None:
-                worker.seen = time.monotonic()
-            handler = self.handlers.get(kind) if isinstance(kind, bytes) else None
-            if handler is None:
-                log.warning("ignoring an unknown %r message", kind[:20] if isinstance(kind, bytes) else b"<large>")
-                continue
-            try:
-                handler(sender, *frames)
-            except Exception:  # a signed but malformed message (a different glimpse version): keep serving
-                log.warning("ignoring a malformed %s message", kind.decode(errors="replace"), exc_info=True)
-            self.dispatch()
+            if message is not None:
+                self.act_on(*message)
+
+    def pass_local_messages(self) -> None:
+        """Hand the slots in this process what was sent them, and act on what they answer, until both wait."""
+        while self.local is not None and self.local.pending:
+            self.local.hand_over()
+            while self.local.inbox:
+                self.act_on(*self.local.inbox.popleft())
+
+    def act_on(self, sender: bytes, frames: list) -> None:
+        """Handle one verified message from a pool or a worker."""
+        kind, *frames = frames
+        worker = self.workers.get(sender)
+        if worker is not None:
+            worker.seen = time.monotonic()
+        handler = self.handlers.get(kind) if isinstance(kind, bytes) else None
+        if handler is None:
+            log.warning("ignoring an unknown %r message", kind[:20] if isinstance(kind, bytes) else b"<large>")
+            return
+        try:
+            handler(sender, *frames)
+        except Exception:  # a signed but malformed message (a different glimpse version): keep serving
+            log.warning("ignoring a malformed %s message", kind.decode(errors="replace"), exc_info=True)
+        self.dispatch()
 
     def dispatch(self) -> None:
         """Hand queued chunks to the workers holding the fewest; with none queued, take back for idle ones."""
@@ -374,4 +408,7 @@ class Broker:
         self.lose_jobs(worker, reason)
 
     def send(self, peer: bytes, kind: bytes, *frames: bytes | Tagged) -> None:
-        self.socket.send(peer, kind, *frames)
+        if self.local is not None and peer in self.local:
+            self.local.deliver(peer, kind, frames)
+        else:
+            self.socket.send(peer, kind, *frames)

@@ -57,7 +57,7 @@ class ZmqPool(SignedClusterPool):
         return ZmqBackend(address, key, source)
 
     def embedded_backend(self, nworkers: int, key: ClusterKey) -> ZmqBackend:
-        cluster = EmbeddedCluster.start("zmq", nworkers, key)
+        cluster = EmbeddedCluster.start("zmq", nworkers, key, in_broker=True)
         try:
             backend = ZmqBackend(cluster.address, key, "the embedded cluster", cluster=cluster)
             connected = backend.wait_for_workers(nworkers, STARTUP_SECONDS)

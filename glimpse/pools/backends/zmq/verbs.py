@@ -40,6 +40,12 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
         "interface to listen on (default 127.0.0.1); whoever reaches the broker can run code on its workers",
     )(parser)
     key_options(parser)
+    parser.add_argument(
+        "--nworkers",
+        type=int,
+        default=0,
+        help="worker slots to run in the broker's own process, beside those that connect (default 0)",
+    )
     embedded_broker_options(parser)
 
 
@@ -49,9 +55,11 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _launch_broker(args: argparse.Namespace) -> int:
+    if args.nworkers < 0:
+        raise ValueError(f"--nworkers must be 0 or more, not {args.nworkers}")
     key = verb_key(args, for_broker=True)
     prepare_foreground(args)
-    return until_stopped(lambda: zmq_broker.serve(args.host, args.port, key, args.ready_fd))
+    return until_stopped(lambda: zmq_broker.serve(args.host, args.port, key, args.ready_fd, args.nworkers))
 
 
 def _launch_worker(args: argparse.Namespace) -> int:

@@ -44,7 +44,7 @@ def serve(address: str, nworkers: int, key: ClusterKey) -> None:
     """
     context = zmq.Context()
     functions: OrderedDict[bytes, bytes] = OrderedDict()
-    slots = [Slot(context, address, index, functions, key) for index in range(nworkers)]
+    slots = [Slot.connect(context, address, index, functions, key) for index in range(nworkers)]
     log.info("%d zmq workers (pid %d) connecting to %s", nworkers, os.getpid(), address)
     next_heartbeat = 0.0
     warn_at = time.monotonic() + p.CONNECT_SECONDS
@@ -59,16 +59,10 @@ def serve(address: str, nworkers: int, key: ClusterKey) -> None:
             poller = zmq.Poller()
             for slot in slots:
                 poller.register(slot.socket.socket, zmq.POLLIN)
-                if slot.running:
-                    poller.register(slot.process.fileno(), zmq.POLLIN)
-                if slot.process.sending:
-                    poller.register(slot.process.inbox, zmq.POLLOUT)
+                slot.watch_child(poller)
             ready = dict(poller.poll(p.HEARTBEAT_SECONDS * 500))
             for slot in list(slots):
-                if slot.process.sending and slot.process.inbox in ready:
-                    slot.process.flush()  # a dead child is found by collect(), at the end of its pipe
-                if slot.running and slot.process.fileno() in ready:
-                    slot.collect()
+                slot.serve_child(ready)
                 if slot.socket.socket in ready and not slot.receive_available():
                     slot.close("the broker told it to exit")
                     slots.remove(slot)
@@ -80,6 +74,11 @@ def serve(address: str, nworkers: int, key: ClusterKey) -> None:
         for slot in slots:
             slot.close("its process was stopped")
         context.term()
+
+
+def slot_name(index: int) -> bytes:
+    """The name slot ``index`` of this process goes by at the broker: ``host:pid:index``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{index}".encode()
 
 
 @dataclass(eq=False)
@@ -105,12 +104,10 @@ class Slot:
     started (``worker_main`` decides, once per chunk).
     """
 
-    def __init__(
-        self, context: zmq.Context, address: str, index: int, functions: OrderedDict[bytes, bytes], key: ClusterKey
-    ):
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{index}".encode()
-        self.index = index
-        self.socket = PeerSocket(p.dealer(context, address, self.id), MessageSigner(key, self.id), address)
+    def __init__(self, name: bytes, link, functions: OrderedDict[bytes, bytes]):
+        self.id = name
+        #: What it sends with: a signed socket to the broker, or a ``LocalLink`` inside the broker's process.
+        self.socket = link
         self.functions = functions
         self.process = _start_child()
         self.jobs: list[SlotChunk] = []
@@ -118,6 +115,14 @@ class Slot:
         self.chunks = 0
         self.welcomed = False
         self.send(p.READY, p.VERSION, self.info())
+
+    @classmethod
+    def connect(
+        cls, context: zmq.Context, address: str, index: int, functions: OrderedDict[bytes, bytes], key: ClusterKey
+    ) -> Slot:
+        """Slot ``index`` of this process, connected to the broker at ``address``; it says READY at once."""
+        name = slot_name(index)
+        return cls(name, PeerSocket(p.dealer(context, address, name), MessageSigner(key, name), address), functions)
 
     @property
     def running(self) -> bool:
@@ -128,6 +133,20 @@ class Slot:
         return p.to_json(
             {"host": socket.gethostname(), "pid": os.getpid(), "task_pid": self.process.pid, "chunks": self.chunks}
         )
+
+    def watch_child(self, poller: zmq.Poller) -> None:
+        """Register with ``poller`` what its child's pipes are waited on for (outcomes, room to send)."""
+        if self.running:
+            poller.register(self.process.fileno(), zmq.POLLIN)
+        if self.process.sending:
+            poller.register(self.process.inbox, zmq.POLLOUT)
+
+    def serve_child(self, ready: dict) -> None:
+        """Send on and collect what the ``ready`` pipes of its child allow."""
+        if self.process.sending and self.process.inbox in ready:
+            self.process.flush()  # a dead child is found by collect(), at the end of its pipe
+        if self.running and self.process.fileno() in ready:
+            self.collect()
 
     def receive_available(self) -> bool:
         """Handle every message the broker sent; ``False`` once it says to exit."""
