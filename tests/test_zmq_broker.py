@@ -161,6 +161,17 @@ def _two_chunks_on_one_worker(context, broker):
     return busy, pool, running, waiting
 
 
+def test_a_calls_function_travels_with_its_first_chunk_and_stays_for_the_others(context, broker):
+    worker = _ready_worker(context, broker)
+    pool = _peer(context, b"pool-1")
+    pool.send_multipart([p.CHUNK, b"1", b"call", b"payload-1", b"0", b"function-bytes"])
+    pool.send_multipart([p.CHUNK, b"2", b"call", b"payload-2", b"1", b""])
+    _deliver(broker)
+    assert _receive(worker, p.TASK)[1:] == [b"call", b"payload-1", b"0", b"function-bytes"]
+    assert _receive(worker, p.TASK)[1:] == [b"call", b"payload-2", b"1", b""]
+    assert not _all(pool, p.NOFUNC)
+
+
 def test_a_chunk_waiting_behind_another_is_taken_back_for_an_idle_worker(context, broker):
     busy, pool, running, waiting = _two_chunks_on_one_worker(context, broker)
     idle = _ready_worker(context, broker, b"w2")

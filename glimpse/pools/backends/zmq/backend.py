@@ -1,9 +1,10 @@
 """The backend of ``ZmqPool``: chunks go to a glimpse ZeroMQ broker over one DEALER socket.
 
 ``submit`` sends a chunk message, ``wait`` polls the socket and records outcomes by task id,
-``cancel`` sends a cancel message. The function goes to the broker once per call; workers
-fetch it from there. A broker that stops answering while chunks are out is an error, not a hang;
-a chunk the broker no longer knows (it restarted, or a reply was dropped) is lost and re-sent.
+``cancel`` sends a cancel message. The function goes to the broker once per call, with the
+call's first chunk; workers get it from there. A broker that stops answering while chunks are
+out is an error, not a hang; a chunk the broker no longer knows (it restarted, or a reply was
+dropped) is lost and re-sent.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
         )
         self._jobs: dict[bytes, SentChunk] = {}
         self._calls: dict[str, bytes] = {}
+        self._function_due: set[str] = set()  # calls whose function goes with their next chunk
         self._task_numbers = itertools.count(1)
         self._last_number = 0
         self._broker: bytes | None = None
@@ -90,11 +92,14 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
         return max(1, self._nworkers)
 
     def open_call(self, call: Call) -> None:
+        # Not a message of its own: one wake-up fewer for the broker, and none at all for a call with no items.
         self._calls[call.id] = call.blob
-        self._send(p.FUNC, call.id.encode(), call.blob)
+        self._function_due.add(call.id)
 
     def close_call(self, call: Call) -> None:
-        if self._calls.pop(call.id, None) is not None and self._socket is not None:
+        sent = call.id not in self._function_due
+        self._function_due.discard(call.id)
+        if self._calls.pop(call.id, None) is not None and sent and self._socket is not None:
             self._send(p.DROP, call.id.encode())
 
     def submit(self, call: Call, chunk: Chunk) -> SentChunk:
@@ -104,10 +109,14 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
                 f"more than a zmq message may carry ({p.MAX_FRAME_BYTES / 2**20:.0f} MiB, "
                 "$GLIMPSE_ZMQ_MAX_FRAME_MB on the broker and here)"
             )
+        function = b""
+        if call.id in self._function_due:
+            self._function_due.discard(call.id)
+            function = call.blob
         job = SentChunk(next(self._task_numbers))
         self._jobs[job.task_id] = job
         self._last_number = job.number
-        self._send(p.CHUNK, job.task_id, call.id.encode(), chunk.payload, p.number(chunk.start))
+        self._send(p.CHUNK, job.task_id, call.id.encode(), chunk.payload, p.number(chunk.start), function)
         return job
 
     def wait(self, handles: Collection[SentChunk], timeout: float) -> list[SentChunk]:
@@ -278,7 +287,8 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
         """A new broker answers at the address: give it the functions of the calls still running."""
         log.warning("the glimpse zmq broker at %s restarted; chunks it had are sent again", self.address)
         for call_id, blob in self._calls.items():
-            self._send(p.FUNC, call_id.encode(), blob)
+            if call_id not in self._function_due:
+                self._send(p.FUNC, call_id.encode(), blob)
 
     def _reconcile(self, last_number: int, known: set[bytes]) -> None:
         """Chunks sent before the ping that the broker does not hold and never answered are lost."""

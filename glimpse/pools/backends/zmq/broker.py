@@ -259,7 +259,11 @@ class Broker:
     def on_drop(self, client: bytes, call: bytes) -> None:
         self.functions.pop(call, None)
 
-    def on_chunk(self, client: bytes, task: bytes, call: bytes, payload: bytes, start: bytes) -> None:
+    def on_chunk(
+        self, client: bytes, task: bytes, call: bytes, payload: bytes, start: bytes, function: bytes = b""
+    ) -> None:
+        if function:
+            self.functions[call] = (client, function)
         if call not in self.functions:
             # The pool sent the function to an earlier broker at this address: ask for it again.
             self.send(client, p.NOFUNC, call)

@@ -4,7 +4,7 @@ One broker binds one ROUTER socket (one port). Pools and workers connect DEALER 
 every message is a multipart message whose first frame is its kind, and the kinds a peer sends
 tell the broker whether it is a pool (a "client") or a worker. Integers travel as ASCII digits.
 
-client -> broker   HELLO version | FUNC call blob | DROP call | CHUNK task call payload start |
+client -> broker   HELLO version | CHUNK task call payload start blob | FUNC call blob | DROP call |
                    CANCEL task... | PING last_task | LIST | KILL | RESTART | BYE
 broker -> client   WELCOME broker n | PONG broker n last_task task... | DONE task outcome |
                    LOST task reason | NOFUNC call | LISTED json | KILLED n | RESTARTED n | REFUSED reason
@@ -12,6 +12,10 @@ worker -> broker   READY version info | HEARTBEAT info | RESULT job outcome | FA
                    GAVEBACK job | GETFUNC call | LEAVING reason
 broker -> worker   WELCOME broker | TASK job call payload start blob | FUNC call blob | NOFUNC call |
                    TAKEBACK job | CANCEL job | RESTART | EXIT | RESET
+
+A call's function (``blob``) travels with its first chunk (an empty frame with the others), and
+in a FUNC message when the broker lost it (it answers a chunk of an unknown call with NOFUNC, or
+restarted); DROP lets it go when the call ends.
 
 A worker holds up to two chunks (:data:`HELD_PER_WORKER`) and runs them in the order it got
 them; a TASK carries the call's function (``blob``) when the broker has not sent it to that worker
@@ -35,7 +39,7 @@ import os
 
 import zmq
 
-VERSION = b"glimpse-zmq-4"
+VERSION = b"glimpse-zmq-5"
 
 HELLO, WELCOME, REFUSED = b"HELLO", b"WELCOME", b"REFUSED"
 FUNC, NOFUNC, GETFUNC, DROP = b"FUNC", b"NOFUNC", b"GETFUNC", b"DROP"
