@@ -15,6 +15,20 @@ from glimpse.pools.security import MessageSigner, Rejected
 
 BROKER = b"broker"
 UNAUTHENTICATED = b"UNAUTHENTICATED"
+#: Frames this large are sent without a copy (ZeroMQ holds on to them until sent).
+_ZERO_COPY_BYTES = 64 * 1024
+_MORE = int(zmq.SNDMORE)
+
+
+def send_frames(socket: zmq.Socket, frames: list, flags: int = 0) -> None:
+    """Send ``frames`` as one message, large ones without a copy.
+
+    ``send_multipart`` does the same at three times the cost per small message (10-12 us against
+    4 here, measured), most of it in combining its flags as Python enums.
+    """
+    flags, send, last = int(flags), socket.send, len(frames) - 1
+    for index, frame in enumerate(frames):
+        send(frame, flags | _MORE if index < last else flags, copy=len(frame) < _ZERO_COPY_BYTES)
 
 
 class PeerSocket:
@@ -24,7 +38,7 @@ class PeerSocket:
         self.socket, self.signer, self.address = socket, signer, address
 
     def send(self, kind: bytes, *frames, flags: int = 0) -> None:
-        self.socket.send_multipart(self.signer.sign(BROKER, [kind, *frames]), flags, copy=False)
+        send_frames(self.socket, self.signer.sign(BROKER, [kind, *frames]), flags)
 
     def receive(self) -> list[bytes] | None:
         """The next message's frames (kind first) without blocking: ``zmq.Again`` if there is none,
@@ -54,7 +68,7 @@ class BrokerSocket:
         self.socket, self.signer = socket, signer
 
     def send(self, peer: bytes, kind: bytes, *frames) -> None:
-        self.socket.send_multipart([peer, *self.signer.sign(peer, [kind, *frames])], copy=False)
+        send_frames(self.socket, [peer, *self.signer.sign(peer, [kind, *frames])])
 
     def receive(self) -> tuple[bytes, list] | None:
         """The next message's sender and frames (kind first; large frames ``Tagged``, to forward only),
