@@ -6,8 +6,8 @@ One message per item would only measure ZeroMQ, so the reference is MulticorePoo
 cores. Rows: the time of a one-item call (what every call pays to cross the broker and a worker
 slot, and back); tiny-task throughput through ``map``, ``imap`` and ``imap_unordered`` with automatic
 chunk sizes, on calls of 20k items (a few milliseconds: mostly the latency of a call, which
-crosses four more hops than MulticorePool's) and of 200k and 1M items (a stream: the cost per
-item); ratio = glimpse zmq throughput / MulticorePool throughput, best of the runs, the two pools
+crosses two more hops than MulticorePool's: to the broker and back) and of 200k and 1M items (a
+stream: the cost per item); ratio = glimpse zmq throughput / MulticorePool throughput, best of the runs, the two pools
 taking turns. Then CPU-bound efficiency (serial time / (workers x wall time), best of three
 rounds; goal >= 0.9) of each pool.
 
