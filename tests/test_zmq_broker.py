@@ -307,47 +307,58 @@ def test_a_replayed_message_is_dropped(context, broker):
     assert not broker.functions
 
 
+_LARGE = bytes(range(256)) * 1024
+
+
+def _tampered_chunk(pool) -> None:
+    """The function of ``call``, then its chunk 1 with a large payload changed after it was signed."""
+    pool.send_multipart([p.FUNC, b"call", b"f"])
+    signed = pool.signer.sign(BROKER, [p.CHUNK, b"1", b"call", _LARGE, b"0"])
+    signed[3] = _LARGE[:-1] + b"!"
+    pool.socket.send_multipart(signed)
+
+
+def _intact_chunk_instead(pool) -> None:
+    pool.send_multipart([p.CANCEL, b"1"])
+    pool.send_multipart([p.CHUNK, b"2", b"call", _LARGE, b"0"])
+
+
 def test_a_large_payload_is_checked_where_it_is_unpickled_and_a_tampered_one_refused(context, broker):
     worker = _ready_worker(context, broker)
     pool = _peer(context, b"pool-1")
-    payload = bytes(range(256)) * 1024
-    pool.send_multipart([p.FUNC, b"call", b"f"])
-    signed = pool.signer.sign(BROKER, [p.CHUNK, b"1", b"call", payload, b"0"])
-    signed[3] = payload[:-1] + b"!"
-    pool.socket.send_multipart(signed)
+    _tampered_chunk(pool)
     _deliver(broker)
     assert worker.poll(2000)
     with pytest.raises(Rejected, match="payload"):
         worker.recv_multipart()
-    pool.send_multipart([p.CANCEL, b"1"])
-    pool.send_multipart([p.CHUNK, b"2", b"call", payload, b"0"])
+    _intact_chunk_instead(pool)
     _deliver(broker)
-    assert _receive(worker, p.TASK)[2] == payload
+    assert _receive(worker, p.TASK)[2] == _LARGE
 
 
-def test_a_slot_in_the_brokers_process_gets_a_large_payload_only_if_it_matches_its_tag(context):
+@pytest.fixture
+def broker_with_a_slot(context):
+    """A broker that runs one worker slot (and its task process) in this process."""
     socket = context.socket(zmq.ROUTER)
     socket.linger = 0
     socket.bind(_ENDPOINT)
     broker = Broker(BrokerSocket(socket, MessageSigner(KEY, BROKER)), local_workers=1)
-    try:
-        broker.pass_local_messages()
-        (slot,) = broker.local.slots.values()
-        assert slot.welcomed and list(broker.workers) == [slot.id]
-        pool = _peer(context, b"pool-1")
-        payload = bytes(range(256)) * 1024
-        pool.send_multipart([p.FUNC, b"call", b"f"])
-        signed = pool.signer.sign(BROKER, [p.CHUNK, b"1", b"call", payload, b"0"])
-        signed[3] = payload[:-1] + b"!"
-        pool.socket.send_multipart(signed)
-        _deliver(broker)
-        broker.pass_local_messages()
-        assert not slot.jobs and broker.socket.signer.rejected_count == 1
-        pool.send_multipart([p.CANCEL, b"1"])
-        pool.send_multipart([p.CHUNK, b"2", b"call", payload, b"0"])
-        _deliver(broker)
-        broker.pass_local_messages()
-        assert [job.payload for job in slot.jobs] == [payload]
-    finally:
-        broker.close()
-        socket.close()
+    yield broker
+    broker.close()
+    socket.close()
+
+
+def test_a_slot_in_the_brokers_process_gets_a_large_payload_only_if_it_matches_its_tag(context, broker_with_a_slot):
+    broker = broker_with_a_slot
+    broker.pass_local_messages()
+    (slot,) = broker.local.slots.values()
+    assert slot.welcomed and list(broker.workers) == [slot.id]
+    pool = _peer(context, b"pool-1")
+    _tampered_chunk(pool)
+    _deliver(broker)
+    broker.pass_local_messages()
+    assert not slot.jobs and broker.socket.signer.rejected_count == 1
+    _intact_chunk_instead(pool)
+    _deliver(broker)
+    broker.pass_local_messages()
+    assert [job.payload for job in slot.jobs] == [_LARGE]
