@@ -1,15 +1,18 @@
-"""ZmqPool (embedded broker and workers) against MulticorePool, side by side in one run.
+"""ZmqPool against MulticorePool, side by side in one run.
 
     python benchmarks/bench_zmq.py [--quick] [--workers N]
 
 One message per item would only measure ZeroMQ, so the reference is MulticorePool on the same
-cores. Rows: the time of a one-item call (what every call pays to cross the broker and a worker
-slot, and back); tiny-task throughput through ``map``, ``imap`` and ``imap_unordered`` with automatic
-chunk sizes, on calls of 20k items (a few milliseconds: mostly the latency of a call, which
-crosses two more hops than MulticorePool's: to the broker and back) and of 200k and 1M items (a
-stream: the cost per item); ratio = glimpse zmq throughput / MulticorePool throughput, best of the runs, the two pools
-taking turns. Then CPU-bound efficiency (serial time / (workers x wall time), best of three
-rounds; goal >= 0.9) of each pool.
+cores, beside two zmq clusters: the embedded one (a broker that runs the worker slots itself, as
+``LaunchBroker --nworkers``) and, in the "+worker" columns, a broker with a ``LaunchWorker``
+process (the layout of a worker machine: one more hop each way). Rows: the time of a one-item
+call (what every call pays to cross the broker, and a worker process, and back); tiny-task
+throughput through ``map``, ``imap`` and ``imap_unordered`` with automatic chunk sizes, on calls
+of 20k items (a few milliseconds: mostly the latency of a call, which crosses two more hops than
+MulticorePool's: to the broker and back) and of 200k and 1M items (a stream: the cost per item);
+ratio = glimpse zmq throughput / MulticorePool throughput, best of the runs, the pools taking
+turns. Then CPU-bound efficiency (serial time / (workers x wall time), best of three rounds;
+goal >= 0.9) of each pool.
 
 Then the cost of signing every message with the cluster key: the same embedded cluster with
 signing (the default) and with ``insecure=True``, on tiny items and on 4 MiB arrays one way
@@ -20,6 +23,7 @@ between (``array_filtered``, closer to real work); ratio = signed / unsigned thr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -27,12 +31,29 @@ import time
 from workloads import array_double, array_filtered, array_sum, arrays, efficiencies, interleaved, tiny
 
 from glimpse.pools import MulticorePool
+from glimpse.pools.cluster.embedded import EmbeddedCluster
+from glimpse.pools.security import generate_key
 from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool
 
 
-def measure_tiny(zmq_pool, multicore, items: int, repeats: int) -> list[tuple[str, float, float]]:
-    """(call, MulticorePool seconds, zmq seconds) of each call on ``items`` tiny items, best of
-    ``repeats`` runs taken in turns."""
+@contextlib.contextmanager
+def worker_process_pool(workers: int):
+    """A pool on a broker whose ``workers`` slots run in a ``LaunchWorker`` process of their own."""
+    key = generate_key("the key of the benchmark's cluster")
+    cluster = EmbeddedCluster.start("zmq", workers, key)
+    try:
+        with MakePool(cluster.address, key=key.secret.hex()) as pool:
+            if pool._backend.wait_for_workers(workers, 60) < workers:
+                raise RuntimeError("the LaunchWorker process did not connect its slots within 60 s")
+            yield pool
+    finally:
+        cluster.stop()
+        cluster.join()
+
+
+def measure_tiny(pools: list, items: int, repeats: int) -> list[tuple[str, list[float]]]:
+    """(call, seconds of each pool) of each call on ``items`` tiny items, best of ``repeats`` runs
+    taken in turns."""
     data = list(range(items))
     runs = {
         "map": lambda pool: pool.map(tiny, data),
@@ -40,7 +61,7 @@ def measure_tiny(zmq_pool, multicore, items: int, repeats: int) -> list[tuple[st
         "imap_unordered": lambda pool: list(pool.imap_unordered(tiny, data)),
     }
     return [
-        (name, *interleaved(repeats, lambda run=run: run(multicore), lambda run=run: run(zmq_pool)))
+        (name, interleaved(repeats, *[lambda run=run, pool=pool: run(pool) for pool in pools]))
         for name, run in runs.items()
     ]
 
@@ -79,20 +100,34 @@ def main() -> None:
     started = time.perf_counter()
     with MakePool(workers=args.workers) as zmq_pool, MulticorePool(args.workers) as multicore:
         startup = time.perf_counter() - started
-        zmq_pool.map(tiny, range(100))
-        multicore.map(tiny, range(100))
-        print(f"ZmqPool vs MulticorePool, {args.workers} workers, Python {sys.version.split()[0]}")
-        print(f"(embedded zmq cluster and MulticorePool started in {startup:.2f}s)")
-        print(f"{'measure':<40} {'multicore':>10} {'zmq':>10} {'ratio':>8}")
-        theirs, ours = interleaved(20 * repeats, lambda: multicore.map(tiny, [1]), lambda: zmq_pool.map(tiny, [1]))
-        print(f"{'one-item call, ms':<40} {theirs * 1e3:>10.2f} {ours * 1e3:>10.2f} {theirs / ours:>7.2f}x")
-        for items in sizes:
-            for name, theirs, ours in measure_tiny(zmq_pool, multicore, items, repeats):
-                label = f"tiny {name} items/s ({items} items)"
-                print(f"{label:<40} {items / theirs:>10.0f} {items / ours:>10.0f} {theirs / ours:>7.2f}x")
-        mc_eff, zmq_eff = efficiencies([multicore, zmq_pool], args.workers, work, rounds=3)
-        print(f"{'CPU-bound efficiency (goal >= 0.9)':<40} {mc_eff:>10.2f} {zmq_eff:>10.2f} {zmq_eff / mc_eff:>7.2f}x")
-    print("(ratio = zmq / multicore: above 1 means the zmq pool is faster or more efficient)")
+        with worker_process_pool(args.workers) as remote_pool:
+            pools = [multicore, zmq_pool, remote_pool]
+            for pool in pools:
+                pool.map(tiny, range(100))
+            print(f"ZmqPool vs MulticorePool, {args.workers} workers, Python {sys.version.split()[0]}")
+            print(f"(embedded zmq cluster and MulticorePool started in {startup:.2f}s)")
+            print(f"{'measure':<40} {'multicore':>10} {'zmq':>10} {'ratio':>8} {'+worker':>10} {'ratio':>8}")
+            mc, embedded, remote = interleaved(20 * repeats, *[lambda pool=pool: pool.map(tiny, [1]) for pool in pools])
+            print(
+                f"{'one-item call, ms':<40} {mc * 1e3:>10.2f} {embedded * 1e3:>10.2f} {mc / embedded:>7.2f}x "
+                f"{remote * 1e3:>10.2f} {mc / remote:>7.2f}x"
+            )
+            for items in sizes:
+                for name, (mc, embedded, remote) in measure_tiny(pools, items, repeats):
+                    label = f"tiny {name} items/s ({items} items)"
+                    print(
+                        f"{label:<40} {items / mc:>10.0f} {items / embedded:>10.0f} {mc / embedded:>7.2f}x "
+                        f"{items / remote:>10.0f} {mc / remote:>7.2f}x"
+                    )
+            mc, embedded, remote = efficiencies(pools, args.workers, work, rounds=3)
+            label = "CPU-bound efficiency (goal >= 0.9)"
+            print(
+                f"{label:<40} {mc:>10.2f} {embedded:>10.2f} {embedded / mc:>7.2f}x {remote:>10.2f} {remote / mc:>7.2f}x"
+            )
+    print(
+        "(ratio = zmq / multicore: above 1 means the zmq pool is faster or more efficient; "
+        "+worker: a broker with a LaunchWorker process)"
+    )
     signing_cost(args.workers, sizes[0], 16 if args.quick else 64, repeats)
 
 
