@@ -6,6 +6,7 @@ arrived, and reads what it sent back, so each protocol rule is checked in millis
 
 from __future__ import annotations
 
+import socket as stdlib_socket
 import time
 
 import pytest
@@ -14,6 +15,7 @@ zmq = pytest.importorskip("zmq")
 
 from glimpse.pools.backends.zmq import protocol as p  # noqa: E402
 from glimpse.pools.backends.zmq.broker import Broker  # noqa: E402
+from glimpse.pools.backends.zmq.pool_pipe import PIPE_POOL, PoolPipe  # noqa: E402
 from glimpse.pools.backends.zmq.signed_socket import BROKER, UNAUTHENTICATED, BrokerSocket  # noqa: E402
 from glimpse.pools.security import MessageSigner, Rejected, generate_key  # noqa: E402
 
@@ -362,3 +364,50 @@ def test_a_slot_in_the_brokers_process_gets_a_large_payload_only_if_it_matches_i
     _deliver(broker)
     broker.pass_local_messages()
     assert [job.payload for job in slot.jobs] == [_LARGE]
+
+
+def test_a_pool_on_the_brokers_socket_pair_gets_a_workers_large_outcome_only_if_it_matches_its_tag(context):
+    socket = context.socket(zmq.ROUTER)
+    socket.linger = 0
+    socket.bind(_ENDPOINT)
+    pool_end, broker_end = stdlib_socket.socketpair()
+    broker = Broker(BrokerSocket(socket, MessageSigner(KEY, BROKER)), pool_fd=broker_end.detach())
+    pool = PoolPipe(pool_end, "tcp://127.0.0.1:1")
+    try:
+        worker = _ready_worker(context, broker)
+        pool.send(p.CHUNK, b"1", b"call", b"payload-1", b"0", b"function-bytes")
+        pool.send(p.CHUNK, b"2", b"call", b"payload-2", b"1", b"")
+        _deliver_with_pipe(broker)
+        first, second = _receive(worker, p.TASK)[0], _receive(worker, p.TASK)[0]
+        signed = worker.signer.sign(BROKER, [p.RESULT, first, _LARGE])
+        signed[2] = _LARGE[:-1] + b"!"
+        worker.socket.send_multipart(signed)
+        worker.send_multipart([p.RESULT, second, _LARGE])
+        assert _received_through_pipe(broker, pool) == [p.DONE, b"2", _LARGE]
+        assert broker.socket.signer.rejected_count == 1
+    finally:
+        broker.close()
+        pool.close()
+        socket.close()
+
+
+def _deliver_with_pipe(broker: Broker) -> None:
+    """Let the broker handle what its ZeroMQ peers and the pool on its socket pair sent so far."""
+    for _ in range(5):
+        poller = zmq.Poller()
+        broker.pipe.watch(poller)
+        for message in broker.pipe.serve(dict(poller.poll(20))):
+            broker.act_on(PIPE_POOL, message)
+        _deliver(broker)
+
+
+def _received_through_pipe(broker: Broker, pool: PoolPipe) -> list:
+    """The next message the pool on the broker's socket pair receives, the broker serving meanwhile."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        _deliver_with_pipe(broker)
+        try:
+            return pool.receive()
+        except zmq.Again:
+            continue
+    raise AssertionError("no message reached the pool on the socket pair")

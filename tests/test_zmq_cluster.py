@@ -169,6 +169,22 @@ def test_broker_death_mid_call_is_a_clear_error(small_cluster, tmp_path):
     pool.close()
 
 
+def test_embedded_broker_death_mid_call_is_a_clear_error_at_once(no_address, tmp_path):
+    # The pool talks to the broker it started through a socket pair: its end closing is news at once.
+    pool = MakePool(workers=1)
+    try:
+        results = pool.imap(helpers.held_until_released, [0, ("hold", str(tmp_path / "never"))], chunksize=1)
+        assert next(results) == 0
+        killed_at = time.monotonic()
+        os.killpg(pool.cluster.broker.pid, signal.SIGKILL)
+        with pytest.raises(ClusterLostError, match=rf"broker at {pool.address} exited.*delivered 1 results"):
+            next(results)
+        assert time.monotonic() - killed_at < 5, "a dead embedded broker was found only after a timeout"
+    finally:
+        pool.close()
+        pool.join()
+
+
 def test_pool_idle_longer_than_the_broker_timeout_still_works(zmq_external_cluster, monkeypatch, tmp_path):
     monkeypatch.setattr(zmq_protocol, "BROKER_TIMEOUT_SECONDS", 1.0)
     with MakePool(zmq_external_cluster.address) as pool:

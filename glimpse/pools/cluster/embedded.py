@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,30 +31,47 @@ class EmbeddedCluster:
     """A broker process and a worker process with ``nworkers`` slots (or a broker that runs them), started by
     :meth:`start`."""
 
-    def __init__(self, address: str, broker: subprocess.Popen, workers: subprocess.Popen | None):
+    def __init__(self, address: str, broker: subprocess.Popen, workers: subprocess.Popen | None, pool_end=None):
         self.address, self.broker, self.workers = address, broker, workers
+        #: The pool's end of the socket pair it talks to the broker through, if it asked for one.
+        self.pool_end: socket.socket | None = pool_end
         self._processes = [process for process in (workers, broker) if process is not None]
 
     @classmethod
     def start(cls, cluster_type: str, nworkers: int, key: ClusterKey, in_broker: bool = False) -> EmbeddedCluster:
         """Start a ``cluster_type`` broker on a free port of 127.0.0.1 (it writes its address to a pipe
         given as ``--ready-fd``) and ``nworkers`` workers connected to it, sharing ``key``; with
-        ``in_broker``, the broker runs the workers itself (``LaunchBroker --nworkers``)."""
+        ``in_broker``, the broker runs the workers itself (``LaunchBroker --nworkers``), and the pool
+        talks to it through a socket pair (:attr:`pool_end`; the broker's end is ``--pool-fd``)."""
         ready_r, ready_w = os.pipe()
         slots = ["--nworkers", str(nworkers)]
         broker_args = ["LaunchBroker", "--host", "127.0.0.1", "--port", "0", "--ready-fd", str(ready_w)]
+        pool_end = broker_end = None
+        passed = [ready_w]
+        if in_broker:
+            pool_end, broker_end = socket.socketpair()
+            broker_args += [*slots, "--pool-fd", str(broker_end.fileno())]
+            passed.append(broker_end.fileno())
         try:
-            broker = _launch(cluster_type, broker_args + (slots if in_broker else []), key, ready_w)
+            broker = _launch(cluster_type, broker_args, key, passed)
+        except BaseException:
+            if pool_end is not None:
+                pool_end.close()
+            raise
         finally:
             os.close(ready_w)
+            if broker_end is not None:
+                broker_end.close()
         try:
             address = _read_address(ready_r, broker, cluster_type)
             workers = None if in_broker else _launch(cluster_type, ["LaunchWorker", "--address", address, *slots], key)
         except BaseException:
             signal_group(broker.pid, signal.SIGKILL)
             broker.wait()
+            if pool_end is not None:
+                pool_end.close()
             raise
-        return cls(address, broker, workers)
+        return cls(address, broker, workers, pool_end)
 
     def pids(self) -> list[int]:
         """The process ids of the broker and the worker process, if any (the leaders of their groups)."""
@@ -79,9 +97,12 @@ class EmbeddedCluster:
         for process in self._processes:
             signal_group(process.pid, signal.SIGKILL)
             process.wait()
+        if self.pool_end is not None:
+            self.pool_end.close()
 
 
-def _launch(cluster_type: str, verb_args: list[str], key: ClusterKey, ready_fd: int | None = None) -> subprocess.Popen:
+def _launch(cluster_type: str, verb_args: list[str], key: ClusterKey, passed: list[int] = ()) -> subprocess.Popen:
+    """Run a verb in a session of its own; the first of the ``passed`` descriptors, if any, is its ``--ready-fd``."""
     command = [sys.executable, "-m", "glimpse.pools.cli", "--type", cluster_type, *verb_args]
     command += ["--exit-with-parent", "--quiet"]
     if not key.secret:
@@ -90,8 +111,8 @@ def _launch(cluster_type: str, verb_args: list[str], key: ClusterKey, ready_fd: 
         command,
         env={**child_environment(), **key_environment(key)},
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL if ready_fd is not None else None,
-        pass_fds=() if ready_fd is None else (ready_fd,),
+        stdout=subprocess.DEVNULL if passed else None,
+        pass_fds=tuple(passed),
         start_new_session=True,
     )
 

@@ -9,6 +9,7 @@ wake-up for all of them.
 from __future__ import annotations
 
 import os
+import socket
 import struct
 
 _HEADER = struct.Struct("!Q")
@@ -51,6 +52,15 @@ def write_available(fd: int, views: list[memoryview]) -> None:
     while views:
         try:
             _advance(views, os.writev(fd, views[:_MAX_PARTS]))
+        except BlockingIOError:
+            return
+
+
+def send_available(sock: socket.socket, views: list[memoryview]) -> None:
+    """:func:`write_available` for a socket that blocks when read: sends without waiting."""
+    while views:
+        try:
+            _advance(views, sock.sendmsg(views[:_MAX_PARTS], [], socket.MSG_DONTWAIT))
         except BlockingIOError:
             return
 

@@ -19,6 +19,7 @@ from collections.abc import Collection
 import zmq
 
 from glimpse.pools.backends.zmq import protocol as p
+from glimpse.pools.backends.zmq.pool_pipe import PoolPipe
 from glimpse.pools.backends.zmq.signed_socket import PeerSocket
 from glimpse.pools.cluster.embedded import OwnsEmbeddedCluster
 from glimpse.pools.contract.backend import Backend, Call, Chunk, ClusterLost, Health, TrackedChunk
@@ -48,7 +49,8 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
         address: The broker's endpoint, ``tcp://HOST:PORT``.
         key: The cluster key every message is signed with.
         source: Where the address came from, for error messages.
-        cluster: An embedded cluster (``glimpse.pools.cluster.embedded.EmbeddedCluster``) this backend owns and ends.
+        cluster: An embedded cluster (``glimpse.pools.cluster.embedded.EmbeddedCluster``) this backend owns and ends;
+            when it has a socket pair to its broker (``pool_end``), the messages go through that, unsigned.
     """
 
     chunk_seconds = 0.05
@@ -62,11 +64,15 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
         self._source = source
         # A name of its own keeps replies coming to this pool after the connection drops and comes back.
         routing_id = f"pool-{uuid.uuid4().hex}".encode()
-        self._socket: PeerSocket | None = PeerSocket(
-            p.dealer(zmq.Context.instance(), self.address, routing_id, bounded=False),
-            MessageSigner(key, routing_id),
-            self.address,
-        )
+        self._socket: PeerSocket | PoolPipe | None
+        if cluster is not None and cluster.pool_end is not None:
+            self._socket = PoolPipe(cluster.pool_end, self.address)
+        else:
+            self._socket = PeerSocket(
+                p.dealer(zmq.Context.instance(), self.address, routing_id, bounded=False),
+                MessageSigner(key, routing_id),
+                self.address,
+            )
         self._jobs: dict[bytes, SentChunk] = {}
         self._calls: dict[str, bytes] = {}
         self._function_due: set[str] = set()  # calls whose function goes with their next chunk
@@ -124,7 +130,7 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
 
     def _receive(self, seconds: float) -> None:
         self._check_broker()
-        if self._live_socket().socket.poll(min(seconds, p.HEARTBEAT_SECONDS) * 1000):
+        if self._live_socket().poll(min(seconds, p.HEARTBEAT_SECONDS) * 1000):
             self._receive_available()
 
     def health(self) -> Health:
@@ -181,7 +187,7 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
             self._socket = None
             raise
         except _NoAnswer:
-            rejected = self._socket.signer.rejected_count
+            rejected = self._socket.rejected_count
             self._socket.close()
             self._socket = None
             if rejected:
@@ -209,8 +215,11 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
                     f"the glimpse zmq broker at {self.address} did not answer within {timeout:g} s; "
                     "is it still running?"
                 )
-            if self._live_socket().socket.poll(remaining * 1000):
-                self._receive_available()
+            if self._live_socket().poll(remaining * 1000):
+                try:
+                    self._receive_available()
+                except ClusterLost as lost:
+                    raise ClusterConnectionError(str(lost)) from None
         return self._replies.pop(reply)
 
     def _check_broker(self) -> None:
@@ -303,7 +312,7 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
     def _send(self, kind: bytes, *frames: bytes) -> None:
         self._live_socket().send(kind, *frames)
 
-    def _live_socket(self) -> PeerSocket:
+    def _live_socket(self) -> PeerSocket | PoolPipe:
         if self._socket is None:
             raise ValueError(f"the connection to the zmq broker at {self.address} is closed; make a new pool")
         return self._socket

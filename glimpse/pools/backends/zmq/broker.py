@@ -23,6 +23,7 @@ import zmq
 
 from glimpse.pools.backends.zmq import protocol as p
 from glimpse.pools.backends.zmq.local_slots import LocalSlots
+from glimpse.pools.backends.zmq.pool_pipe import PIPE_POOL, PipeClient
 from glimpse.pools.backends.zmq.signed_socket import BROKER, BrokerSocket
 from glimpse.pools.security import ClusterKey, MessageSigner, Tagged
 
@@ -31,12 +32,15 @@ log = logging.getLogger(__name__)
 _POLL_SECONDS = 0.5
 
 
-def serve(host: str, port: int, key: ClusterKey, ready_fd: int | None = None, nworkers: int = 0) -> None:
+def serve(
+    host: str, port: int, key: ClusterKey, ready_fd: int | None = None, nworkers: int = 0, pool_fd: int | None = None
+) -> None:
     """Bind ``tcp://host:port`` (port 0 picks a free one) and run the broker until interrupted.
 
     Only messages signed with ``key`` are acted on. When ``ready_fd`` is given, the bound
     address is written to it and it is closed. ``nworkers`` worker slots run in the broker's own
-    process (see ``local_slots.py``), beside any that connect.
+    process (see ``local_slots.py``), beside any that connect. ``pool_fd`` is a socket the pool
+    that started this broker talks through (see ``pool_pipe.py``).
     """
     context = zmq.Context()
     socket = context.socket(zmq.ROUTER)
@@ -59,7 +63,7 @@ def serve(host: str, port: int, key: ClusterKey, ready_fd: int | None = None, nw
             "the data, so keep it to a private network",
             address,
         )
-    broker = Broker(BrokerSocket(socket, MessageSigner(key, BROKER)), nworkers)
+    broker = Broker(BrokerSocket(socket, MessageSigner(key, BROKER)), nworkers, pool_fd)
     if ready_fd is not None:
         with os.fdopen(ready_fd, "w") as ready:
             ready.write(address + "\n")
@@ -104,9 +108,10 @@ class Worker:
 class Broker:
     """The broker's state and its message handlers; :meth:`run` is the event loop."""
 
-    def __init__(self, socket: BrokerSocket, local_workers: int = 0):
+    def __init__(self, socket: BrokerSocket, local_workers: int = 0, pool_fd: int | None = None):
         self.socket = socket
         self.local = LocalSlots(local_workers, socket.signer) if local_workers else None
+        self.pipe = PipeClient(pool_fd, socket.signer) if pool_fd is not None else None
         self.id = uuid.uuid4().hex.encode()
         self.workers: OrderedDict[bytes, Worker] = OrderedDict()
         self.queue: deque[QueuedChunk] = deque()
@@ -142,9 +147,14 @@ class Broker:
             poller.register(self.socket.socket, zmq.POLLIN)
             if self.local is not None:
                 self.local.watch(poller)
+            if self.pipe is not None:
+                self.pipe.watch(poller)
             ready = dict(poller.poll(_POLL_SECONDS * 1000))
             if self.socket.socket in ready:
                 self.receive_available()
+            if self.pipe is not None:
+                for message in self.pipe.serve(ready):
+                    self.act_on(PIPE_POOL, message)
             if self.local is not None:
                 self.local.serve(ready)
                 if time.monotonic() >= next_heartbeat:
@@ -155,9 +165,11 @@ class Broker:
             self.dispatch()
 
     def close(self) -> None:
-        """Stop the task processes of the slots in this process."""
+        """Stop the task processes of the slots in this process, and close the pool's socket pair."""
         if self.local is not None:
             self.local.close("the broker stopped")
+        if self.pipe is not None:
+            self.pipe.close()
 
     def receive_available(self) -> None:
         while True:
@@ -414,5 +426,7 @@ class Broker:
     def send(self, peer: bytes, kind: bytes, *frames: bytes | Tagged) -> None:
         if self.local is not None and peer in self.local:
             self.local.deliver(peer, kind, frames)
+        elif self.pipe is not None and peer == PIPE_POOL:
+            self.pipe.send(kind, frames)
         else:
             self.socket.send(peer, kind, *frames)

@@ -40,6 +40,15 @@ class PeerSocket:
     def send(self, kind: bytes, *frames, flags: int = 0) -> None:
         send_frames(self.socket, self.signer.sign(BROKER, [kind, *frames]), flags)
 
+    def poll(self, milliseconds: float) -> bool:
+        """Whether a message can be received, waiting up to ``milliseconds`` for one."""
+        return bool(self.socket.poll(milliseconds))
+
+    @property
+    def rejected_count(self) -> int:
+        """How many messages from the broker did not verify."""
+        return self.signer.rejected_count
+
     def receive(self) -> list[bytes] | None:
         """The next message's frames (kind first) without blocking: ``zmq.Again`` if there is none,
         ``None`` if it did not verify; ``AuthenticationError`` if the broker refused our key."""

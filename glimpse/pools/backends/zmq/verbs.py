@@ -46,6 +46,7 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="worker slots to run in the broker's own process, beside those that connect (default 0)",
     )
+    parser.add_argument("--pool-fd", type=int, help=argparse.SUPPRESS)  # the embedded cluster's pool's socket
     embedded_broker_options(parser)
 
 
@@ -59,7 +60,9 @@ def _launch_broker(args: argparse.Namespace) -> int:
         raise ValueError(f"--nworkers must be 0 or more, not {args.nworkers}")
     key = verb_key(args, for_broker=True)
     prepare_foreground(args)
-    return until_stopped(lambda: zmq_broker.serve(args.host, args.port, key, args.ready_fd, args.nworkers))
+    return until_stopped(
+        lambda: zmq_broker.serve(args.host, args.port, key, args.ready_fd, args.nworkers, args.pool_fd)
+    )
 
 
 def _launch_worker(args: argparse.Namespace) -> int:
