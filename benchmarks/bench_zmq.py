@@ -14,8 +14,8 @@ ratio = glimpse zmq throughput / MulticorePool throughput, best of the runs, the
 turns. Then CPU-bound efficiency (serial time / (workers x wall time), best of three rounds;
 goal >= 0.9) of each pool.
 
-Then the cost of signing every message with the cluster key: the same embedded cluster with
-signing (the default) and with ``insecure=True``, on tiny items and on 4 MiB arrays one way
+Then the cost of signing every message with the cluster key: a cluster with a LaunchWorker process
+with signing (the default) and with ``insecure=True``, on tiny items and on 4 MiB arrays one way
 (``array_sum``), both ways (``array_double``), and both ways with ~50 ms of FFTs
 between (``array_filtered``, closer to real work); ratio = signed / unsigned throughput.
 """
@@ -32,17 +32,18 @@ from workloads import array_double, array_filtered, array_sum, arrays, efficienc
 
 from glimpse.pools import MulticorePool
 from glimpse.pools.cluster.embedded import EmbeddedCluster
-from glimpse.pools.security import generate_key
+from glimpse.pools.security import generate_key, insecure_key
 from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool
 
 
 @contextlib.contextmanager
-def worker_process_pool(workers: int):
-    """A pool on a broker whose ``workers`` slots run in a ``LaunchWorker`` process of their own."""
-    key = generate_key("the key of the benchmark's cluster")
+def worker_process_pool(workers: int, insecure: bool = False):
+    """A pool on a broker whose ``workers`` slots run in a ``LaunchWorker`` process of their own, all
+    talking over TCP (signed unless ``insecure``)."""
+    key = insecure_key("the benchmark's cluster") if insecure else generate_key("the key of the benchmark's cluster")
     cluster = EmbeddedCluster.start("zmq", workers, key)
     try:
-        with MakePool(cluster.address, key=key.secret.hex()) as pool:
+        with MakePool(cluster.address, key=None if insecure else key.secret.hex(), insecure=insecure) as pool:
             if pool._backend.wait_for_workers(workers, 60) < workers:
                 raise RuntimeError("the LaunchWorker process did not connect its slots within 60 s")
             yield pool
@@ -67,7 +68,8 @@ def measure_tiny(pools: list, items: int, repeats: int) -> list[tuple[str, list[
 
 
 def signing_cost(workers: int, items: int, count: int, repeats: int) -> None:
-    """Throughput of a signed and an unsigned embedded cluster, interleaved, as ratios."""
+    """Throughput of a signed and an unsigned cluster with a LaunchWorker process (the embedded one signs
+    nothing: its messages stay between the pool and the broker it started), interleaved, as ratios."""
     data, large = list(range(items)), arrays(count)
     runs = {
         f"tiny map items/s ({items} items)": (lambda pool: pool.map(tiny, data), items),
@@ -78,7 +80,7 @@ def signing_cost(workers: int, items: int, count: int, repeats: int) -> None:
             4 * count,
         ),
     }
-    with MakePool(workers=workers) as signed, MakePool(workers=workers, insecure=True) as unsigned:
+    with worker_process_pool(workers) as signed, worker_process_pool(workers, insecure=True) as unsigned:
         for pool in (signed, unsigned):
             pool.map(tiny, range(100))
         print(f"\n{'signing cost':<40} {'unsigned':>10} {'signed':>10} {'ratio':>8}")

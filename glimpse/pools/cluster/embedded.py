@@ -5,8 +5,8 @@ The pool makes a random cluster key and hands it to both in their environment (n
 command line, which other users can read). The broker and the worker process each run in a
 process group of their own (their task processes join the worker's group), ended by group id;
 both also exit when the pool's process is gone, so a crashed program leaves nothing behind.
-A zmq broker runs the worker slots itself (``LaunchBroker --nworkers``): one process, and one
-hop, fewer on the way of every chunk.
+A zmq broker runs the worker slots itself (``LaunchBroker --nworkers``) and talks to its pool
+through a socket pair: one process, and one hop, fewer on the way of every chunk, and no TCP.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
     """
 
     chunk_seconds = 0.05
-    task_seconds = 5e-4  # two signed hops through the broker: ~0.6 ms of CPU per chunk in all, measured on 2 cores
+    task_seconds = 5e-4  # two hops through the broker: ~0.6 ms of CPU per chunk over signed TCP, measured on 2 cores
     max_chunk_items = 50_000  # two to four hops per chunk (a worker process unless the broker runs the slot)
 
     def __init__(self, address: str, key: ClusterKey, source: str = "the address argument", cluster=None):

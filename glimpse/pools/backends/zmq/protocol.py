@@ -25,7 +25,8 @@ waits behind another: the worker answers GAVEBACK if it had not started it, else
 Every message is signed with the cluster key (``signed_socket.py``): a last frame carries its
 signature, and a peer acts on nothing that does not verify. Worker slots the broker runs in its
 own process (``LaunchBroker --nworkers``) exchange the same worker messages through in-process
-queues instead (``local_slots.py``).
+queues instead (``local_slots.py``), and the pool that started an embedded broker the same pool
+messages through a socket pair (``pool_pipe.py``): neither leaves the two processes, so neither is signed.
 
 Pools and workers name their sockets, so replies still reach them after a reconnection. A PONG
 lists the tasks the broker holds for the pool among those up to ``last_task``: any other task
