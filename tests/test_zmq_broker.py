@@ -391,6 +391,28 @@ def test_a_pool_on_the_brokers_socket_pair_gets_a_workers_large_outcome_only_if_
         socket.close()
 
 
+def test_a_zmq_peer_that_takes_the_name_of_a_peer_in_the_brokers_process_is_not_listened_to(context):
+    socket = context.socket(zmq.ROUTER)
+    socket.linger = 0
+    socket.bind(_ENDPOINT)
+    pool_end, broker_end = stdlib_socket.socketpair()
+    broker = Broker(BrokerSocket(socket, MessageSigner(KEY, BROKER)), local_workers=1, pool_fd=broker_end.detach())
+    try:
+        broker.pass_local_messages()
+        (slot_name,) = broker.local.slots
+        for name in (PIPE_POOL, slot_name):
+            impostor = _peer(context, name)
+            impostor.send_multipart([p.HELLO, p.VERSION])
+            impostor.send_multipart([p.READY, p.VERSION, p.to_json({"pid": 1, "host": "elsewhere"})])
+            _deliver(broker)
+            assert _nothing(impostor, p.WELCOME)
+        assert list(broker.workers) == [slot_name] and broker.workers[slot_name].info["host"] != "elsewhere"
+    finally:
+        broker.close()
+        pool_end.close()
+        socket.close()
+
+
 def _deliver_with_pipe(broker: Broker) -> None:
     """Let the broker handle what its ZeroMQ peers and the pool on its socket pair sent so far."""
     for _ in range(5):

@@ -177,8 +177,13 @@ class Broker:
                 message = self.socket.receive()
             except zmq.Again:
                 return
-            if message is not None:
+            if message is not None and not self.in_process(message[0]):
                 self.act_on(*message)
+
+    def in_process(self, name: bytes) -> bool:
+        """Whether ``name`` is a peer of this process (its slots, its pool's socket pair): a ZeroMQ peer
+        that takes such a name is not listened to."""
+        return (self.local is not None and name in self.local) or (self.pipe is not None and name == PIPE_POOL)
 
     def pass_local_messages(self) -> None:
         """Hand the slots in this process what was sent them, and act on what they answer, until both wait."""
