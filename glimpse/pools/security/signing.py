@@ -147,6 +147,15 @@ class MessageSigner:
             raise Rejected("a message whose payload does not match its signature")
         return frame.data
 
+    def all_opened(self, frames, source: bytes) -> list | None:
+        """``frames`` with every :class:`Tagged` one :meth:`opened`, for a peer that trusts this
+        endpoint; ``None`` if one does not match its tag (counted, and logged once for ``source``)."""
+        try:
+            return [self.opened(frame) if isinstance(frame, Tagged) else frame for frame in frames]
+        except Rejected as reason:
+            self.rejected(source, reason)
+            return None
+
     def rejected(self, peer: bytes, reason: Rejected) -> bool:
         """Count a message from ``peer`` that did not verify; log it the first time for that peer.
 

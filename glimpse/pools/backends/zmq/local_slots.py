@@ -17,7 +17,7 @@ import zmq
 
 from glimpse.pools.backends.zmq import protocol as p
 from glimpse.pools.backends.zmq.worker import Slot, slot_name
-from glimpse.pools.security import MessageSigner, Rejected, Tagged
+from glimpse.pools.security import MessageSigner
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,8 @@ class LocalSlots:
                 slot.close("the broker told it to exit")
                 del self.slots[name]
                 continue
-            try:
-                opened = [self.signer.opened(frame) if isinstance(frame, Tagged) else frame for frame in frames]
-            except Rejected as reason:
-                self.signer.rejected(b"a pool, through this broker", reason)
+            opened = self.signer.all_opened(frames, b"a pool, through this broker")
+            if opened is None:
                 continue
             try:
                 slot.handle(kind, opened)

@@ -21,7 +21,7 @@ import zmq
 from glimpse.pools.backends.processes.frames import FrameReader, frame_views, send_available, write_frames
 from glimpse.pools.backends.zmq import protocol as p
 from glimpse.pools.contract.backend import ClusterLost
-from glimpse.pools.security import MessageSigner, Rejected, Tagged
+from glimpse.pools.security import MessageSigner
 
 #: The name the broker gives the pool at the other end of its socket pair.
 PIPE_POOL = b"pool-pipe"
@@ -111,10 +111,8 @@ class PipeClient:
         PING finds its chunk lost, as a pool's signed socket would)."""
         if self.closed:
             return
-        try:
-            parts = [self.signer.opened(frame) if isinstance(frame, Tagged) else frame for frame in frames]
-        except Rejected as reason:
-            self.signer.rejected(b"a worker, through this broker", reason)
+        parts = self.signer.all_opened(frames, b"a worker, through this broker")
+        if parts is None:
             return
         self._unsent += frame_views(_message_frames([kind, *parts]))
         self._send()
