@@ -7,7 +7,8 @@ taken back for it. It forwards outcomes back, keeps each call's pickled function
 releases it (sending it along with a worker's first chunk of the call), and reports the chunk a
 worker was running when it stopped sending heartbeats as lost to the pool that sent it (the
 chunk waiting behind it goes to another worker). See ``protocol.py`` for the messages. Worker
-slots may also run in the broker's own process (``local_slots.py``), served by the same loop.
+slots may also run in the broker's own process (``local_slots.py``), and the pool that started
+it may talk to it through a socket pair (``pool_pipe.py``), both served by the same loop.
 """
 
 from __future__ import annotations
