@@ -13,6 +13,7 @@ A message travels as a frame holding its number of parts, then its parts, each a
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 
@@ -58,6 +59,8 @@ class PoolPipe:
     def __init__(self, end: socket.socket, address: str):
         self._end, self.address = end, address
         self._messages = _Messages(end.fileno())
+        self._poller = select.poll()  # not select(): a process may hold more than 1024 descriptors
+        self._poller.register(end, select.POLLIN)
 
     def send(self, kind: bytes, *frames, flags: int = 0) -> None:
         """Send a message; to a broker that is gone, nothing (as ZeroMQ would queue it): :meth:`receive` says so."""
@@ -70,13 +73,13 @@ class PoolPipe:
         """Whether a message can be received, waiting up to ``milliseconds`` for one."""
         if self._messages.messages:
             return True
-        return bool(select.select([self._end], [], [], max(0.0, milliseconds / 1000))[0])
+        return bool(self._poller.poll(max(0, math.ceil(milliseconds))))
 
     def receive(self) -> list:
         """The next message's frames (kind first) without waiting for one to begin: ``zmq.Again`` if
         none has; ``ClusterLost`` once the broker is gone."""
         if not self._messages.messages:
-            if not select.select([self._end], [], [], 0)[0]:
+            if not self._poller.poll(0):
                 raise zmq.Again()
             try:
                 self._messages.read()
