@@ -68,6 +68,12 @@ def die_always(x):
     os._exit(13)
 
 
+def close_pipes_and_live_on(x):
+    """Close every descriptor the worker talks through, then keep running as if nothing happened."""
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    time.sleep(600)
+
+
 def return_lock(x):
     import threading
 

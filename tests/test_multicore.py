@@ -57,6 +57,13 @@ def test_segfault_is_a_named_error_not_a_hang():
         assert pool.map(helpers.times_ten, [1]) == [10]
 
 
+def test_a_worker_that_closes_its_pipes_and_lives_on_is_killed_and_named():
+    with MulticorePool(1) as pool:
+        with pytest.raises(WorkerLostError, match="closed its pipes but did not exit"):
+            pool.map(helpers.close_pipes_and_live_on, [1])
+        assert pool.map(helpers.times_ten, [1]) == [10]
+
+
 def test_initializer_runs_in_every_worker_and_survives_pickling():
     pool = MulticorePool(2, initializer=_set_offset, initargs=(5,))
     clone = pickle.loads(pickle.dumps(pool))

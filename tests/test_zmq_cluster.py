@@ -18,7 +18,7 @@ from tests.engines.zmq import start_zmq_cluster
 pytest.importorskip("zmq")
 psutil = pytest.importorskip("psutil")
 
-from glimpse.pools import ClusterConnectionError, ClusterLostError, NoWorkersError, cli  # noqa: E402
+from glimpse.pools import ClusterConnectionError, ClusterLostError, NoWorkersError, WorkerLostError, cli  # noqa: E402
 from glimpse.pools.backends.zmq import protocol as zmq_protocol  # noqa: E402
 from glimpse.pools.backends.zmq.backend import ZmqBackend  # noqa: E402
 from glimpse.pools.security import resolve_key  # noqa: E402
@@ -131,6 +131,13 @@ def test_worker_process_killed_mid_chunk_is_detected_and_its_chunk_rerun(small_c
         small_cluster.add_workers(1)
         assert list(results) == ["released"]
     assert time.monotonic() - killed_at < 30, "the lost chunk took too long to be re-sent"
+
+
+def test_a_task_process_that_closes_its_pipes_and_lives_on_is_killed_and_named(zmq_embedded_pool):
+    # The embedded broker runs its slots itself: it must not wait long for such a process, nor leave it running.
+    with pytest.raises(WorkerLostError, match="closed its pipes but did not exit"):
+        zmq_embedded_pool.map(helpers.close_pipes_and_live_on, [1])
+    assert zmq_embedded_pool.map(helpers.times_ten, range(4), chunksize=1) == [0, 10, 20, 30]
 
 
 def test_a_chunk_waiting_behind_a_long_one_is_taken_back_for_an_idle_worker(zmq_external_cluster):

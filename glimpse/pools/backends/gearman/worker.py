@@ -237,7 +237,7 @@ class Slot:
         if self.process.last_call == call_id:
             blob = None
         if not self.process.send_chunk(call_id, blob, payload, start):
-            log.warning("the task process of %s %s", self.id, self.process.describe_death(2.0))
+            log.warning("the task process of %s %s", self.id, self.process.describe_death())
             self.replace_process()
             self.finish(g.WORK_FAIL)
             return
@@ -248,7 +248,7 @@ class Slot:
         try:
             outcome = self.process.receive()
         except (EOFError, OSError):
-            log.warning("the task process of %s %s", self.id, self.process.describe_death(2.0))
+            log.warning("the task process of %s %s", self.id, self.process.describe_death())
             self.replace_process()
             self.finish(g.WORK_FAIL)
             return

@@ -22,6 +22,8 @@ from glimpse.pools.subprocesses import child_environment
 SKIPPED = b"K"
 #: Payloads smaller than this travel inside the chunk's message.
 _INLINE_PAYLOAD_BYTES = 64 * 1024
+#: How long a process whose pipe closed is given to finish exiting (it exits within microseconds).
+_DEATH_GRACE_SECONDS = 0.2
 
 
 class ChildProcess:
@@ -152,12 +154,14 @@ class ChildProcess:
             return False
         return self.flush()
 
-    def describe_death(self, grace: float = 5.0) -> str:
-        """How the process ended, e.g. ``process pid 12 was killed by SIGKILL``."""
+    def describe_death(self) -> str:
+        """How the process ended, e.g. ``process pid 12 was killed by SIGKILL``; called once its pipe
+        closed. One that closed it and lives on is waited for only briefly (callers then kill it):
+        the one loop that runs the process also serves other workers, or a whole broker."""
         try:
-            code = self.process.wait(timeout=grace)
+            code = self.process.wait(timeout=_DEATH_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
-            return f"process pid {self.pid} stopped answering"
+            return f"process pid {self.pid} closed its pipes but did not exit (killed)"
         if code < 0:
             return f"process pid {self.pid} was killed by {signal.Signals(-code).name}"
         return f"process pid {self.pid} exited with code {code}"

@@ -285,7 +285,7 @@ class Slot:
     def child_died(self) -> None:
         """The chunk the child ran is lost; the ones behind it go to a fresh child."""
         head = self.head()
-        death = self.process.describe_death(2.0)
+        death = self.process.describe_death()
         if head is not None:
             self.jobs.remove(head)
             if not head.cancelled:
