@@ -82,11 +82,16 @@ def efficiencies(pools: list, workers: int, work: int, rounds: int) -> list[floa
 def interleaved(repeats: int, *runs) -> list[float]:
     """The shortest wall time of each of ``runs``, timed in turn ``repeats`` times, so that other
     load on the machine hits every column alike."""
-    best = [float("inf")] * len(runs)
+    return [min(times) for times in interleaved_times(repeats, *runs)]
+
+
+def interleaved_times(repeats: int, *runs) -> list[list[float]]:
+    """Every wall time of each of ``runs``, timed in turn ``repeats`` times (see :func:`interleaved`)."""
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
         for index, run in enumerate(runs):
-            best[index] = min(best[index], best_of(1, run))
-    return best
+            times[index].append(best_of(1, run))
+    return times
 
 
 class BusyLoops:
