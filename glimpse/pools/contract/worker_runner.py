@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -23,6 +24,7 @@ from glimpse.pools.errors import RemoteError, SerializationError
 
 _FUNCTION_CACHE_SIZE = 4
 _functions: OrderedDict[str, object] = OrderedDict()
+_unpickling = threading.Lock()
 
 
 @dataclass
@@ -126,13 +128,18 @@ def _function_for(call_id: str, function: PickledFunction):
     func = _functions.get(call_id)
     if func is not None:
         _functions.move_to_end(call_id)
-    else:
-        if function is None:
-            raise RuntimeError(f"this worker was sent a chunk of call {call_id} without its function")
-        func = cloudpickle.loads(function() if callable(function) else function)
-        _functions[call_id] = func
-        while len(_functions) > _FUNCTION_CACHE_SIZE:
-            _functions.popitem(last=False)
+        return func
+    # Threads of one worker (Dask's) start a call's first chunks together: one fetches and
+    # unpickles the function, the others wait for it, rather than each asking the scheduler.
+    with _unpickling:
+        func = _functions.get(call_id)
+        if func is None:
+            if function is None:
+                raise RuntimeError(f"this worker was sent a chunk of call {call_id} without its function")
+            func = cloudpickle.loads(function() if callable(function) else function)
+            _functions[call_id] = func
+            while len(_functions) > _FUNCTION_CACHE_SIZE:
+                _functions.popitem(last=False)
     return func
 
 
