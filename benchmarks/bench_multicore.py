@@ -3,11 +3,11 @@
     python benchmarks/bench_multicore.py [--quick] [--processes N] [--load N]
 
 Rows: tiny tasks through ``map`` and ``imap`` with the chunk sizes users pass (ratio > 1 means
-glimpse is faster; goal >= 1; of the best times, and of the median times: under load the best time
-of a pool whose times swing is a lucky draw, the median what a call gets), CPU-bound efficiency (serial time / (workers x wall time) over
-30 tasks of ~20 ms per worker; goal >= 0.95), and the peak memory of ``imap`` over a
-1,000,000-item generator, each pool measured in a fresh process (goal: flat). ``--load 2``
-runs two busy loops beside, as on a shared machine.
+glimpse is faster; goal >= 1; of the best times, and of the median times: under load the best
+time of a pool whose times swing is a lucky draw, the median what a call gets), CPU-bound
+efficiency (serial time / (workers x wall time) over 30 tasks of ~20 ms per worker; goal >=
+0.95), and the peak memory of ``imap`` over a 1,000,000-item generator, each pool measured in a
+fresh process (goal: flat). ``--load 2`` runs two busy loops beside, as on a shared machine.
 """
 
 from __future__ import annotations
