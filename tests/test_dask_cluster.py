@@ -168,6 +168,33 @@ def test_pool_pickled_into_a_task_uses_the_same_scheduler(dask_embedded_pool):
     assert pool.map(helpers.times_ten, [4]) == [40], "the copy in a task shut the embedded cluster down"
 
 
+# -- how a call's function reaches the workers ------------------------------------------------------
+
+
+def _published_functions(pool) -> list[str]:
+    return [name for name in pool._backend.client.list_datasets() if name.startswith("glimpse-function-")]
+
+
+def test_a_small_function_travels_inside_its_chunks(dask_embedded_pool):
+    results = dask_embedded_pool.imap(helpers.times_ten, range(300), chunksize=1)
+    assert next(results) == 0
+    assert _published_functions(dask_embedded_pool) == [], "a small function went through the scheduler"
+    assert list(results) == [x * 10 for x in range(1, 300)]
+
+
+def test_a_large_function_goes_through_the_scheduler_and_leaves_it_after_the_call(dask_embedded_pool):
+    table = bytes(range(256)) * 256  # 64 KiB pickled with the function
+
+    def lookup(i):
+        return table[i]
+
+    results = dask_embedded_pool.imap(lookup, range(300), chunksize=1)
+    assert next(results) == 0
+    assert len(_published_functions(dask_embedded_pool)) == 1
+    assert list(results) == [table[i] for i in range(1, 300)]
+    assert _published_functions(dask_embedded_pool) == []
+
+
 # -- RunMain ----------------------------------------------------------------------------------------
 
 
