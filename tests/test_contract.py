@@ -235,6 +235,11 @@ def test_lambdas_and_closures_run(pool):
     assert list(pool.imap_unordered(local_function, [1])) == [7]
 
 
+def test_a_function_holding_a_large_object_runs(pool):
+    table = bytes(range(256)) * 1024  # 256 KiB pickled with the function: engines may store it apart from the chunks
+    assert pool.map(lambda i: table[i], range(0, 256 * 1024, 4099), chunksize=3) == list(table[::4099])
+
+
 def test_unpicklable_argument_names_the_item(pool, limits):
     _skip_if(limits, "in_process")
     items = [1, 2, threading.Lock(), 4]

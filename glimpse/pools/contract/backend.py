@@ -16,6 +16,11 @@ from typing import Any
 
 from glimpse.pools.contract import pickling
 
+#: A pickled function up to this size travels inside each of its chunks, on engines that could also
+#: store it once (Dask's scheduler, Ray's object store): that saves a call a round trip or two, and
+#: each worker one on its first chunk, for a few KiB more per chunk.
+INLINE_FUNCTION_BYTES = 16 * 1024
+
 
 class ChunkLost(Exception):
     """Raised by :meth:`Backend.outcome` when the engine lost a chunk (its worker died, it was cancelled).

@@ -26,6 +26,7 @@ from distributed import Client, Future, KilledWorker, get_client, get_worker, re
 from glimpse.pools.backends.dask import compat
 from glimpse.pools.cluster.reachability import tcp_answers
 from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, ClusterLost, Health
+from glimpse.pools.contract.backend import INLINE_FUNCTION_BYTES
 from glimpse.pools.contract.out_of_band import unpickled_if_large
 from glimpse.pools.contract.worker_runner import run_chunk
 
@@ -35,8 +36,6 @@ log = logging.getLogger(__name__)
 _CANCEL_GRACE_SECONDS = 1.0
 _RESTART_TIMEOUT_SECONDS = 60.0
 _THREADS_TTL_SECONDS = 1.0
-#: A pickled function up to this size travels inside each chunk instead of through the scheduler.
-_INLINE_FUNCTION_BYTES = 16 * 1024
 #: How long closing waits for workers being restarted, so that Dask does not log the interruption.
 _CLOSE_GRACE_SECONDS = 10.0
 
@@ -94,7 +93,7 @@ class DaskBackend(Backend):
         # starts and ends, nor from each worker for its first chunk. A large one is published on the
         # scheduler, not scattered to a worker, so no worker's death can lose it; and chunks do not
         # depend on it, since Dask would then send every chunk to its holders.
-        if len(call.blob) <= _INLINE_FUNCTION_BYTES:
+        if len(call.blob) <= INLINE_FUNCTION_BYTES:
             self._functions[call.id] = call.blob
         else:
             name = f"glimpse-function-{call.id}"

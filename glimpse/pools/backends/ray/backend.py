@@ -1,7 +1,9 @@
 """The backend of ``RayPool``: each chunk is one Ray task, and ``ray.wait`` says which finished.
 
-The pickled function goes into Ray's object store once per call (``ray.put``); every chunk's
-task takes that object ref as an argument, so Ray hands workers the bytes, not the caller.
+A small pickled function (up to ``INLINE_FUNCTION_BYTES``) travels inside every chunk's task,
+so a task needs nothing from the object store before it runs; a larger one goes into the object
+store once per call (``ray.put``) and every task takes that object ref as an argument, so Ray
+hands workers the bytes, not the caller.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import ray.exceptions
 
 from glimpse.pools.cluster.reachability import tcp_answers
 from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, Health
+from glimpse.pools.contract.backend import INLINE_FUNCTION_BYTES
 from glimpse.pools.contract.out_of_band import unpickled_if_large
 from glimpse.pools.contract.worker_runner import run_chunk
 from glimpse.pools.errors import RemoteTraceback
@@ -54,7 +57,7 @@ class RayBackend(Backend):
     def __init__(self, owns_ray: bool = False, address: str = ""):
         self._owns_ray = owns_ray
         self._address = address
-        self._functions: dict[str, ray.ObjectRef] = {}
+        self._functions: dict[str, bytes | ray.ObjectRef] = {}
         self._cpus, self._cpus_read_at = 1, -_CPUS_TTL_SECONDS
         self._cancelled: list[ray.ObjectRef] = []
         self._cancelling = threading.Lock()
@@ -90,7 +93,9 @@ class RayBackend(Backend):
         )
 
     def open_call(self, call: Call) -> None:
-        self._functions[call.id] = ray.put(call.blob)
+        # A small function travels inside each task; a large one once, into the object store.
+        small = len(call.blob) <= INLINE_FUNCTION_BYTES
+        self._functions[call.id] = call.blob if small else ray.put(call.blob)
 
     def close_call(self, call: Call) -> None:
         self._functions.pop(call.id, None)
