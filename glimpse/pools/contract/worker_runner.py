@@ -24,7 +24,7 @@ from glimpse.pools.errors import RemoteError, SerializationError
 
 _FUNCTION_CACHE_SIZE = 4
 _functions: OrderedDict[str, object] = OrderedDict()
-_unpickling = threading.Lock()
+_unpickling = threading.RLock()  # re-entrant: code run by unpickling a function never waits for itself
 
 
 @dataclass
