@@ -4,6 +4,7 @@ of any engine can run them without importing the test package."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -72,6 +73,11 @@ def close_pipes_and_live_on(x):
     """Close every descriptor the worker talks through, then keep running as if nothing happened."""
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     time.sleep(600)
+
+
+def pid_named_in(message: str) -> int:
+    """The process id an error message names (``... process pid 123 ...``)."""
+    return int(re.search(r"process pid (\d+)", message).group(1))
 
 
 def return_lock(x):

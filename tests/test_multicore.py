@@ -59,8 +59,9 @@ def test_segfault_is_a_named_error_not_a_hang():
 
 def test_a_worker_that_closes_its_pipes_and_lives_on_is_killed_and_named():
     with MulticorePool(1) as pool:
-        with pytest.raises(WorkerLostError, match="closed its pipes but did not exit"):
+        with pytest.raises(WorkerLostError, match="closed its pipes but did not exit") as lost:
             pool.map(helpers.close_pipes_and_live_on, [1])
+        assert not psutil.pid_exists(helpers.pid_named_in(str(lost.value))), "the worker was left running"
         assert pool.map(helpers.times_ten, [1]) == [10]
 
 

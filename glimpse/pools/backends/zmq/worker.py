@@ -286,6 +286,7 @@ class Slot:
         """The chunk the child ran is lost; the ones behind it go to a fresh child."""
         head = self.head()
         death = self.process.describe_death()
+        self.process.stop()  # one that closed its pipes and lives on is gone before the pool hears of it
         if head is not None:
             self.jobs.remove(head)
             if not head.cancelled:
