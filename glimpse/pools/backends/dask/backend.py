@@ -57,6 +57,7 @@ class DaskBackend(Backend):
         self._owns_client = owns_client
         self._finished = threading.Condition()
         self._functions: dict[str, bytes | functools.partial] = {}  # the pickled function, or how to fetch it
+        self._published: dict[str, str] = {}  # call id -> the scheduler's name for a large function
         self._seceded: set[str] = set()
         self._restarting: threading.Thread | None = None
         self._threads, self._threads_checked = 1, -_THREADS_TTL_SECONDS
@@ -96,16 +97,16 @@ class DaskBackend(Backend):
         if len(call.blob) <= INLINE_FUNCTION_BYTES:
             self._functions[call.id] = call.blob
         else:
-            name = f"glimpse-function-{call.id}"
+            name = self._published[call.id] = f"glimpse-function-{call.id}"
             self.client.publish_dataset(**{name: call.blob})
             self._functions[call.id] = functools.partial(_fetch_function, name)
         if _secede_if_in_task():
             self._seceded.add(call.id)
 
     def close_call(self, call: Call) -> None:
-        function = self._functions.pop(call.id, None)
-        if isinstance(function, functools.partial) and self.client.status == "running":
-            name = function.args[0]
+        self._functions.pop(call.id, None)
+        name = self._published.pop(call.id, None)
+        if name is not None and self.client.status == "running":
             with contextlib.suppress(KeyError):
                 self.client.unpublish_dataset(name)
         if call.id in self._seceded:
