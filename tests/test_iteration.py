@@ -267,6 +267,24 @@ def test_the_first_items_given_back_are_shared_out_among_the_workers():
     assert reader.read() is None
 
 
+@pytest.mark.parametrize("kind", [list, tuple, range])
+def test_a_sequence_is_read_into_the_same_chunks_as_its_iterator(kind):
+    from glimpse.pools.contract.reader import ChunkReader
+    from glimpse.pools.contract.sizing import AdaptiveSize, FixedSize
+
+    def chunks(iterable, sizes):
+        reader = ChunkReader(iterable, sizes, None, 1000)
+        read = [reader.read() for _ in range(3)]  # the probes hold the whole input
+        sizes.observe(10, 0.05)
+        reader.give_back(10, read[0].items[10:])
+        read += iter(reader.read, None)
+        return [(chunk.start, list(chunk.items), type(chunk.items)) for chunk in read]
+
+    sequence = kind(range(1000)) if kind is not range else range(1000)
+    for sizes in (lambda: AdaptiveSize(0.05, 1e-3, workers=3), lambda: FixedSize(64)):
+        assert chunks(sequence, sizes()) == chunks(iter(range(1000)), sizes())
+
+
 def test_every_call_is_opened_and_closed_once_even_when_it_fails():
     backend = ScriptedBackend()
     with pytest.raises(ValueError):

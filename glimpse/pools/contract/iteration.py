@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import cloudpickle
 
+from glimpse.pools.contract import pickling
 from glimpse.pools.contract.backend import Backend, Call, Chunk, ChunkLost, ClusterLost
 from glimpse.pools.contract.reader import ChunkReader
 from glimpse.pools.contract.sizing import AdaptiveSize, FixedSize, window_bytes
@@ -181,7 +182,7 @@ def _open_call(backend: Backend, func) -> Call:
     call = Call(func)
     if backend.serializes:
         try:
-            call.blob = cloudpickle.dumps(func)
+            call.blob = pickling.dumps(func)  # by reference when the workers can import it
         except Exception as exc:
             raise SerializationError(
                 f"the function {_name(func)} could not be pickled to send it to the workers: "

@@ -32,7 +32,11 @@ class ChunkReader:
     """
 
     def __init__(self, iterable: Iterable, sizes, encode: Callable[[list], Any] | None, length: int | None):
-        self._items: Iterator = iter(iterable)
+        # A list, tuple or range is read by slicing: the items its iterator would give, in a
+        # fraction of the time (islice moves items one at a time, ~8 ns each).
+        self._sequence = iterable if type(iterable) in (list, tuple, range) else None
+        self._position = 0
+        self._items: Iterator = iter(()) if self._sequence is not None else iter(iterable)
         self._sizes = sizes
         self._encode = encode
         self._remaining = length
@@ -134,11 +138,21 @@ class ChunkReader:
                 return items  # unpicklable: reported when the chunk is pickled
             self._sizes.observe_payload(1, len(skeleton) + sum(b.nbytes for b in buffers), 0.0)
             size = self._sizes.capped(size)
+        if self._sequence is not None:  # in memory already: no reading time to bound
+            items.extend(self._take(size - len(items)))
         while len(items) < size and not self._input_done and self._error is None and time.perf_counter() < deadline:
             items.extend(self._take(min(len(items), _PROBE_READ_BLOCK, size - len(items))))
         return items
 
     def _take(self, size: int) -> list:
+        if self._sequence is not None:
+            items = self._sequence[self._position : self._position + size]
+            if type(items) is not list:
+                items = list(items)
+            self._position += len(items)
+            if len(items) < size:
+                self._input_done = True
+            return items
         items = []
         try:
             items.extend(itertools.islice(self._items, size))
