@@ -6,17 +6,19 @@ Both run on the same engines (one embedded cluster, or the one ``MakePool()`` fi
 tiny items through glimpse ``map`` and ``imap_unordered(chunksize=None)`` against ``map_sync``
 with its default chunking (goal: ratio >= 10) and with the best chunksize found by trying
 several (goal: ratio >= 1); ratio = ipyparallel time / glimpse time. Against the best chunksize,
-the three calls then take turns for the same number of runs and each keeps its best: a call of
-~10 ms varies by a few ms from run to run, so the best of more runs would favour whichever had
-more. Then CPU-bound efficiency, serial time / (engines x wall time) (goal >= 0.9).
+the three calls then take turns for the same number of runs, and the ratio of their best times
+and of their median times are printed: a call of ~10 ms varies by a few ms from run to run, so
+the best of more runs would favour whichever had more, and the best time is a lucky draw, the
+median what a call gets. Then CPU-bound efficiency, serial time / (engines x wall time) (goal >= 0.9).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 
-from workloads import best_of, interleaved
+from workloads import best_of, interleaved_times
 
 from glimpse.pools.ipython_cluster import MakePool
 
@@ -36,24 +38,26 @@ def busy(n):
     return total
 
 
-def measure_tiny(pool, view, items: int, repeats: int) -> list[tuple[str, float, float]]:
+def measure_tiny(pool, view, items: int, repeats: int) -> list[tuple[str, float, float, float | None]]:
+    """Rows of (name, ipyparallel's best time, glimpse's best time, ratio of the median times or None)."""
     data = list(range(items))
     expected = [x + 1 for x in data]
     assert pool.map(tiny, data) == expected and view.map_sync(tiny, data[:100]) == expected[:100]
     default = best_of(1, lambda: view.map_sync(tiny, data))
     tried = {size: best_of(repeats, lambda size=size: view.map_sync(tiny, data, chunksize=size)) for size in CHUNKSIZES}
     best_size = min(tried, key=tried.get)
-    theirs, ours_map, ours_unordered = interleaved(
+    times = interleaved_times(
         repeats * 5,
         lambda: view.map_sync(tiny, data, chunksize=best_size),
         lambda: pool.map(tiny, data),
         lambda: list(pool.imap_unordered(tiny, data)),
     )
+    (theirs, ours_map, ours_unordered), medians = map(min, times), list(map(statistics.median, times))
     return [
-        ("tiny map vs map_sync (default chunks)", default, ours_map),
-        ("tiny imap_unordered vs map_sync (default)", default, ours_unordered),
-        (f"tiny map vs map_sync (chunksize={best_size})", theirs, ours_map),
-        (f"tiny imap_unordered vs map_sync ({best_size})", theirs, ours_unordered),
+        ("tiny map vs map_sync (default chunks)", default, ours_map, None),
+        ("tiny imap_unordered vs map_sync (default)", default, ours_unordered, None),
+        (f"tiny map vs map_sync (chunksize={best_size})", theirs, ours_map, medians[0] / medians[1]),
+        (f"tiny imap_unordered vs map_sync ({best_size})", theirs, ours_unordered, medians[0] / medians[2]),
     ]
 
 
@@ -77,9 +81,10 @@ def main() -> None:
         engines = len(pool.client.ids)
         print(f"glimpse IPythonPool vs ipyparallel LoadBalancedView, {engines} engines, {items} tiny items")
         print(f"Python {sys.version.split()[0]}")
-        print(f"{'measure':<46} {'ipyparallel s':>13} {'glimpse s':>10} {'ratio':>8}")
-        for name, theirs, ours in measure_tiny(pool, view, items, repeats):
-            print(f"{name:<46} {theirs:>13.3f} {ours:>10.3f} {theirs / ours:>8.1f}")
+        print(f"{'measure':<46} {'ipyparallel s':>13} {'glimpse s':>10} {'ratio':>8} {'median ratio':>13}")
+        for name, theirs, ours, median_ratio in measure_tiny(pool, view, items, repeats):
+            median = f"{median_ratio:>13.2f}" if median_ratio is not None else ""
+            print(f"{name:<46} {theirs:>13.3f} {ours:>10.3f} {theirs / ours:>8.2f} {median}")
         theirs_eff, ours_eff = measure_efficiency(pool, view, engines, tasks, work)
         print(f"{'CPU-bound efficiency (goal >= 0.9)':<46} {theirs_eff:>13.2f} {ours_eff:>10.2f}")
     finally:

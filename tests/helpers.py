@@ -86,6 +86,21 @@ def return_lock(x):
     return threading.Lock()
 
 
+class RefusesToLoad:
+    """A result that pickles on the worker and fails to unpickle in the caller."""
+
+    def __reduce__(self):
+        return _refuse_to_load, ()
+
+
+def _refuse_to_load():
+    raise ValueError("this object refuses to be unpickled")
+
+
+def return_refuses_to_load(x):
+    return RefusesToLoad()
+
+
 def size_of(blob) -> int:
     return len(blob)
 

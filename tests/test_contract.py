@@ -256,6 +256,15 @@ def test_unpicklable_result_names_the_item(pool, limits):
         pool.map(helpers.return_lock, [1])
 
 
+def test_a_result_that_cannot_be_unpickled_in_the_caller_names_its_items_and_the_reason(pool, limits):
+    _skip_if(limits, "in_process")
+    with pytest.raises(
+        SerializationError,
+        match=r"results of items #0..#1 could not be unpickled in the caller: ValueError: this object refuses",
+    ):
+        pool.map(helpers.return_refuses_to_load, [1, 2], chunksize=2)
+
+
 def test_unpicklable_function_is_a_clear_error(pool, limits):
     _skip_if(limits, "in_process")
     lock = threading.Lock()

@@ -2,7 +2,9 @@
 
 The pickled function is pushed to every engine (and to an engine that joins later) under a name
 made from its content, and each chunk refers to it with ``ipyparallel.Reference``; the last few
-functions stay there, so calling one again sends it nowhere. An engine
+functions stay there, so calling one again sends it nowhere. As ipyparallel's own ``map`` does,
+the chunk runner is pickled once, and a chunk's outcome is unpickled in the client's IO thread the
+moment it arrives, while the caller waits for the others. An engine
 that died while running a chunk (``EngineError``) loses that chunk; a cancelled chunk is aborted
 if queued, and the engine running it gets SIGUSR2 (through the engine's nanny), which ends it.
 """
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import logging
+import pickle
 import re
 import signal
 import time
@@ -69,6 +73,7 @@ class IPythonBackend(Backend):
         self._shared: dict[str, _Shared] = {}  # by call id, while the call runs
         self._cancelled: set = set()
         self._engine_ids: dict[str, int] = {}
+        self._runner = compat.prepickled(_run_interruptibly)
 
     def workers(self) -> int:
         return max(1, len(self._client.ids))
@@ -102,7 +107,7 @@ class IPythonBackend(Backend):
     def submit(self, call: Call, chunk: Chunk) -> _Task:
         shared = self._shared[call.id]
         task = _Task(shared, (call.id, ipyparallel.Reference(shared.name), chunk.payload, chunk.start))
-        task.future = self._send(task)
+        self._send(task)
         return task
 
     def wait(self, handles, timeout: float) -> list[_Task]:
@@ -114,11 +119,11 @@ class IPythonBackend(Backend):
         engines = set(self._client.ids)
         for shared in self._shared.values():
             self._push(shared, engines)
-        tasks = {task.future: task for task in handles}
+        tasks = {task.decoded: task for task in handles}
         done, _ = concurrent.futures.wait(tasks, timeout, return_when=concurrent.futures.FIRST_COMPLETED)
         finished = []
-        for future in done:
-            task = tasks[future]
+        for decoded in done:
+            task = tasks[decoded]
             engine = _engine_without_function(task)
             if engine is None or task.resends >= _MAX_RESENDS:
                 finished.append(task)
@@ -126,12 +131,13 @@ class IPythonBackend(Backend):
             # An engine that registered after the function was pushed took the chunk first.
             self._push(task.shared, {engine}, again=True)
             task.resends += 1
-            task.future = self._send(task)
+            self._send(task)
         return finished
 
-    def outcome(self, handle: _Task) -> bytes:
+    def outcome(self, handle: _Task) -> _Decoded:
         try:
-            return handle.future.result()
+            handle.future.result()
+            return handle.decoded.result()
         except ipp_error.CompositeError as exc:
             raise self._engine_failure(exc.elist[0] if exc.elist else exc) from None
         except (ipp_error.RemoteError, ipp_error.EngineError) as exc:
@@ -160,8 +166,10 @@ class IPythonBackend(Backend):
         if self.cluster is not None:
             self.cluster.stop()
 
-    def _send(self, task: _Task):
-        return self._view.apply_async(_run_interruptibly, *task.args)
+    def _send(self, task: _Task) -> None:
+        task.decoded = concurrent.futures.Future()
+        task.future = self._view.apply_async(self._runner, *task.args)
+        task.future.add_done_callback(functools.partial(_decode_when_done, task.decoded))
 
     def _engine_failure(self, exc: BaseException) -> BaseException:
         """A lost engine becomes ChunkLost; anything else is the engine's own error, explained."""
@@ -248,14 +256,46 @@ class IPythonBackend(Backend):
 
 
 class _Task:
-    """A submitted chunk: its arguments, its current ipyparallel task, and its re-sends."""
+    """A submitted chunk: its arguments, its current ipyparallel task, the outcome unpickled once
+    that task is done (``decoded``), and its re-sends."""
 
-    __slots__ = ("shared", "args", "future", "resends")
+    __slots__ = ("shared", "args", "future", "decoded", "resends")
 
     def __init__(self, shared: _Shared, args: tuple):
         self.shared, self.args = shared, args
-        self.future = None
+        self.future = self.decoded = None
         self.resends = 0
+
+
+class _Decoded:
+    """A chunk's outcome, unpickled where it arrived; ``load()`` returns it or raises why it could not be."""
+
+    __slots__ = ("wire", "error", "nbytes")
+
+    def __init__(self, raw: bytes):
+        self.nbytes, self.wire, self.error = len(raw), None, None
+        try:
+            self.wire = pickle.loads(raw)
+        except Exception as exc:
+            self.error = exc
+
+    def load(self):
+        if self.error is not None:
+            raise self.error
+        return self.wire
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+
+def _decode_when_done(decoded: concurrent.futures.Future, future) -> None:
+    """In the client's IO thread, when a task ends: unpickle its outcome, then wake the caller.
+    A task that failed is marked done with nothing; ``outcome()`` reads its error from ``future``."""
+    try:
+        raw = None if future.exception() is not None else future.result()
+        decoded.set_result(None if raw is None else _Decoded(raw))
+    except BaseException:  # cancelled: the call has ended and reads nothing more of it
+        decoded.set_result(None)
 
 
 def _store(name: str, blob: bytes) -> None:

@@ -39,6 +39,16 @@ def engine_ids_by_uuid(client) -> dict[str, int]:
     return {uuid: engine for engine, uuid in dict(client._engines).items()}
 
 
+def prepickled(func):
+    """``func`` pickled once, to send with many tasks, as ipyparallel's own ``map`` sends its function.
+
+    Semi-private: ``ipyparallel.serialize.PrePickled`` (not in ipyparallel's documentation).
+    """
+    from ipyparallel.serialize import PrePickled
+
+    return PrePickled(func)
+
+
 def guarded_launch_config(guard: list[str]):
     """A ``Cluster`` config that starts the controller and each engine under ``guard``.
 
@@ -84,6 +94,8 @@ def missing() -> list[str]:
         for name in ("ipcontroller_cmd_argv", "ipengine_cmd_argv")
         if not hasattr(launcher, name)
     ]
+    if not hasattr(ipyparallel.serialize, "PrePickled"):
+        gone.append("ipyparallel.serialize.PrePickled")
     for owner, name in (
         (launcher.LocalEngineSetLauncher, "launchers"),
         (launcher.LocalProcessLauncher, "process"),
