@@ -19,7 +19,7 @@ import pytest
 
 from glimpse.pools import MulticorePool
 from glimpse.pools.backends.processes import shared_memory
-from glimpse.pools.contract.worker_runner import ChunkOutcome
+from glimpse.pools.contract.worker_runner import ChunkOutcome, ProbeItems
 from tests import helpers
 
 np = pytest.importorskip("numpy")
@@ -71,10 +71,15 @@ def test_large_bytes_and_bytearray_items_and_results_round_trip():
 
 def test_large_bytes_items_and_results_travel_out_of_band():
     outcome = ChunkOutcome([b"r" * (2 * MIB), b"small"], None, 0.1)
-    for value in ([b"a" * (2 * MIB), b"small"], outcome.wire()):
+    long_chunk = [*range(100), b"l" * (2 * MIB)]  # longer than the lists searched before pickling
+    probe = ProbeItems([b"p" * (2 * MIB), 1], 0.5)
+    for value in ([b"a" * (2 * MIB), b"small"], outcome.wire(), long_chunk, probe):
         payload = shared_memory.dumps(value)
         assert isinstance(payload, shared_memory.SharedPayload) and sum(payload.sizes) == 2 * MIB
-        assert payload.load() == value
+        assert len(payload.skeleton) < 4096  # the bytes were not copied into the pickle
+        loaded = payload.load()
+        assert loaded == value and type(loaded) is type(value)
+    assert payload.load().budget == 0.5
 
 
 def test_small_items_do_not_use_shared_memory():

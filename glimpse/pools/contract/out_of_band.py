@@ -17,11 +17,18 @@ from glimpse.pools.contract.worker_runner import ProbeItems
 OUT_OF_BAND_BYTES = 256 * 1024
 
 
+#: A list of at most this many items is searched for large ``bytes`` before it is pickled; a longer
+#: one only if its pickle turns out large (searching a chunk of 10,000 tiny items costs more than
+#: it saves, and pickling a chunk of large ``bytes`` twice costs a copy and a scan of each).
+_SEARCHED_FIRST_ITEMS = 64
+
+
 def pickle_out_of_band(obj) -> tuple[bytes, list[memoryview]]:
     """``obj`` pickled without its large buffers, and those buffers (raw, in order)."""
-    skeleton, buffers = pickling.dumps_out_of_band(obj, _small)
-    if len(skeleton) >= OUT_OF_BAND_BYTES:
-        # Only a large pickle can hold a large bytes item: look for one only then, not on every chunk.
+    marked = _with_large_bytes_marked(obj, longest=_SEARCHED_FIRST_ITEMS)
+    skeleton, buffers = pickling.dumps_out_of_band(marked, _small)
+    if marked is obj and len(skeleton) >= OUT_OF_BAND_BYTES:
+        # Only a large pickle can hold a large bytes item: look for one in a long list only then.
         marked = _with_large_bytes_marked(obj)
         if marked is not obj:
             skeleton, buffers = pickling.dumps_out_of_band(marked, _small)
@@ -77,17 +84,18 @@ class _LargeBytes:
         return bytes, (pickle.PickleBuffer(self.value),)
 
 
-def _with_large_bytes_marked(obj):
+def _with_large_bytes_marked(obj, longest: int | None = None):
     """``obj`` with each large ``bytes`` item of a chunk (a list) or of an outcome's values (the
-    list in its wire tuple) marked to go out of band."""
+    list in its wire tuple) marked to go out of band; lists longer than ``longest`` left as they are."""
     if type(obj) is tuple:
-        marked = tuple(map(_with_large_bytes_marked, obj))
+        marked = tuple(_with_large_bytes_marked(item, longest) for item in obj)
         return obj if all(new is old for new, old in zip(marked, obj, strict=True)) else marked
-    if type(obj) is ProbeItems and _has_large_bytes(obj):
-        return ProbeItems([_marked(item) for item in obj], obj.budget)
-    if type(obj) is list and _has_large_bytes(obj):
-        return [_marked(item) for item in obj]
-    return obj
+    if type(obj) not in (list, ProbeItems) or (longest is not None and len(obj) > longest):
+        return obj
+    if not _has_large_bytes(obj):
+        return obj
+    items = [_marked(item) for item in obj]
+    return ProbeItems(items, obj.budget) if type(obj) is ProbeItems else items
 
 
 def _has_large_bytes(items: list) -> bool:
