@@ -17,18 +17,14 @@ from glimpse.pools.contract.worker_runner import ProbeItems
 OUT_OF_BAND_BYTES = 256 * 1024
 
 
-#: A list of at most this many items is searched for large ``bytes`` before it is pickled; a longer
-#: one only if its pickle turns out large (searching a chunk of 10,000 tiny items costs more than
-#: it saves, and pickling a chunk of large ``bytes`` twice costs a copy and a scan of each).
-_SEARCHED_FIRST_ITEMS = 64
-
-
 def pickle_out_of_band(obj) -> tuple[bytes, list[memoryview]]:
     """``obj`` pickled without its large buffers, and those buffers (raw, in order)."""
-    marked = _with_large_bytes_marked(obj, longest=_SEARCHED_FIRST_ITEMS)
+    # A short list that starts with a bytes item is searched for large ones before it is pickled:
+    # pickling large bytes in band, then again marked, would copy and scan each. Any other list only
+    # if its pickle turns out large (searching every chunk would cost tiny items 3 us per 64).
+    marked = _with_large_bytes_marked(obj, likely_only=True)
     skeleton, buffers = pickling.dumps_out_of_band(marked, _small)
     if marked is obj and len(skeleton) >= OUT_OF_BAND_BYTES:
-        # Only a large pickle can hold a large bytes item: look for one in a long list only then.
         marked = _with_large_bytes_marked(obj)
         if marked is not obj:
             skeleton, buffers = pickling.dumps_out_of_band(marked, _small)
@@ -84,13 +80,20 @@ class _LargeBytes:
         return bytes, (pickle.PickleBuffer(self.value),)
 
 
-def _with_large_bytes_marked(obj, longest: int | None = None):
+#: A list this long or shorter may hold large bytes items (a chunk sized by bytes holds 16 at most).
+_LIKELY_ITEMS = 64
+
+
+def _with_large_bytes_marked(obj, likely_only: bool = False):
     """``obj`` with each large ``bytes`` item of a chunk (a list) or of an outcome's values (the
-    list in its wire tuple) marked to go out of band; lists longer than ``longest`` left as they are."""
+    list in its wire tuple) marked to go out of band; with ``likely_only``, only in lists of up to
+    :data:`_LIKELY_ITEMS` items whose first item is bytes."""
     if type(obj) is tuple:
-        marked = tuple(_with_large_bytes_marked(item, longest) for item in obj)
+        marked = tuple(_with_large_bytes_marked(item, likely_only) for item in obj)
         return obj if all(new is old for new, old in zip(marked, obj, strict=True)) else marked
-    if type(obj) not in (list, ProbeItems) or (longest is not None and len(obj) > longest):
+    if type(obj) not in (list, ProbeItems):
+        return obj
+    if likely_only and not (0 < len(obj) <= _LIKELY_ITEMS and type(obj[0]) is bytes):
         return obj
     if not _has_large_bytes(obj):
         return obj
@@ -99,6 +102,11 @@ def _with_large_bytes_marked(obj, longest: int | None = None):
 
 
 def _has_large_bytes(items: list) -> bool:
+    try:
+        if max(map(len, items)) < OUT_OF_BAND_BYTES:  # in C: a fifth of the loop below
+            return False
+    except Exception:  # an item without a length
+        pass
     return any(type(item) is bytes and len(item) >= OUT_OF_BAND_BYTES for item in items)
 
 
