@@ -29,6 +29,7 @@ from ipyparallel import error as ipp_error
 from glimpse.pools.backends.ipython import compat
 from glimpse.pools.cluster.reachability import tcp_answers
 from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, Health
+from glimpse.pools.contract.out_of_band import Unpickled
 from glimpse.pools.contract.worker_runner import run_chunk
 from glimpse.pools.errors import RemoteError, RemoteTraceback
 
@@ -134,7 +135,7 @@ class IPythonBackend(Backend):
             self._send(task)
         return finished
 
-    def outcome(self, handle: _Task) -> _Decoded:
+    def outcome(self, handle: _Task) -> Unpickled | bytes:
         try:
             handle.future.result()
             return handle.decoded.result()
@@ -267,35 +268,23 @@ class _Task:
         self.resends = 0
 
 
-class _Decoded:
-    """A chunk's outcome, unpickled where it arrived; ``load()`` returns it or raises why it could not be."""
-
-    __slots__ = ("wire", "error", "nbytes")
-
-    def __init__(self, raw: bytes):
-        self.nbytes, self.wire, self.error = len(raw), None, None
-        try:
-            self.wire = pickle.loads(raw)
-        except Exception as exc:
-            self.error = exc
-
-    def load(self):
-        if self.error is not None:
-            raise self.error
-        return self.wire
-
-    def __len__(self) -> int:
-        return self.nbytes
-
-
 def _decode_when_done(decoded: concurrent.futures.Future, future) -> None:
     """In the client's IO thread, when a task ends: unpickle its outcome, then wake the caller.
-    A task that failed is marked done with nothing; ``outcome()`` reads its error from ``future``."""
+
+    An outcome that does not unpickle is left as bytes, for the caller to fail on and report; a
+    task that failed is marked done with nothing, and ``outcome()`` reads its error from ``future``.
+    """
     try:
         raw = None if future.exception() is not None else future.result()
-        decoded.set_result(None if raw is None else _Decoded(raw))
     except BaseException:  # cancelled: the call has ended and reads nothing more of it
+        raw = None
+    if raw is None:
         decoded.set_result(None)
+        return
+    try:
+        decoded.set_result(Unpickled(pickle.loads(raw), len(raw)))
+    except Exception:
+        decoded.set_result(raw)
 
 
 def _store(name: str, blob: bytes) -> None:
