@@ -6,7 +6,7 @@ Both run on the same engines (one embedded cluster, or the one ``MakePool()`` fi
 tiny items through glimpse ``map`` and ``imap_unordered(chunksize=None)`` against ``map_sync``
 with its default chunking (goal: ratio >= 10) and with the best chunksize found by trying
 several (goal: ratio >= 1); ratio = ipyparallel time / glimpse time. Against the best chunksize,
-the three calls then take turns for the same number of runs, and the ratio of their best times
+the three calls then take turns, 20 runs per repeat, and the ratio of their best times
 and of their median times are printed: a call of ~10 ms varies by a few ms from run to run, so
 the best of more runs would favour whichever had more, and the best time is a lucky draw, the
 median what a call gets. Then CPU-bound efficiency, serial time / (engines x wall time) (goal >= 0.9).
@@ -47,7 +47,7 @@ def measure_tiny(pool, view, items: int, repeats: int) -> list[tuple[str, float,
     tried = {size: best_of(repeats, lambda size=size: view.map_sync(tiny, data, chunksize=size)) for size in CHUNKSIZES}
     best_size = min(tried, key=tried.get)
     times = interleaved_times(
-        repeats * 5,
+        repeats * 20,
         lambda: view.map_sync(tiny, data, chunksize=best_size),
         lambda: pool.map(tiny, data),
         lambda: list(pool.imap_unordered(tiny, data)),

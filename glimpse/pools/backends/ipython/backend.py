@@ -137,12 +137,12 @@ class IPythonBackend(Backend):
 
     def outcome(self, handle: _Task) -> Unpickled | bytes:
         try:
-            handle.future.result()
+            failure = _failure_of(handle.future)
+            if isinstance(failure, ipp_error.KernelError):  # an engine's error, its death, an abort
+                raise self._engine_failure(failure) from None
+            if failure is not None:
+                raise failure
             return handle.decoded.result()
-        except ipp_error.CompositeError as exc:
-            raise self._engine_failure(exc.elist[0] if exc.elist else exc) from None
-        except (ipp_error.RemoteError, ipp_error.EngineError) as exc:
-            raise self._engine_failure(exc) from None
         finally:
             self._forget(handle.future)
 
@@ -151,7 +151,7 @@ class IPythonBackend(Backend):
         if not futures:
             return
         with contextlib.suppress(ipp_error.NoEnginesRegistered):
-            self._client.abort([msg_id for future in futures for msg_id in future.msg_ids], block=False)
+            self._client.abort([future.msg_id for future in futures], block=False)
         self._cancelled.update(futures)
         deadline = time.monotonic() + LOCATE_SECONDS
         while self._interrupt_cancelled() and time.monotonic() < deadline:
@@ -169,7 +169,7 @@ class IPythonBackend(Backend):
 
     def _send(self, task: _Task) -> None:
         task.decoded = concurrent.futures.Future()
-        task.future = self._view.apply_async(self._runner, *task.args)
+        task.future = compat.send_task(self._view, self._runner, task.args)
         task.future.add_done_callback(functools.partial(_decode_when_done, task.decoded))
 
     def _engine_failure(self, exc: BaseException) -> BaseException:
@@ -224,7 +224,7 @@ class IPythonBackend(Backend):
         """
         engines = set()
         for future in list(self._cancelled):
-            engine = None if future.done() else self._client.metadata.get(future.msg_ids[0], {}).get("engine_id")
+            engine = None if future.done() else self._client.metadata.get(future.msg_id, {}).get("engine_id")
             if future.done() or engine is not None:
                 self._cancelled.discard(future)
             if engine is not None:
@@ -251,9 +251,10 @@ class IPythonBackend(Backend):
         self._engine_ids.update(compat.engine_ids_by_uuid(self._client))
 
     def _forget(self, future) -> None:
-        """Drop a read chunk's result from the client's caches, which otherwise grow forever."""
-        if future.ready():
-            self._client.purge_local_results(jobs=future.msg_ids)
+        """Drop a read chunk's result from the client's caches (the client drops it too, once the
+        engine's output has also arrived: not before the caller reads it, nor if it never arrives)."""
+        if future.done():
+            self._client.purge_local_results(jobs=[future.msg_id])
 
 
 class _Task:
@@ -274,11 +275,8 @@ def _decode_when_done(decoded: concurrent.futures.Future, future) -> None:
     An outcome that does not unpickle is left as bytes, for the caller to fail on and report; a
     task that failed is marked done with nothing, and ``outcome()`` reads its error from ``future``.
     """
-    try:
-        raw = None if future.exception() is not None else future.result()
-    except BaseException:  # cancelled: the call has ended and reads nothing more of it
-        raw = None
-    if raw is None:
+    raw = None if _failure_of(future) is not None else future.result()
+    if type(raw) is not bytes:
         decoded.set_result(None)
         return
     try:
@@ -317,9 +315,21 @@ def _set_interrupt_handler(handler) -> None:
         signal.signal(getattr(signal, INTERRUPT_SIGNAL), handler)
 
 
+def _failure_of(future) -> BaseException | None:
+    """Why a finished task has no outcome: the engine's error, its death, an abort; or ``None``.
+
+    The runner returns bytes, so any other value of the reply is the error ipyparallel put there.
+    """
+    try:
+        value = future.result()
+    except BaseException as exc:  # the client closed, or the future was cancelled
+        return exc
+    return value if isinstance(value, BaseException) else None
+
+
 def _engine_without_function(task: _Task) -> int | None:
     """The engine that failed the chunk for want of the call's function, if that is what happened."""
-    exc = task.future.exception()
+    exc = _failure_of(task.future)
     if isinstance(exc, ipp_error.RemoteError) and exc.ename == "NameError" and task.shared.name in str(exc.evalue):
         engine = (exc.engine_info or {}).get("engine_id")
         return engine if isinstance(engine, int) else None

@@ -49,6 +49,22 @@ def prepickled(func):
     return PrePickled(func)
 
 
+def send_task(view, func, args: tuple):
+    """Send ``func(*args)`` to the scheduler of a load-balanced ``view``, as ``view.apply_async``
+    does, but without building an ``AsyncResult`` or the view's own bookkeeping (half the cost of a
+    task in the caller: 130 us of 290). Returns the reply's future, whose result is the task's
+    value, or the error that ended it as a value (``RemoteError``, ``EngineError``, ``TaskAborted``).
+
+    Public: ``Client.send_apply_request``, "the principal method with which all engine execution is
+    performed by views". Private: the view's task socket ``View._socket``.
+    """
+    return view.client.send_apply_request(view._socket, func, args, {}, metadata=dict(_TASK_METADATA))
+
+
+#: The metadata ``LoadBalancedView.apply_async`` sends with a task when no flag is set.
+_TASK_METADATA = {"after": [], "follow": [], "timeout": None, "targets": [], "retries": 0, "label": None}
+
+
 def guarded_launch_config(guard: list[str]):
     """A ``Cluster`` config that starts the controller and each engine under ``guard``.
 
@@ -96,11 +112,14 @@ def missing() -> list[str]:
     ]
     if not hasattr(ipyparallel.serialize, "PrePickled"):
         gone.append("ipyparallel.serialize.PrePickled")
+    if not hasattr(ipyparallel.Client, "send_apply_request"):
+        gone.append("ipyparallel.Client.send_apply_request")
     for owner, name in (
         (launcher.LocalEngineSetLauncher, "launchers"),
         (launcher.LocalProcessLauncher, "process"),
         (ipyparallel.Client, "_config"),
         (ipyparallel.Client, "_engines"),
+        (ipyparallel.client.view.View, "_socket"),
     ):
         if name not in _trait_and_attribute_names(owner):
             gone.append(f"{owner.__module__}.{owner.__qualname__}.{name}")
