@@ -6,7 +6,9 @@ Both run on the same engines (one embedded cluster, or the one ``MakePool()`` fi
 tiny items through glimpse ``map`` and ``imap_unordered(chunksize=None)`` against ``map_sync``
 with its default chunking (goal: ratio >= 10) and with the best chunksize found by trying
 several (goal: ratio >= 1); ratio = ipyparallel time / glimpse time. Against the best chunksize,
-the three calls then take turns, 20 runs per repeat, and the ratio of their best times
+the calls then take turns, 20 runs per repeat, with ``DirectView.map_sync`` (one chunk per engine,
+straight to each engine's queue, past the task scheduler that balances the load: the fastest way
+ipyparallel offers, for items that all cost the same), and the ratio of their best times
 and of their median times are printed: a call of ~10 ms varies by a few ms from run to run, so
 the best of more runs would favour whichever had more, and the best time is a lucky draw, the
 median what a call gets. Then CPU-bound efficiency, serial time / (engines x wall time) (goal >= 0.9).
@@ -40,6 +42,7 @@ def busy(n):
 
 def measure_tiny(pool, view, items: int, repeats: int) -> list[tuple[str, float, float, float | None]]:
     """Rows of (name, ipyparallel's best time, glimpse's best time, ratio of the median times or None)."""
+    direct = pool.client.direct_view()
     data = list(range(items))
     expected = [x + 1 for x in data]
     assert pool.map(tiny, data) == expected and view.map_sync(tiny, data[:100]) == expected[:100]
@@ -51,13 +54,15 @@ def measure_tiny(pool, view, items: int, repeats: int) -> list[tuple[str, float,
         lambda: view.map_sync(tiny, data, chunksize=best_size),
         lambda: pool.map(tiny, data),
         lambda: list(pool.imap_unordered(tiny, data)),
+        lambda: direct.map_sync(tiny, data),
     )
-    (theirs, ours_map, ours_unordered), medians = map(min, times), list(map(statistics.median, times))
+    (theirs, ours_map, ours_unordered, direct_time), medians = map(min, times), list(map(statistics.median, times))
     return [
         ("tiny map vs map_sync (default chunks)", default, ours_map, None),
         ("tiny imap_unordered vs map_sync (default)", default, ours_unordered, None),
         (f"tiny map vs map_sync (chunksize={best_size})", theirs, ours_map, medians[0] / medians[1]),
         (f"tiny imap_unordered vs map_sync ({best_size})", theirs, ours_unordered, medians[0] / medians[2]),
+        ("tiny map vs DirectView map_sync (no balancing)", direct_time, ours_map, medians[3] / medians[1]),
     ]
 
 
