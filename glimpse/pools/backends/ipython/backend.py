@@ -251,8 +251,8 @@ class IPythonBackend(Backend):
         self._engine_ids.update(compat.engine_ids_by_uuid(self._client))
 
     def _forget(self, future) -> None:
-        """Drop a read chunk's result from the client's caches (the client drops it too, once the
-        engine's output has also arrived: not before the caller reads it, nor if it never arrives)."""
+        """Drop a read chunk's result from the client's caches now: the client drops it by itself
+        only once the engine's output has arrived too, which may be later, or never."""
         if future.done():
             self._client.purge_local_results(jobs=[future.msg_id])
 
@@ -275,7 +275,7 @@ def _decode_when_done(decoded: concurrent.futures.Future, future) -> None:
     An outcome that does not unpickle is left as bytes, for the caller to fail on and report; a
     task that failed is marked done with nothing, and ``outcome()`` reads its error from ``future``.
     """
-    raw = None if _failure_of(future) is not None else future.result()
+    raw = future.result() if _failure_of(future) is None else None
     if type(raw) is not bytes:
         decoded.set_result(None)
         return

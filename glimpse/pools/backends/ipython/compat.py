@@ -58,11 +58,9 @@ def send_task(view, func, args: tuple):
     Public: ``Client.send_apply_request``, "the principal method with which all engine execution is
     performed by views". Private: the view's task socket ``View._socket``.
     """
-    return view.client.send_apply_request(view._socket, func, args, {}, metadata=dict(_TASK_METADATA))
-
-
-#: The metadata ``LoadBalancedView.apply_async`` sends with a task when no flag is set.
-_TASK_METADATA = {"after": [], "follow": [], "timeout": None, "targets": [], "retries": 0, "label": None}
+    # The metadata LoadBalancedView.apply_async sends with a task when no flag is set.
+    metadata = {"after": [], "follow": [], "timeout": None, "targets": [], "retries": 0, "label": None}
+    return view.client.send_apply_request(view._socket, func, args, {}, metadata=metadata)
 
 
 def guarded_launch_config(guard: list[str]):
