@@ -26,6 +26,7 @@ from glimpse.pools import (  # noqa: E402
     NoWorkersError,
     ipython_cluster,  # noqa: E402
 )
+from glimpse.pools.backends.ipython import compat  # noqa: E402
 from glimpse.pools.ipython_cluster import MakePool, RunMain  # noqa: E402
 from tests import helpers  # noqa: E402
 from tests.engines._processes import free_port, start_process, stop_process_group  # noqa: E402
@@ -151,6 +152,26 @@ def test_controller_without_engines_is_a_clear_error(tmp_path):
         assert RunMain(["PingWorkers", f"--profile-dir={profile_dir}", f"--cluster-id={cluster_id}"]) == 1
     finally:
         stop_process_group(broker)
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+
+def test_the_pools_own_controller_keeps_no_copy_of_the_items_it_passes_on(ipython_embedded_pool):
+    """ipyparallel's hub records every task by default, items and results included (up to 1 GiB)."""
+    import psutil
+
+    guard = compat.controller_and_engine_processes(ipython_embedded_pool.cluster._cluster)[0]
+
+    def controller_mib() -> float:
+        processes = [psutil.Process(guard.pid), *psutil.Process(guard.pid).children(recursive=True)]
+        return sum(process.memory_info().rss for process in processes) / 2**20
+
+    before = controller_mib()
+    items = (bytes([i % 256]) * 2**20 for i in range(256))
+    assert sum(ipython_embedded_pool.imap(len, items)) == 256 * 2**20
+    grown = controller_mib() - before
+    assert grown < 128, f"the controller grew by {grown:.0f} MiB while 256 MiB of items went through it"
 
 
 # -- pickling --------------------------------------------------------------------------------------

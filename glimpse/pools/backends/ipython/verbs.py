@@ -33,7 +33,9 @@ def RunMain(argv: Sequence[str] | None = None) -> int:
 
 def _launch_broker(args) -> int:
     connection = _connection(args)
-    return _run_foreground([[sys.executable, "-m", "ipyparallel.controller", "--ip=127.0.0.1", *_options(connection)]])
+    # --nodb: the hub keeps no copy of each task's items and results (by default up to 1 GiB).
+    controller = [sys.executable, "-m", "ipyparallel.controller", "--ip=127.0.0.1", "--nodb"]
+    return _run_foreground([[*controller, *_options(connection)]])
 
 
 def _launch_worker(args) -> int:
