@@ -159,12 +159,10 @@ def test_controller_without_engines_is_a_clear_error(tmp_path):
 
 def test_the_pools_own_controller_keeps_no_copy_of_the_items_it_passes_on(ipython_embedded_pool):
     """ipyparallel's hub records every task by default, items and results included (up to 1 GiB)."""
-    import psutil
-
     guard = compat.controller_and_engine_processes(ipython_embedded_pool.cluster._cluster)[0]
 
-    def controller_mib() -> float:
-        processes = [psutil.Process(guard.pid), *psutil.Process(guard.pid).children(recursive=True)]
+    def controller_mib() -> float:  # the guard, the controller's hub and its schedulers
+        processes = [guard, *guard.children(recursive=True)]
         return sum(process.memory_info().rss for process in processes) / 2**20
 
     before = controller_mib()
