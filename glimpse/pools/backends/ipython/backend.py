@@ -275,8 +275,11 @@ def _decode_when_done(decoded: concurrent.futures.Future, future) -> None:
     An outcome that does not unpickle is left as bytes, for the caller to fail on and report; a
     task that failed is marked done with nothing, and ``outcome()`` reads its error from ``future``.
     """
-    raw = future.result() if _failure_of(future) is None else None
-    if type(raw) is not bytes:
+    try:
+        raw = future.result()
+    except BaseException:  # the client closed, or the future was cancelled
+        raw = None
+    if type(raw) is not bytes:  # anything else is an error ipyparallel put there
         decoded.set_result(None)
         return
     try:

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 #: How long a controller may take to answer a connection request.
 CONNECT_SECONDS = 10.0
+#: Options of every controller glimpse starts: its hub keeps no record of tasks (by default it holds
+#: every task's items and results, up to 1 GiB: 600 MiB more after streaming 600 items of 1 MiB).
+CONTROLLER_OPTIONS = ("--nodb",)
 #: How long to wait for the first engine of a controller that answered.
 ENGINE_SECONDS = 15.0
 ENVIRONMENT = {

@@ -20,6 +20,7 @@ import weakref
 from collections import deque
 
 from glimpse.pools.backends.ipython import compat
+from glimpse.pools.backends.ipython.connection import CONTROLLER_OPTIONS
 from glimpse.pools.subprocesses import signal_group
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,7 @@ class EmbeddedIPythonCluster:
             profile_dir=self.profile_dir,
             n=self.engines,
             controller_ip="127.0.0.1",
-            # The hub keeps no record of tasks: by default it would hold every chunk's items and
-            # results, up to 1 GiB (600 MiB more in the controller after streaming 600 items of 1 MiB).
-            controller_args=["--nodb"],
+            controller_args=list(CONTROLLER_OPTIONS),
             shutdown_atexit=False,
             log_level=logging.WARNING,
             config=compat.guarded_launch_config(_GUARD),

@@ -11,7 +11,13 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from glimpse.pools.backends.ipython.connection import ENVIRONMENT, Connection, connect, unreachable
+from glimpse.pools.backends.ipython.connection import (
+    CONTROLLER_OPTIONS,
+    ENVIRONMENT,
+    Connection,
+    connect,
+    unreachable,
+)
 from glimpse.pools.cluster.verbs import Verb, run_verbs
 
 log = logging.getLogger(__name__)
@@ -33,8 +39,7 @@ def RunMain(argv: Sequence[str] | None = None) -> int:
 
 def _launch_broker(args) -> int:
     connection = _connection(args)
-    # --nodb: the hub keeps no copy of each task's items and results (by default up to 1 GiB).
-    controller = [sys.executable, "-m", "ipyparallel.controller", "--ip=127.0.0.1", "--nodb"]
+    controller = [sys.executable, "-m", "ipyparallel.controller", "--ip=127.0.0.1", *CONTROLLER_OPTIONS]
     return _run_foreground([[*controller, *_options(connection)]])
 
 
@@ -77,7 +82,9 @@ def _restart_workers(args) -> int:
 
 
 VERBS: dict[str, Verb] = {
-    "LaunchBroker": Verb("run a controller on 127.0.0.1 in the foreground", _launch_broker),
+    "LaunchBroker": Verb(
+        "run a controller on 127.0.0.1 in the foreground, keeping no task records (--nodb)", _launch_broker
+    ),
     "LaunchWorker": Verb(
         "run N engines connected to the controller, in the foreground",
         _launch_worker,
