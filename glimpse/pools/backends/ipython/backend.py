@@ -1,4 +1,5 @@
-"""The backend of IPython parallel pools: chunks are tasks of an ipyparallel load-balanced view.
+"""The backend of IPython parallel pools: chunks are tasks of an ipyparallel load-balanced view,
+or, on a cluster the pool started itself, tasks the pool books on the engines (``booking``).
 
 The pickled function is pushed to every engine (and to an engine that joins later) under a name
 made from its content, and each chunk refers to it with ``ipyparallel.Reference``; the last few
@@ -27,6 +28,7 @@ import ipyparallel
 from ipyparallel import error as ipp_error
 
 from glimpse.pools.backends.ipython import compat
+from glimpse.pools.backends.ipython.booking import EngineBooking
 from glimpse.pools.cluster.reachability import tcp_answers
 from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, Health
 from glimpse.pools.contract.out_of_band import Unpickled
@@ -57,7 +59,8 @@ class IPythonBackend(Backend):
     """Runs chunks on the engines of an ipyparallel ``Client``.
 
     Closing it closes ``client`` if it ``owns_client``, and stops ``cluster``, an embedded
-    cluster the pool owns, whose dead engines it also replaces while it waits.
+    cluster the pool owns, whose dead engines it also replaces while it waits, and whose engines
+    it books itself: no one else sends them work.
     """
 
     chunk_seconds = 0.1
@@ -75,6 +78,8 @@ class IPythonBackend(Backend):
         self._cancelled: set = set()
         self._engine_ids: dict[str, int] = {}
         self._runner = compat.prepickled(_run_interruptibly)
+        self._direct_view = client.direct_view() if cluster is not None else None
+        self._booking = EngineBooking(lambda: self._client.ids, self._send_to) if cluster is not None else None
 
     def workers(self) -> int:
         return max(1, len(self._client.ids))
@@ -108,6 +113,7 @@ class IPythonBackend(Backend):
     def submit(self, call: Call, chunk: Chunk) -> _Task:
         shared = self._shared[call.id]
         task = _Task(shared, (call.id, ipyparallel.Reference(shared.name), chunk.payload, chunk.start))
+        task.resent = chunk.attempts > 0
         self._send(task)
         return task
 
@@ -121,7 +127,7 @@ class IPythonBackend(Backend):
         for shared in self._shared.values():
             self._push(shared, engines)
         tasks = {task.decoded: task for task in handles}
-        done, _ = concurrent.futures.wait(tasks, timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+        done = self._wait_for_any(tasks, timeout)
         finished = []
         for decoded in done:
             task = tasks[decoded]
@@ -133,7 +139,27 @@ class IPythonBackend(Backend):
             self._push(task.shared, {engine}, again=True)
             task.resends += 1
             self._send(task)
+        if self._booking is not None:
+            self._booking.dispatch()
         return finished
+
+    def _wait_for_any(self, futures, timeout: float) -> set:
+        """Those of ``futures`` done within ``timeout``. Chunks booked on the engines wait in the
+        caller for room, so whichever chunk ends, of this call or a cancelled one, sends more."""
+        if self._booking is None:
+            return concurrent.futures.wait(futures, timeout, return_when=concurrent.futures.FIRST_COMPLETED)[0]
+        deadline = time.monotonic() + timeout
+        while True:
+            self._booking.dispatch()
+            watched = set(futures)
+            if self._booking.waiting:
+                watched.update(task.decoded for task in self._booking.held())
+            done, _ = concurrent.futures.wait(
+                watched, max(0.0, deadline - time.monotonic()), return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            mine = {future for future in done if future in futures}
+            if mine or time.monotonic() >= deadline:
+                return mine
 
     def outcome(self, handle: _Task) -> Unpickled | bytes:
         try:
@@ -147,7 +173,11 @@ class IPythonBackend(Backend):
             self._forget(handle.future)
 
     def cancel(self, handles) -> None:
-        futures = [task.future for task in handles if not task.future.done()]
+        if self._booking is not None:
+            self._booking.drop(handles)
+        for task in handles:
+            task.cancelled = True
+        futures = [task.future for task in handles if task.future is not None and not task.future.done()]
         if not futures:
             return
         with contextlib.suppress(ipp_error.NoEnginesRegistered):
@@ -162,6 +192,8 @@ class IPythonBackend(Backend):
             for shared in self._kept.values():
                 self._drop(shared)
         self._kept.clear()
+        if self._booking is not None:
+            self._booking.clear()
         if self._owns_client:
             self._client.close()
         if self.cluster is not None:
@@ -169,8 +201,20 @@ class IPythonBackend(Backend):
 
     def _send(self, task: _Task) -> None:
         task.decoded = concurrent.futures.Future()
-        task.future = compat.send_task(self._view, self._runner, task.args)
-        task.future.add_done_callback(functools.partial(_decode_when_done, task.decoded))
+        if self._booking is not None:
+            self._booking.add(task)  # sent by _send_to when an engine has room
+        else:
+            self._started(task, compat.send_task(self._view, self._runner, task.args))
+
+    def _send_to(self, task: _Task, engine: int) -> None:
+        if engine not in task.shared.engines:
+            self._push(task.shared, {engine})
+        self._started(task, compat.send_direct(self._direct_view, engine, self._runner, task.args))
+
+    @staticmethod
+    def _started(task: _Task, future) -> None:
+        task.future = future
+        future.add_done_callback(functools.partial(_decode_when_done, task.decoded))
 
     def _engine_failure(self, exc: BaseException) -> BaseException:
         """A lost engine becomes ChunkLost; anything else is the engine's own error, explained."""
@@ -189,18 +233,23 @@ class IPythonBackend(Backend):
         return failure
 
     def _push(self, shared: _Shared, engines: set[int], again: bool = False) -> None:
-        """Send the function to each engine as a task of the load-balanced view bound to it.
+        """Send the function to each engine the way its chunks go: a task of the load-balanced
+        view bound to it, or straight to its queue when the pool books the engines.
 
-        The task scheduler hands an engine its tasks in the order they were submitted, so every
-        chunk submitted after this reaches an engine after the function does; no need to wait.
-        (``DirectView.push`` goes through another scheduler, and chunks could overtake it.)
-        Only an engine that registers later can take an older chunk first: :meth:`wait` sends
-        that chunk again.
+        Either way an engine gets its tasks in the order they were sent, so every chunk sent
+        after this reaches an engine after the function does; no need to wait. (Through the
+        task scheduler, ``DirectView.push`` would take another path, and chunks could overtake
+        it.) Only an engine that registers later can take an older chunk of the task scheduler
+        first: :meth:`wait` sends that chunk again.
         """
         live = set(self._client.ids)
         for engine in sorted((engines if again else engines - shared.engines) & live):
-            with self._view.temp_flags(targets=[engine]):
-                self._view.apply_async(_store, shared.name, shared.blob)
+            if self._booking is not None:
+                with contextlib.suppress(KeyError):  # it unregistered just now
+                    compat.send_direct(self._direct_view, engine, _store, (shared.name, shared.blob))
+            else:
+                with self._view.temp_flags(targets=[engine]):
+                    self._view.apply_async(_store, shared.name, shared.blob)
             shared.engines.add(engine)
 
     def _drop_old_functions(self) -> None:
@@ -261,12 +310,13 @@ class _Task:
     """A submitted chunk: its arguments, its current ipyparallel task, the outcome unpickled once
     that task is done (``decoded``), and its re-sends."""
 
-    __slots__ = ("shared", "args", "future", "decoded", "resends")
+    __slots__ = ("shared", "args", "future", "decoded", "resends", "resent", "cancelled")
 
     def __init__(self, shared: _Shared, args: tuple):
         self.shared, self.args = shared, args
         self.future = self.decoded = None
         self.resends = 0
+        self.resent = self.cancelled = False
 
 
 def _decode_when_done(decoded: concurrent.futures.Future, future) -> None:

@@ -63,6 +63,18 @@ def send_task(view, func, args: tuple):
     return view.client.send_apply_request(view._socket, func, args, {}, metadata=metadata)
 
 
+def send_direct(view, engine: int, func, args: tuple):
+    """Send ``func(*args)`` straight to ``engine``'s queue through a ``DirectView``'s socket, as
+    ``view.apply_async`` does for one engine, without an ``AsyncResult``. Returns the reply's
+    future, as :func:`send_task` does. Raises ``KeyError`` if the engine is no longer registered.
+
+    Same public ``Client.send_apply_request``; private: ``View._socket`` and ``Client._engines``,
+    which gives the engine's address (its uuid).
+    """
+    ident = view.client._engines[engine].encode("utf8")
+    return view.client.send_apply_request(view._socket, func, args, {}, metadata={"label": None}, ident=ident)
+
+
 def guarded_launch_config(guard: list[str]):
     """A ``Cluster`` config that starts the controller and each engine under ``guard``.
 
