@@ -172,6 +172,27 @@ def test_the_pools_own_controller_keeps_no_copy_of_the_items_it_passes_on(ipytho
     assert grown < 128, f"the controller grew by {grown:.0f} MiB while 256 MiB of items went through it"
 
 
+# -- the pool's own cluster -------------------------------------------------------------------------
+
+
+def test_the_pools_own_cluster_gets_chunks_past_the_task_scheduler_two_at_most_per_engine(ipython_embedded_pool):
+    """On the cluster it started, the pool books the engines itself: nothing waits in ipyparallel's
+    task scheduler, and an engine holds one chunk running and one queued, no more."""
+    client = ipython_embedded_pool.client
+    engines = len(client.ids)
+    statuses, values = [], []
+    for value in ipython_embedded_pool.imap(
+        helpers.sleep_then_return, [(0.2, i) for i in range(6 * engines)], chunksize=1
+    ):
+        values.append(value)
+        statuses.append(client.queue_status())
+    assert values == list(range(6 * engines))
+    held = [status[engine]["queue"] for status in statuses for engine in client.ids]
+    assert all(status["unassigned"] == 0 for status in statuses), statuses
+    assert all(status[engine]["tasks"] == 0 for status in statuses for engine in client.ids), statuses
+    assert max(held) == 2, statuses  # each engine had its next chunk queued while it ran one
+
+
 # -- pickling --------------------------------------------------------------------------------------
 
 

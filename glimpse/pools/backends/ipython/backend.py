@@ -165,7 +165,7 @@ class IPythonBackend(Backend):
         try:
             failure = _failure_of(handle.future)
             if isinstance(failure, ipp_error.KernelError):  # an engine's error, its death, an abort
-                raise self._engine_failure(failure) from None
+                raise self._engine_failure(failure, handle.engine) from None
             if failure is not None:
                 raise failure
             return handle.decoded.result()
@@ -210,20 +210,22 @@ class IPythonBackend(Backend):
         if engine not in task.shared.engines:
             self._push(task.shared, {engine})
         self._started(task, compat.send_direct(self._direct_view, engine, self._runner, task.args))
+        task.engine = engine
 
     @staticmethod
     def _started(task: _Task, future) -> None:
         task.future = future
         future.add_done_callback(functools.partial(_decode_when_done, task.decoded))
 
-    def _engine_failure(self, exc: BaseException) -> BaseException:
-        """A lost engine becomes ChunkLost; anything else is the engine's own error, explained."""
+    def _engine_failure(self, exc: BaseException, sent_to: int | None = None) -> BaseException:
+        """A lost engine becomes ChunkLost; anything else is the engine's own error, explained.
+        ``sent_to``: the engine the chunk was sent to, if the pool chose it."""
         name = getattr(exc, "ename", type(exc).__name__)
-        engine = _engine_named_by(exc, self._engine_ids)
+        engine = _engine_named_by(exc, self._engine_ids, sent_to)
         if name == "EngineError" or isinstance(exc, ipp_error.EngineError):
             if self._heal is not None:
                 self._heal()
-            return ChunkLost(f"ipyparallel engine {engine} died while running it")
+            return ChunkLost(f"ipyparallel engine {engine} died while it held the chunk (running or queued)")
         message = str(getattr(exc, "evalue", exc))
         failure = RemoteError(
             f"ipyparallel engine {engine} could not run glimpse's chunk runner: {name}: {message} "
@@ -308,13 +310,15 @@ class IPythonBackend(Backend):
 
 class _Task:
     """A submitted chunk: its arguments, its current ipyparallel task, the outcome unpickled once
-    that task is done (``decoded``), and its re-sends."""
+    that task is done (``decoded``), the engine the pool sent it to if it chose one, its re-sends
+    after a missing function, whether the call sent it again after losing it (``resent``), and
+    whether it was cancelled."""
 
-    __slots__ = ("shared", "args", "future", "decoded", "resends", "resent", "cancelled")
+    __slots__ = ("shared", "args", "future", "decoded", "engine", "resends", "resent", "cancelled")
 
     def __init__(self, shared: _Shared, args: tuple):
         self.shared, self.args = shared, args
-        self.future = self.decoded = None
+        self.future = self.decoded = self.engine = None
         self.resends = 0
         self.resent = self.cancelled = False
 
@@ -389,12 +393,14 @@ def _engine_without_function(task: _Task) -> int | None:
     return None
 
 
-def _engine_named_by(exc: BaseException, engine_ids: dict[str, int]) -> str:
+def _engine_named_by(exc: BaseException, engine_ids: dict[str, int], sent_to: int | None = None) -> str:
     info = getattr(exc, "engine_info", None) or {}
     uuid = info.get("engine_uuid") or _uuid_in(str(getattr(exc, "evalue", "")))
     engine = info.get("engine_id")
     if engine is None:
-        engine = engine_ids.get(uuid)
+        engine = engine_ids.get(uuid, sent_to)
+    if uuid is None and engine is not None:
+        uuid = next((known for known, number in engine_ids.items() if number == engine), None)
     if engine is not None:
         return f"{engine}" + (f" ({uuid})" if uuid else "")
     return uuid or "(unknown)"
