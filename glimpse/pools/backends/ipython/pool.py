@@ -47,7 +47,8 @@ def MakePool(
 
 
 class IPythonPool(ClusterPool):
-    """A pool whose chunks run as tasks of an ipyparallel load-balanced view.
+    """A pool whose chunks run as tasks of an ipyparallel load-balanced view, or, on the cluster
+    it starts for itself, as tasks it sends straight to the engines it books.
 
     Args:
         connection: The controller to connect to; without one, chosen as the module docstring says.
