@@ -1,13 +1,14 @@
 """MulticorePool against multiprocessing.Pool, side by side in one run, reported as ratios.
 
-    python benchmarks/bench_multicore.py [--quick] [--processes N] [--load N]
+    python benchmarks/bench_multicore.py [--quick] [--processes N] [--load N] [--repeats N]
 
 Rows: tiny tasks through ``map`` and ``imap`` with the chunk sizes users pass (ratio > 1 means
 glimpse is faster; goal >= 1; of the best times, and of the median times: under load the best
 time of a pool whose times swing is a lucky draw, the median what a call gets), CPU-bound
 efficiency (serial time / (workers x wall time) over 30 tasks of ~20 ms per worker; goal >=
 0.95), and the peak memory of ``imap`` over a 1,000,000-item generator, each pool measured in a
-fresh process (goal: flat). ``--load 2`` runs two busy loops beside, as on a shared machine.
+fresh process (goal: flat). ``--load 2`` runs two busy loops beside, as on a shared machine;
+there a call's time swings by 2x from run to run, so give it ``--repeats 25`` for medians that hold.
 """
 
 from __future__ import annotations
@@ -99,8 +100,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller inputs, one repeat")
     parser.add_argument("--processes", type=int, default=os.cpu_count())
     parser.add_argument("--load", type=int, default=0, help="busy loops to run beside (a loaded machine)")
+    parser.add_argument("--repeats", type=int, help="interleaved runs of each measure (default 5, 1 with --quick)")
     args = parser.parse_args()
     items, repeats, memory_items = (20_000, 1, 200_000) if args.quick else (200_000, 5, 1_000_000)
+    repeats = args.repeats or repeats
     work = 100_000 if args.quick else 300_000  # ~7 ms and ~20 ms of CPU per task here
 
     print(
