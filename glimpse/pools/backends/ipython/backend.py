@@ -6,7 +6,7 @@ made from its content, and each chunk refers to it with ``ipyparallel.Reference`
 functions stay there, so calling one again sends it nowhere. As ipyparallel's own ``map`` does,
 the chunk runner is pickled once, and a chunk's outcome is unpickled in the client's IO thread the
 moment it arrives, while the caller waits for the others. An engine
-that died while running a chunk (``EngineError``) loses that chunk; a cancelled chunk is aborted
+that died (``EngineError``) loses the chunks it held, running or queued; a cancelled chunk is aborted
 if queued, and the engine running it gets SIGUSR2 (through the engine's nanny), which ends it.
 """
 

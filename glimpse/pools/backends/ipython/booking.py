@@ -7,7 +7,8 @@ and sends each chunk straight to an engine's queue: each engine runs one chunk a
 queued, and other chunks wait in the caller until an engine has room. Two rules keep this from
 losing or spoiling work: an engine still running a cancelled chunk takes nothing new (the signal
 that ends that chunk must not land in the next one), and a chunk sent again after its engine
-died goes only to an engine with nothing else to do (so it is not lost again behind another).
+died runs alone, on an engine with nothing else to do and nothing queued behind it (an engine
+that dies loses every chunk it holds: so a chunk is lost at most once for another's sake).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class EngineBooking:
         room = {}
         for engine in live:
             tasks = self._held[engine] = [task for task in self._held.get(engine, ()) if not task.future.done()]
-            room[engine] = 0 if any(task.cancelled for task in tasks) else SLOTS_PER_ENGINE - len(tasks)
+            alone = any(task.cancelled or task.resent for task in tasks)
+            room[engine] = 0 if alone else SLOTS_PER_ENGINE - len(tasks)
         return room
 
 
