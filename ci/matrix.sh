@@ -3,14 +3,20 @@
 # pools plus its own tests. The pytest fixtures start each engine on 127.0.0.1 in its own process
 # group and end it by that group's id.
 #
-#   bash ci/matrix.sh all            # every backend: local dask ray ipython zmq gearman
+#   bash ci/matrix.sh all            # every leg: local dask ray ipython zmq gearman multihost
 #   bash ci/matrix.sh dask ray       # some of them
+#   bash ci/matrix.sh --full multihost   # with the longest partition scenarios too
+#
+# The multihost leg runs every cluster type across simulated hosts (Linux namespaces on a bridge,
+# tests/multihost.py): it needs root, and skips with the reason elsewhere.
 #
 # Set GLIMPSE_CI_NO_INSTALL=1 to skip the pip installs (an environment that has them already).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_BACKENDS=(local dask ray ipython zmq gearman)
+ALL_BACKENDS=(local dask ray ipython zmq gearman multihost)
+FULL=()
+if [ "${1:-}" = --full ]; then FULL=(--full); shift; fi
 backends=("$@")
 if [ ${#backends[@]} -eq 0 ] || [ "${backends[0]}" = all ]; then
   backends=("${ALL_BACKENDS[@]}")
@@ -39,6 +45,13 @@ ensure_gearmand() {
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends gearman-job-server
 }
 
+# The multihost leg's hosts are namespaces made with ip (iproute2), unshare and nsenter (util-linux).
+ensure_namespace_tools() {
+  if command -v ip >/dev/null && command -v nsenter >/dev/null && command -v unshare >/dev/null; then return 0; fi
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 0  # the tests skip, saying why
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 util-linux
+}
+
 run_backend() {
   local backend=$1
   case "$backend" in
@@ -46,11 +59,17 @@ run_backend() {
       install test || return 1
       local ignored=()
       for engine in "${ALL_BACKENDS[@]:1}"; do ignored+=("--ignore-glob=tests/test_${engine}_*.py"); done
-      "$PYTHON" -m pytest --pools local "${ignored[@]}" tests ;;
+      "$PYTHON" -m pytest --pools local "${ignored[@]}" "${FULL[@]}" tests ;;
     dask|ray|ipython|zmq|gearman)
       install "test,${backend}" || return 1
       if [ "$backend" = gearman ]; then ensure_gearmand || return 1; fi
-      "$PYTHON" -m pytest --pools "$backend" tests/test_contract.py tests/test_compat.py tests/test_"${backend}"_*.py ;;
+      "$PYTHON" -m pytest --pools "$backend" "${FULL[@]}" tests/test_contract.py tests/test_compat.py \
+        tests/test_"${backend}"_*.py ;;
+    multihost)
+      install "test,all" || return 1
+      ensure_gearmand || return 1
+      ensure_namespace_tools || return 1
+      "$PYTHON" -m pytest --pools local "${FULL[@]}" tests/test_multihost_*.py ;;
     *)
       echo "ci/matrix.sh: unknown backend '$backend' (known: ${ALL_BACKENDS[*]})" >&2
       return 2 ;;

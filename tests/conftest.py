@@ -63,6 +63,11 @@ def pytest_unconfigure(config):
 
 def pytest_addoption(parser):
     parser.addoption(
+        "--full",
+        action="store_true",
+        help="also run the tests marked `full` (the longest partition scenarios, minutes each)",
+    )
+    parser.addoption(
         "--pools",
         default="all",
         help=(
@@ -70,6 +75,28 @@ def pytest_addoption(parser):
             f"suite, or 'all'; kinds: {', '.join(POOL_FIXTURES)}; engines: {', '.join(KINDS_OF_ENGINE)}"
         ),
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full"):
+        return
+    skip = pytest.mark.skip(reason="a long scenario: run with --full (bash ci/matrix.sh --full multihost)")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    """Simulated machines on a bridge (see tests/multihost.py); every one is gone after the module."""
+    from tests import multihost
+
+    reason = multihost.missing_requirement()
+    if reason:
+        pytest.skip(f"multi-host tests {reason}")
+    network = multihost.Hosts(tmp_path_factory.mktemp("hosts"))
+    yield network
+    network.close()
 
 
 def pytest_generate_tests(metafunc):

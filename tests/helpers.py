@@ -122,3 +122,20 @@ def sleep_then_index_and_pid(item):
     index, seconds = item
     time.sleep(seconds)
     return index, os.getpid()
+
+
+def host_after(item):
+    """Sleep ``item`` seconds (a number) and return the name of the host that ran it."""
+    import socket
+
+    time.sleep(item)
+    return socket.gethostname()
+
+
+def index_and_host_after(item):
+    """``item`` is ``(index, seconds)``: sleep, then return the index and the host that ran it."""
+    import socket
+
+    index, seconds = item
+    time.sleep(seconds)
+    return index, socket.gethostname()

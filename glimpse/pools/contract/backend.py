@@ -37,10 +37,17 @@ class ClusterLost(Exception):
 
 @dataclass
 class Health:
-    """What :meth:`Backend.health` found: the workers connected now, and why the cluster is gone, if it is."""
+    """What :meth:`Backend.health` found: the workers connected now, and why the cluster is gone, if it is.
+
+    ``lost`` says the cluster is gone (its head refused a connection: nothing listens there); the call
+    ends at once. ``silent`` says its head does not answer at all (a network down, a machine that
+    hangs): that may be a blip, so the call ends only once the head has been silent for
+    ``$GLIMPSE_SILENCE_TIMEOUT`` seconds (see :mod:`glimpse.pools.contract.watch`).
+    """
 
     workers: int
     lost: str | None = None
+    silent: str | None = None
     #: Where the cluster is and the command that starts a worker there, for the no-workers message.
     address: str = ""
     start_workers: str = ""

@@ -19,20 +19,40 @@ RESIZE_SECONDS = 2.0
 NO_WORKERS_WARNING_SECONDS = 10.0
 NO_WORKERS_VARIABLE = "GLIMPSE_NO_WORKERS_TIMEOUT"
 DEFAULT_NO_WORKERS_TIMEOUT = 300.0
+SILENCE_VARIABLE = "GLIMPSE_SILENCE_TIMEOUT"
+#: A head silent this long is lost; a shorter silence is a blip the call rides out.
+DEFAULT_SILENCE_TIMEOUT = 25.0
+#: How often a silent head is probed again.
+SILENT_RECHECK_SECONDS = 2.0
 
 
 def no_workers_timeout() -> float:
     """``$GLIMPSE_NO_WORKERS_TIMEOUT``: seconds a call waits with no worker before ``NoWorkersError``
     (default 300; 0 waits forever, as Dask does)."""
-    text = os.environ.get(NO_WORKERS_VARIABLE, "").strip()
+    return _seconds(NO_WORKERS_VARIABLE, DEFAULT_NO_WORKERS_TIMEOUT, "0 (wait forever) or more")
+
+
+def silence_timeout() -> float:
+    """``$GLIMPSE_SILENCE_TIMEOUT``: seconds a cluster's head (scheduler, head node, controller,
+    broker, job server) may not answer before a call ends with ``ClusterLostError`` (default 25).
+
+    A shorter silence (a network blip, a switch that reboots) does not end the call; a head that
+    refuses connections is lost at once. Backends that watch their own connections (heartbeats)
+    use the same number, so there is one line between a blip and a loss.
+    """
+    return _seconds(SILENCE_VARIABLE, DEFAULT_SILENCE_TIMEOUT, "more than 0", minimum=1e-3)
+
+
+def _seconds(variable: str, default: float, allowed: str, minimum: float = 0.0) -> float:
+    text = os.environ.get(variable, "").strip()
     if not text:
-        return DEFAULT_NO_WORKERS_TIMEOUT
+        return default
     try:
         seconds = float(text)
     except ValueError:
-        raise ValueError(f"${NO_WORKERS_VARIABLE} must be a number of seconds, not {text!r}") from None
-    if seconds < 0:
-        raise ValueError(f"${NO_WORKERS_VARIABLE} must be 0 (wait forever) or more, not {text!r}")
+        raise ValueError(f"${variable} must be a number of seconds, not {text!r}") from None
+    if seconds < minimum:
+        raise ValueError(f"${variable} must be {allowed}, not {text!r}")
     return seconds
 
 
@@ -42,13 +62,14 @@ class CallWatch:
     def __init__(self, backend: Backend):
         self._backend = backend
         self._timeout = no_workers_timeout()
+        self._silence_limit = silence_timeout()
         now = time.monotonic()
-        self._progress_at = self._checked_at = self._resized_at = now
+        self._progress_at = self._checked_at = self._resized_at = self._heard_at = now
         self._warned = False
 
     def progress(self) -> None:
         """A chunk finished."""
-        self._progress_at = time.monotonic()
+        self._progress_at = self._heard_at = time.monotonic()
         self._warned = False
 
     def resize_due(self) -> bool:
@@ -62,11 +83,13 @@ class CallWatch:
     def check(self) -> None:
         """If nothing finished for a while, ask the backend how the cluster is.
 
-        Raises ``ClusterLost`` when it is gone, and ``NoWorkersError`` when it has had no worker
-        for ``$GLIMPSE_NO_WORKERS_TIMEOUT`` seconds (after a warning at 10 s).
+        Raises ``ClusterLost`` when it is gone or has been silent for ``$GLIMPSE_SILENCE_TIMEOUT``
+        seconds, and ``NoWorkersError`` when it has had no worker for ``$GLIMPSE_NO_WORKERS_TIMEOUT``
+        seconds (after a warning at 10 s).
         """
         now = time.monotonic()
-        if now - self._progress_at < HEALTH_SECONDS or now - self._checked_at < HEALTH_SECONDS:
+        every = SILENT_RECHECK_SECONDS if self._heard_at < self._checked_at else HEALTH_SECONDS
+        if now - self._progress_at < HEALTH_SECONDS or now - self._checked_at < every:
             return
         self._checked_at = now
         health = self._backend.health()
@@ -74,6 +97,14 @@ class CallWatch:
             return
         if health.lost:
             raise ClusterLost(health.lost)
+        now = time.monotonic()
+        if health.silent:
+            silent_for, limit = now - self._heard_at, self._silence_limit
+            if silent_for >= limit:
+                raise ClusterLost(f"{health.silent} for {silent_for:.0f} s (${SILENCE_VARIABLE}={limit:g})")
+            log.warning("%s for %.0f s; the call waits up to %g s for it", health.silent, silent_for, limit)
+            return
+        self._heard_at = now
         if health.workers > 0:
             return
         waited = now - self._progress_at
