@@ -308,6 +308,34 @@ def test_a_lost_cluster_is_a_cluster_lost_error_saying_what_was_delivered(quick_
         next(results)
 
 
+@pytest.fixture
+def quick_silence(quick_health_checks, monkeypatch):
+    monkeypatch.setattr(watch, "SILENT_RECHECK_SECONDS", 0.02)
+    monkeypatch.setenv(watch.SILENCE_VARIABLE, "0.5")
+
+
+def test_a_head_silent_past_the_silence_timeout_is_a_cluster_lost_error(quick_silence):
+    silent = Health(2, silent="the scheduler at tcp://x:1 does not answer")
+    backend = ScriptedBackend(reverse=False, stall_after=3, health=silent)
+    results = Pool(backend).imap(abs, range(10), chunksize=1)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    started = time.monotonic()
+    with pytest.raises(ClusterLostError, match=r"does not answer for \d+ s \(\$GLIMPSE_SILENCE_TIMEOUT=0.5\)"):
+        next(results)
+    assert time.monotonic() - started >= 0.5
+
+
+def test_a_head_silent_for_less_than_the_silence_timeout_is_a_blip_the_call_rides_out(quick_silence):
+    silent = Health(2, silent="the scheduler at tcp://x:1 does not answer")
+    backend = ScriptedBackend(reverse=False, stall_after=3, health=silent)
+    results = Pool(backend).imap(abs, range(10), chunksize=1)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    heal = threading.Timer(0.25, lambda: setattr(backend, "stall_after", None))
+    heal.start()
+    assert list(results) == list(range(3, 10))
+    heal.join()
+
+
 def test_no_workers_is_a_no_workers_error_naming_the_address_and_the_command(quick_health_checks, caplog):
     health = Health(0, address="tcp://x:1", start_workers="glimpse-cluster LaunchWorker")
     backend = ScriptedBackend(stall_after=0, health=health)
