@@ -24,7 +24,7 @@ from concurrent.futures import CancelledError
 from distributed import Client, Future, KilledWorker, get_client, get_worker, rejoin, secede
 
 from glimpse.pools.backends.dask import compat
-from glimpse.pools.cluster.reachability import tcp_answers
+from glimpse.pools.cluster.reachability import PROBE_SECONDS, head_silent, tcp_answers
 from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, ClusterLost, Health
 from glimpse.pools.contract.backend import INLINE_FUNCTION_BYTES
 from glimpse.pools.contract.out_of_band import unpickled_if_large
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 _CANCEL_GRACE_SECONDS = 1.0
 _RESTART_TIMEOUT_SECONDS = 60.0
 _THREADS_TTL_SECONDS = 1.0
+#: How long a first attempt to fetch finished results may take before the scheduler is probed.
+_FETCH_SECONDS = 2.0
 #: How long closing waits for workers being restarted, so that Dask does not log the interruption.
 _CLOSE_GRACE_SECONDS = 10.0
 
@@ -71,8 +73,9 @@ class DaskBackend(Backend):
             self._threads_checked = time.monotonic()
             if tcp_answers(self.client.scheduler.address, timeout=0.5):
                 try:
-                    self._threads = max(1, sum(self.client.nthreads().values()))
-                except (OSError, TimeoutError, asyncio.CancelledError):
+                    threads = self.client.nthreads(callback_timeout=PROBE_SECONDS)
+                    self._threads = max(1, sum(threads.values()))
+                except (OSError, TimeoutError, asyncio.TimeoutError, asyncio.CancelledError):
                     pass
         return self._threads
 
@@ -128,9 +131,10 @@ class DaskBackend(Backend):
         self._submit_queued()
         with self._finished:
             self._finished.wait_for(lambda: any(h.future.done() for h in handles), timeout)
-        finished = [h for h in handles if h.future.done()]
-        self._fetch_results([h.future for h in finished])
-        return finished
+        done = [h for h in handles if h.future.done()]
+        self._fetch_results([h.future for h in done])
+        # A result not fetched yet (its scheduler fell silent meanwhile) is fetched by a later wait().
+        return [h for h in done if h.future.key in self._fetched or h.future.status != "finished"]
 
     def _submit_queued(self) -> None:
         if not self._queued:
@@ -147,11 +151,19 @@ class DaskBackend(Backend):
             future.add_done_callback(self._notify)
 
     def health(self) -> Health:
+        # A silent scheduler may be a blip: the call waits ($GLIMPSE_SILENCE_TIMEOUT). Dask's own
+        # connections outlive it (LaunchBroker sets Dask's TCP timeout to the same number).
         address = self.client.scheduler.address
+        if head_silent(address):
+            return Health(0, silent=_scheduler_silent(address))
         if not tcp_answers(address):
             return Health(0, lost=_scheduler_gone(address))
+        try:
+            threads = self.client.nthreads(callback_timeout=PROBE_SECONDS)
+        except (OSError, TimeoutError, asyncio.TimeoutError):
+            return Health(0, silent=_scheduler_silent(address))
         return Health(
-            len(self.client.nthreads()),
+            len(threads),
             address=address,
             start_workers=f"glimpse-cluster --type dask LaunchWorker --address {address}",
         )
@@ -162,10 +174,10 @@ class DaskBackend(Backend):
         try:
             if handle.key in self._fetched:
                 return self._fetched.pop(handle.key)
-            return handle.result()
+            return handle.result(timeout=PROBE_SECONDS)  # not "finished": raises what Dask lost it to
         except KilledWorker as lost:
             raise ChunkLost(str(lost).rstrip(".")) from None
-        except (CancelledError, OSError) as cancelled:
+        except (CancelledError, OSError, TimeoutError) as cancelled:
             # Not by us (we never ask for the outcome of a chunk we cancelled): Client.restart, or
             # the connection to the scheduler was lost (then fetching the result fails too).
             address = self.client.scheduler.address
@@ -218,15 +230,32 @@ class DaskBackend(Backend):
 
     def _fetch_results(self, finished: list[Future]) -> None:
         """Fetch the results of every finished chunk in one gather: one round trip to the workers for
-        all of them instead of one each, which on 64 threads took 40% of the caller's time."""
+        all of them instead of one each, which on 64 threads took 40% of the caller's time.
+
+        A gather goes through the scheduler. While it answers, a slow gather (large results, a
+        worker holding one that fell silent, which Dask then recomputes) is waited for, in ever
+        longer attempts; once it is silent, the results stay unfetched, so that the call sees
+        nothing finish and decides between a blip and a loss (``health``) instead of hanging here.
+        """
         ready = [f for f in finished if f.status == "finished" and f.key not in self._fetched]
-        if len(ready) < 2:
+        seconds = _FETCH_SECONDS
+        while ready:
+            try:
+                results = compat.gather(self.client, ready, seconds)
+            except (TimeoutError, asyncio.TimeoutError):
+                if head_silent(self.client.scheduler.address):
+                    return
+                seconds *= 2
+                continue
+            except Exception:  # a result lost meanwhile: outcome() asks each and says which
+                for future in ready:
+                    if future.status != "finished":
+                        continue
+                    with contextlib.suppress(Exception):
+                        self._fetched[future.key] = future.result(timeout=seconds)
+                return
+            self._fetched.update(zip((f.key for f in ready), results, strict=True))
             return
-        try:
-            results = self.client.gather(ready)
-        except Exception:  # a result lost meanwhile: outcome() fetches each and says which
-            return
-        self._fetched.update(zip((f.key for f in ready), results, strict=True))
 
     def _notify(self, future: Future) -> None:
         with self._finished:
@@ -257,6 +286,10 @@ def _stops_answering(address: str, probes: int = 3) -> bool:
         if probe < probes - 1:
             time.sleep(0.5)
     return False
+
+
+def _scheduler_silent(address: str) -> str:
+    return f"the Dask scheduler at {address} does not answer (its machine or the network to it is down)"
 
 
 def _scheduler_gone(address: str) -> str:

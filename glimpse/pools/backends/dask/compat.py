@@ -35,10 +35,33 @@ def running_a_task_in_pool_thread() -> bool:
     return getattr(_task_thread, "key", None) is not None and bool(getattr(_pool_thread, "proceed", False))
 
 
+#: The reasons a Dask worker gives, in its log line "Stopping worker at ADDRESS. Reason: REASON",
+#: when it closes because it lost its scheduler (not because the scheduler retired it). Private:
+#: ``Worker.handle_scheduler`` and ``Worker.heartbeat``; Dask dropped its own reconnecting in 2023.
+LOST_SCHEDULER_REASONS = ("worker-handle-scheduler-connection-broken", "worker-heartbeat-missing")
+
+
+def closed_for_lost_scheduler(log_line: str) -> bool:
+    """Whether ``log_line`` of a Dask worker says it closes because it lost its scheduler."""
+    return "Stopping worker" in log_line and any(f"Reason: {reason}" in log_line for reason in LOST_SCHEDULER_REASONS)
+
+
+def gather(client, futures: list, timeout: float) -> list:
+    """``client.gather(futures)``, given up after ``timeout`` seconds (``TimeoutError``).
+
+    Private: ``Client._gather``. ``Client.gather`` takes no timeout (``Future.result`` does, for
+    one future at a time), and one gather for many results is what makes fetching them cheap.
+    """
+    return client.sync(client._gather, futures, callback_timeout=timeout)
+
+
 def missing() -> list[str]:
     """The private names this module relies on that the installed Dask lacks."""
     gone = []
-    for owner, name in ((Cluster, "_update_worker_status"), (LocalCluster, "_update_worker_status")):
+    from distributed import Client
+
+    owners = ((Cluster, "_update_worker_status"), (LocalCluster, "_update_worker_status"), (Client, "_gather"))
+    for owner, name in owners:
         if not callable(getattr(owner, name, None)):
             gone.append(f"{owner.__qualname__}.{name}")
     import distributed.threadpoolexecutor as pool_module
@@ -47,4 +70,15 @@ def missing() -> list[str]:
     for module, name in ((utils_module, "thread_state"), (pool_module, "thread_state")):
         if getattr(module, name, None) is None:
             gone.append(f"{module.__name__}.{name}")
+    gone += _missing_worker_texts()
     return gone
+
+
+def _missing_worker_texts() -> list[str]:
+    import inspect
+
+    from distributed import Worker
+
+    source = inspect.getsource(Worker)
+    texts = ("Stopping worker at %s. Reason: %s", *LOST_SCHEDULER_REASONS)
+    return [f"Worker's log text {text!r}" for text in texts if text not in source]

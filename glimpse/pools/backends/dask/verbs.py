@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from distributed import Client, Security
 
+from glimpse.pools.backends.dask.launch import address_reaching, engine_environment, is_loopback, run_workers
 from glimpse.pools.backends.dask.pool import ADDRESS_VARIABLE, connect
 from glimpse.pools.cluster.verbs import (
     Verb,
@@ -38,27 +39,51 @@ def RunMain(argv: Sequence[str] | None = None) -> int:
     return run_verbs(PROG, "Run and manage a Dask cluster.", VERBS, argv, _address_option)
 
 
-_broker_options = listen_options(DEFAULT_PORT)
+def _broker_options(parser: argparse.ArgumentParser) -> None:
+    listen_options(
+        DEFAULT_PORT,
+        "address to listen on (default 127.0.0.1): for workers and callers on other machines, this machine's "
+        "address on their network, with --tls-ca-file, --tls-cert and --tls-key (or --insecure)",
+    )(parser)
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="listen beyond loopback without TLS (anyone who reaches the scheduler can run code on its workers)",
+    )
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nworkers", type=int, default=os.cpu_count() or 1, help="worker processes (default: cores)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface workers listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        help="this machine's address that the scheduler, the callers and the other workers reach (default: the "
+        "address of the interface that reaches the scheduler; 127.0.0.1 for a scheduler on 127.0.0.1)",
+    )
 
 
 def _launch_broker(args: argparse.Namespace) -> int:
+    if not is_loopback(args.host) and not _tls_arguments(args) and not args.insecure:
+        raise ValueError(
+            f"--host {args.host} makes the scheduler reachable from other machines, and anyone who reaches it can "
+            "run code on its workers: give it TLS certificates with --tls-ca-file, --tls-cert and --tls-key (the "
+            "same files on every machine; e.g. `openssl req -x509 -newkey rsa:3072 -nodes -days 365 -subj "
+            "/CN=dask -keyout key.pem -out cert.pem`, then cert.pem is also the CA file), or pass --insecure on a "
+            "network you trust"
+        )
     command = ["distributed.cli.dask_scheduler", "--host", args.host, "--port", str(args.port)]
     if _tls_arguments(args):
         command += ["--protocol", "tls", *_tls_arguments(args)]
-    return _run_module([*command, *_no_dashboard(args.host)])
+    return run_foreground([sys.executable, "-m", *command, *_no_dashboard(args.host)], env=engine_environment())
 
 
 def _launch_worker(args: argparse.Namespace) -> int:
     if args.nworkers < 1:
         raise ValueError(f"--nworkers must be at least 1, not {args.nworkers}")
     address, _ = _required_address(args)
+    host = args.host or address_reaching(address)
     command = ["distributed.cli.dask_worker", address, "--nworkers", str(args.nworkers), "--nthreads", "1"]
-    return _run_module([*command, "--host", args.host, *_tls_arguments(args), *_no_dashboard(args.host)])
+    command += ["--host", host, *_tls_arguments(args), *_no_dashboard(host)]
+    return run_workers([sys.executable, "-m", *command], address)
 
 
 def _ping_workers(args: argparse.Namespace) -> int:
@@ -118,10 +143,6 @@ def _tls_arguments(args: argparse.Namespace) -> list[str]:
 def _no_dashboard(host: str) -> list[str]:
     # Without a dashboard Dask still serves /health on the dashboard address, all interfaces by default.
     return ["--no-dashboard", "--dashboard-address", f"{host}:0"]
-
-
-def _run_module(module_args: list[str]) -> int:
-    return run_foreground([sys.executable, "-m", *module_args])
 
 
 VERBS: dict[str, Verb] = {

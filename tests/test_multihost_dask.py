@@ -1,0 +1,254 @@
+"""A Dask cluster across hosts, started as docs/machines/dask.md says: the scheduler on one host,
+workers on two others, the caller on a fourth; plain TCP (``--insecure``) and TLS with certificates
+copied to every host; a worker host and the scheduler going silent mid-call."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import pytest
+
+from tests import helpers
+from tests.multihost import Host, Hosts
+
+pytest.importorskip("distributed")
+
+from distributed import Security  # noqa: E402
+
+from glimpse.pools import ClusterLostError  # noqa: E402
+from glimpse.pools.dask_cluster import MakePool  # noqa: E402
+
+PORT = 8786
+TLS_PORT = 8787
+STARTUP_SECONDS = 60.0
+CLI = [sys.executable, "-m", "glimpse.pools.cli", "--type", "dask"]
+#: The issue's scenario: 160 items of 0.25 s, one host cut a few seconds in.
+ITEMS = [(i, 0.25) for i in range(160)]
+CUT_AFTER_SECONDS = 3.0
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def cluster(hosts: Hosts, tmp_path_factory):
+    """``LaunchBroker --host <head's address> --insecure`` on ``head``; ``LaunchWorker --address
+    tcp://<head>:8786`` with two workers on ``w1`` and ``w2``, without ``--host``."""
+    logs = tmp_path_factory.mktemp("dask-multihost-logs")
+    head, w1, w2 = hosts.add("head"), hosts.add("w1"), hosts.add("w2")
+    address = f"tcp://{head.address}:{PORT}"
+    head.start([*CLI, "LaunchBroker", "--host", head.address, "--port", str(PORT), "--insecure"], logs / "head.log")
+    for worker in (w1, w2):
+        worker.start([*CLI, "LaunchWorker", "--address", address, "--nworkers", "2"], logs / f"{worker.name}.log")
+    pool = _connect_when_up(address)
+    _wait_for_both_hosts(pool, w1, w2)
+    yield pool, head, w1, w2
+    pool.terminate()
+    pool.join()
+
+
+def _connect_when_up(address: str, **kwargs):
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        try:
+            return MakePool(address, **kwargs)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def _wait_for_both_hosts(pool, w1: Host, w2: Host) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        seen = set(pool.map(helpers.host_after, [0.05] * 16, chunksize=1))
+        if seen == {w1.name, w2.name}:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"Dask workers of both hosts did not take work within {STARTUP_SECONDS} s (seen: {seen})")
+
+
+# -- the happy path ---------------------------------------------------------------------------------
+
+
+def test_results_come_from_both_worker_hosts(cluster):
+    pool, _, w1, w2 = cluster
+    assert set(pool.map(helpers.host_after, [0.05] * 40, chunksize=1)) == {w1.name, w2.name}
+
+
+def test_workers_listen_on_their_own_address_not_loopback(cluster):
+    pool, _, w1, w2 = cluster
+    workers = pool._backend.client.scheduler_info(n_workers=-1)["workers"]
+    hosts_seen = sorted(address.split("://")[1].rsplit(":", 1)[0] for address in workers)
+    assert hosts_seen == sorted([w1.address] * 2 + [w2.address] * 2), f"workers advertise {sorted(workers)}"
+
+
+def test_items_and_results_of_a_mebibyte_stream_through_imap(cluster):
+    pool, *_ = cluster
+    sizes = pool.imap(helpers.size_of, (bytes(2**20) for _ in range(24)), chunksize=1)
+    assert list(sizes) == [2**20] * 24
+    blobs = pool.imap(helpers.make_blob, [2**20] * 24, chunksize=1)
+    assert all(blob == b"x" * 2**20 for blob in blobs)
+
+
+def test_leaving_imap_early_leaves_the_cluster_usable(cluster):
+    pool, _, w1, w2 = cluster
+    results = pool.imap(helpers.sleep_then_return, [(0.2, i) for i in range(200)], chunksize=1)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    results.close()
+    started = time.monotonic()
+    assert set(pool.map(helpers.host_after, [0.05] * 40, chunksize=1)) == {w1.name, w2.name}
+    assert time.monotonic() - started < 30, "the cancelled chunks held the workers"
+
+
+def test_a_pool_pickled_into_a_task_reaches_the_scheduler_from_a_worker_host(cluster):
+    pool, _, w1, w2 = cluster
+
+    def nested(x):
+        import socket
+
+        return socket.gethostname(), pool.map(abs, [-x, -2 * x])
+
+    results = pool.map(nested, [1, 5], chunksize=1)
+    assert [values for _, values in results] == [[1, 2], [5, 10]]
+    assert {host for host, _ in results} <= {w1.name, w2.name}
+
+
+# -- safe by default and TLS ------------------------------------------------------------------------
+
+
+def test_a_scheduler_beyond_loopback_without_tls_is_refused_naming_the_options(cluster):
+    _, head, *_ = cluster
+    done = head.run([*CLI, "LaunchBroker", "--host", head.address, "--port", str(PORT + 10)])
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "--tls-ca-file" in done.stderr and "--insecure" in done.stderr, done.stderr
+
+
+@pytest.fixture
+def certificates(cluster, tmp_path):
+    """One self-signed certificate (its own CA) and its key, copied as an admin would to every host's
+    ~/.config/dask/ and to a directory of the caller's."""
+    _, head, w1, w2 = cluster
+    temporary = Security.temporary()
+    texts = {"ca": temporary.tls_ca_file, "cert": temporary.tls_client_cert, "key": temporary.tls_client_key}
+    for host in (head, w1, w2):
+        paths = {name: host.put(f".config/dask/{name}.pem", text) for name, text in texts.items()}
+    caller = {}
+    for name, text in texts.items():
+        caller[name] = tmp_path / f"{name}.pem"
+        caller[name].write_text(text)
+        caller[name].chmod(0o600)
+    return paths, caller
+
+
+def test_a_tls_cluster_across_hosts_serves_only_callers_with_the_certificates(cluster, certificates, tmp_path):
+    pool, head, w1, w2 = cluster
+    on_hosts, caller = certificates
+    options = ["--tls-ca-file", on_hosts["ca"], "--tls-cert", on_hosts["cert"], "--tls-key", on_hosts["key"]]
+    address = f"tls://{head.address}:{TLS_PORT}"
+    started = [
+        head.start(
+            [*CLI, "LaunchBroker", "--host", head.address, "--port", str(TLS_PORT), *options], tmp_path / "tls-head.log"
+        )
+    ]
+    try:
+        for worker in (w1, w2):
+            started.append(
+                worker.start(
+                    [*CLI, "LaunchWorker", "--address", address, "--nworkers", "1", *options],
+                    tmp_path / f"tls-{worker.name}.log",
+                )
+            )
+        security = Security(
+            tls_ca_file=str(caller["ca"]),
+            tls_client_cert=str(caller["cert"]),
+            tls_client_key=str(caller["key"]),
+            require_encryption=True,
+        )
+        tls_pool = _connect_when_up(address, security=security)
+        try:
+            _wait_for_both_hosts(tls_pool, w1, w2)
+            assert tls_pool.map(helpers.times_ten, range(8)) == [x * 10 for x in range(8)]
+        finally:
+            tls_pool.close()
+            tls_pool.join()
+        with pytest.raises(Exception, match="TLS|SSL|ssl"):
+            MakePool(address)
+    finally:
+        for process, host in zip(started, (head, w1, w2), strict=False):
+            host.stop(process)
+
+
+# -- silence ----------------------------------------------------------------------------------------
+
+
+def test_a_silent_worker_host_loses_no_result_and_rejoins(cluster, hosts):
+    pool, _, w1, w2 = cluster
+    results, cut_at, elapsed = _run_with(hosts.partition, w2, pool, heal=True, hosts=hosts)
+    assert [index for index, _ in results] == list(range(160)), "a result is missing or came twice"
+    after_cut = elapsed - cut_at
+    print(f"silent worker host: every result {after_cut:.1f} s after the cut")
+    assert after_cut < 30.0 + 160 * 0.25 / 2, f"the results took {after_cut:.0f} s after {w2.name} fell silent"
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if w2.name in set(pool.map(helpers.host_after, [0.05] * 16, chunksize=1)):
+            print(f"silent worker host: back at work {time.monotonic() - deadline + STARTUP_SECONDS:.1f} s after heal")
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{w2.name} did not get work again within {STARTUP_SECONDS} s of its link coming back")
+
+
+def test_a_scheduler_silent_for_20_seconds_does_not_end_the_call(cluster, hosts):
+    pool, head, *_ = cluster
+    heal = threading.Timer(CUT_AFTER_SECONDS + 20.0, hosts.heal, args=(head,))
+    heal.start()
+    try:
+        results, _, elapsed = _run_with(hosts.partition, head, pool, heal=False, hosts=hosts)
+    finally:
+        heal.cancel()
+        hosts.heal(head)
+    print(f"scheduler silent for 20 s: the call finished {elapsed:.1f} s after it started")
+    assert [index for index, _ in results] == list(range(160)), "a result is missing or came twice"
+
+
+def test_a_silent_scheduler_ends_the_call_with_cluster_lost_within_30_seconds(cluster, hosts):
+    pool, head, *_ = cluster
+    address = f"tcp://{head.address}:{PORT}"
+    cut = threading.Timer(CUT_AFTER_SECONDS, hosts.partition, args=(head,))
+    started = time.monotonic()
+    cut.start()
+    try:
+        with pytest.raises(ClusterLostError, match=f"scheduler at {address}"):
+            list(pool.imap(helpers.index_and_host_after, ITEMS, chunksize=1))
+        lost_after = time.monotonic() - started - CUT_AFTER_SECONDS
+    finally:
+        cut.cancel()
+        hosts.heal(head)
+    print(f"silent scheduler: ClusterLostError {lost_after:.1f} s after the cut")
+    assert lost_after < 30.0
+
+
+def _run_with(action, host: Host, pool, heal: bool, hosts: Hosts):
+    """Run the issue's call, doing ``action(host)`` a few seconds in; its results, when the action
+    happened and how long the call took (from its start)."""
+    results = []
+    acted = {}
+
+    def act():
+        acted["at"] = time.monotonic()
+        action(host)
+
+    timer = threading.Timer(CUT_AFTER_SECONDS, act)
+    started = time.monotonic()
+    timer.start()
+    try:
+        for result in pool.imap(helpers.index_and_host_after, ITEMS, chunksize=1):
+            results.append(result)
+        elapsed = time.monotonic() - started
+    finally:
+        timer.cancel()
+        if heal:
+            hosts.heal(host)
+    return results, acted.get("at", started + CUT_AFTER_SECONDS) - started, elapsed
