@@ -139,3 +139,10 @@ def index_and_host_after(item):
     index, seconds = item
     time.sleep(seconds)
     return index, socket.gethostname()
+
+
+def host_variable_after(item):
+    """Sleep ``item`` seconds; return ``$HOSTNAME`` as its test host set it (hosts that all renamed
+    themselves to one hostname still differ here)."""
+    time.sleep(item)
+    return os.environ.get("HOSTNAME", "")

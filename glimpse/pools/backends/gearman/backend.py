@@ -6,7 +6,15 @@ closes them, and every worker slot of the key is told (through its control funct
 call's running chunk and to fail any job of the call gearmand hands it later. A job started twice
 was re-queued because its worker died: it counts as lost (the contract re-sends it, a bounded
 number of times), and the second run is cancelled. A server that closes a connection mid-call is
-a lost cluster. Each job carries the call's pickled function (workers keep the last one), so a
+a lost cluster.
+
+A worker whose machine goes silent closes nothing: gearmand would wait for its job forever. So a
+running job's worker sends heartbeats (WORK_STATUS, forwarded by gearmand), the pool sends ECHO
+requests on its own connections, and a job with no heartbeat for ``jobs.WORKER_SILENCE_SECONDS``
+while gearmand answers the echoes is lost and sent again; its first run's result, should it come
+later, is ignored. A silent gearmand is the contract's to judge (``health`` says ``silent``): no
+job is counted lost while gearmand itself is silent, and for a while after it answers again.
+Each job carries the call's pickled function (workers keep the last one), so a
 function that closes over a large object costs that object per chunk: pass such data as items,
 or use a module-level function.
 """
@@ -24,19 +32,25 @@ from collections.abc import Collection
 from glimpse.pools.backends.gearman import jobs
 from glimpse.pools.backends.gearman import protocol as g
 from glimpse.pools.cluster.embedded import OwnsEmbeddedCluster
+from glimpse.pools.cluster.reachability import PROBE_SECONDS, head_silent
 from glimpse.pools.contract.backend import Backend, Call, Chunk, ClusterLost, Health, TrackedChunk
+from glimpse.pools.contract.watch import silence_timeout
 from glimpse.pools.errors import ClusterConnectionError
 from glimpse.pools.security import ClusterKey, MessageSigner, Rejected
 
 log = logging.getLogger(__name__)
 
 _WORKERS_FRESH_SECONDS = 1.0
+#: Mid-call, a worker count that failed (gearmand silent) is not asked again for this long.
+_COUNT_RETRY_SECONDS = 5.0
+#: How often a call's connections ask gearmand for an echo, and how long without any answer means it is silent.
+_ECHO_SECONDS, _SERVER_QUIET_SECONDS = 1.0, 3.0
 
 
 class GearmanJob(TrackedChunk):
     """A chunk submitted as a job, until its outcome or its loss arrives."""
 
-    __slots__ = ("unique", "connection", "call", "handle", "worker", "starts")
+    __slots__ = ("unique", "connection", "call", "handle", "worker", "starts", "beat_at")
 
     def __init__(self, unique: bytes, connection: g.Connection, call: str):
         super().__init__()
@@ -44,6 +58,8 @@ class GearmanJob(TrackedChunk):
         self.handle: bytes | None = None
         self.worker: str | None = None
         self.starts = 0
+        #: When its worker's last heartbeat came (0: none yet; a worker too old to send them is not watched).
+        self.beat_at = 0.0
 
 
 class CallConnections:
@@ -55,6 +71,37 @@ class CallConnections:
         self.next = itertools.cycle(self.connections)
         self.unnamed: dict[g.Connection, deque[GearmanJob]] = {c: deque() for c in self.connections}
         self.jobs: dict[tuple[g.Connection, bytes], GearmanJob] = {}
+        now = time.monotonic()
+        #: When each connection last heard from its server, and since when it has heard without a gap.
+        self.heard_at = dict.fromkeys(self.connections, now)
+        self.steady_since = dict.fromkeys(self.connections, now)
+        self.echoed_at = 0.0
+
+    def heard(self, connection: g.Connection, now: float) -> None:
+        if now - self.heard_at[connection] > _SERVER_QUIET_SECONDS:
+            self.steady_since[connection] = now
+        self.heard_at[connection] = now
+
+    def echo(self, now: float) -> None:
+        """Ask every server for an echo (at most every :data:`_ECHO_SECONDS`), to know it still answers."""
+        if now - self.echoed_at < _ECHO_SECONDS:
+            return
+        self.echoed_at = now
+        for connection in self.connections:
+            try:
+                connection.send(g.ECHO_REQ, b"")
+            except OSError as exc:
+                raise ClusterLost(f"the gearman server at {connection.name} went away: {exc}") from None
+
+    def silent_jobs(self, now: float, limit: float) -> list[GearmanJob]:
+        """The running jobs whose worker sent no heartbeat for ``limit`` seconds while their server answered."""
+        return [
+            job
+            for (connection, _), job in self.jobs.items()
+            if job.beat_at
+            and now - self.heard_at[connection] < _SERVER_QUIET_SECONDS
+            and now - max(job.beat_at, self.steady_since[connection]) > limit
+        ]
 
     def close(self) -> None:
         for connection in self.connections:
@@ -86,11 +133,21 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
         self._calls: dict[str, CallConnections] = {}
         self._control: g.Connection | None = None
         self._nworkers, self._counted_at = 0, 0.0
+        self._silent: str | None = None  # what health() last found silent
+        self._worker_silence = min(jobs.WORKER_SILENCE_SECONDS, silence_timeout())
+        self._checked_jobs_at = 0.0
         self._count_workers()
 
     def workers(self) -> int:
         if time.monotonic() - self._counted_at > _WORKERS_FRESH_SECONDS:
-            self._count_workers()
+            if not self._calls:
+                self._count_workers()
+            elif not self._silent:
+                # Mid-call a silent gearmand is the call watch's to judge (health): keep the last count.
+                try:
+                    self._count_workers(timeout=PROBE_SECONDS)
+                except ClusterConnectionError:
+                    self._counted_at = time.monotonic() + _COUNT_RETRY_SECONDS
         return max(1, self._nworkers)
 
     def open_call(self, call: Call) -> None:
@@ -122,8 +179,18 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
         return GearmanJob.wait(handles, timeout, self._receive)
 
     def health(self) -> Health:
+        self._silent = next(
+            (
+                f"the gearman server at {host}:{port} does not answer"
+                for host, port in self.servers
+                if head_silent(f"{host}:{port}")
+            ),
+            None,
+        )
+        if self._silent:
+            return Health(self._nworkers, silent=self._silent, address=self.address)
         try:
-            self._count_workers()
+            self._count_workers(timeout=PROBE_SECONDS)
         except ClusterConnectionError as exc:
             return Health(0, lost=str(exc), address=self.address)
         return Health(self._nworkers, address=self.address, start_workers=self._start_workers_hint())
@@ -139,10 +206,13 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
         for call_id in list(self._calls):
             # Gearman drops the queued jobs of a client that disconnects.
             self._calls.pop(call_id).close()
+        if self._silent:
+            log.warning("%s: the chunks still running there are left to finish", self._silent)
+            return
         # A job gearmand handed out before it saw the disconnect still runs: every slot of this key
         # stops the calls' running chunk and fails any of their jobs it is handed later.
         try:
-            workers = self.worker_ids()
+            workers = self.worker_ids(timeout=PROBE_SECONDS)
         except ClusterConnectionError as exc:
             log.warning("could not reach gearmand to cancel the chunks still running: %s", exc)
             return
@@ -161,12 +231,12 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
         self._count_workers()
         return self._nworkers
 
-    def worker_ids(self) -> list[str]:
-        """The ids (``host:pid:slot``) of this key's worker slots, from the servers' ``workers`` lists."""
+    def worker_ids(self, timeout: float = g.CONNECT_SECONDS) -> list[str]:
+        """The ids (``host:pid:token:slot``) of this key's worker slots, from the servers' ``workers`` lists."""
         prefix = jobs.control_function(self.key, "").decode()
         ids = set()
         for server in self.servers:
-            for functions in self._ask(server, g.worker_functions):
+            for functions in self._ask(server, g.worker_functions, timeout):
                 ids.update(name[len(prefix) :] for name in functions if name.startswith(prefix))
         return sorted(ids)
 
@@ -184,15 +254,32 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
         if not sources:
             time.sleep(timeout)
             return
-        readable, _, _ = select.select(list(sources), [], [], min(timeout, 1.0))
+        for calls in self._calls.values():
+            calls.echo(time.monotonic())
+        readable, _, _ = select.select(list(sources), [], [], min(timeout, _ECHO_SECONDS))
+        now = time.monotonic()
         for fileno in readable:
             connection, calls = sources[fileno]
             try:
                 packets = connection.receive()
             except g.ProtocolError as exc:
                 raise ClusterLost(f"{exc} while chunks were out") from None
+            calls.heard(connection, now)
             for packet in packets:
                 self._on_packet(calls, connection, packet)
+        if now - self._checked_jobs_at >= _ECHO_SECONDS:
+            self._checked_jobs_at = now
+            self._lose_silent_jobs(now)
+
+    def _lose_silent_jobs(self, now: float) -> None:
+        """Count lost the jobs whose worker went silent (the contract sends them again)."""
+        for calls in self._calls.values():
+            for job in calls.silent_jobs(now, self._worker_silence):
+                del calls.jobs[job.connection, job.handle]
+                job.lost = (
+                    f"the gearman worker {job.worker} sent no heartbeat for {now - job.beat_at:.0f} s while "
+                    "running it (its machine is unreachable, or its process hangs)"
+                )
 
     def _on_packet(self, calls: CallConnections, connection: g.Connection, packet: g.Packet) -> None:
         arguments = packet.arguments
@@ -207,8 +294,10 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
             raise ClusterConnectionError(f"the gearman server at {connection.name} reported an error: {text}")
         job = calls.jobs.get((connection, arguments[0])) if arguments else None
         if job is None:
-            return
-        if packet.kind == g.WORK_DATA and arguments[1].startswith(jobs.STARTED):
+            return  # an echo, or news of a job that ended (a late result of a job sent again is dropped here)
+        if packet.kind == g.WORK_STATUS:
+            job.beat_at = time.monotonic()
+        elif packet.kind == g.WORK_DATA and arguments[1].startswith(jobs.STARTED):
             job.starts += 1
             job.worker = arguments[1][len(jobs.STARTED) :].decode(errors="replace")
             if job.starts > 1:
@@ -251,13 +340,14 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
                 self._control.close()
                 self._control = None
 
-    def _count_workers(self) -> None:
-        counts = [self._ask(server, g.status).get(self._function.decode(), (0, 0, 0))[2] for server in self.servers]
+    def _count_workers(self, timeout: float = g.CONNECT_SECONDS) -> None:
+        function = self._function.decode()
+        counts = [self._ask(server, g.status, timeout).get(function, (0, 0, 0))[2] for server in self.servers]
         self._nworkers, self._counted_at = max(counts), time.monotonic()
 
-    def _ask(self, server: tuple[str, int], question):
+    def _ask(self, server: tuple[str, int], question, timeout: float = g.CONNECT_SECONDS):
         try:
-            return question(server)
+            return question(server, timeout)
         except OSError as exc:
             raise ClusterConnectionError(
                 f"no gearman server answered at {server[0]}:{server[1]} (from {self._source}): {exc}. Start one with "

@@ -18,6 +18,11 @@ POOL, WORKER = b"gearman-pool", b"gearman-worker"
 CANCEL, CANCEL_CALLS, EXIT, RESTART = b"cancel", b"cancel-calls", b"exit", b"restart"
 #: The WORK_DATA a worker sends when it starts a job: ``started <worker id>``.
 STARTED = b"started "
+#: How often a worker slot sends a WORK_STATUS heartbeat while it runs a job.
+HEARTBEAT_SECONDS = 1.0
+#: A running job whose worker sent no heartbeat this long, while gearmand itself answers, is lost
+#: (the worker's machine went silent, or its process hangs); ``$GLIMPSE_SILENCE_TIMEOUT`` if shorter.
+WORKER_SILENCE_SECONDS = 10.0
 _COUNT = struct.Struct(">I")
 
 

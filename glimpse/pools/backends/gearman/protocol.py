@@ -3,7 +3,9 @@
 A binary packet is a 12-byte header (``\\0REQ`` or ``\\0RES``, a type, a length) and arguments
 separated by NUL bytes; the last argument is raw bytes and may itself contain NULs. The admin
 protocol on the same port is text: ``status``, ``workers`` (lists ending in a ``.`` line),
-``getpid``, ``version``. Every socket sets TCP_NODELAY (without it, ~40 ms per job).
+``getpid``, ``version``. Every socket sets TCP_NODELAY (without it, ~40 ms per job), and TCP
+keepalive with a user timeout (:func:`keep_alive`), so a peer on a machine that went silent
+breaks the connection in seconds, not after the ~15 minutes of the kernel's retransmissions.
 
 No gearman client on the package index holds up on Python 3 (see the README), so this is the
 package's own, like its ZeroMQ protocol.
@@ -15,6 +17,8 @@ import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from glimpse.pools.contract.watch import silence_timeout
 
 REQ, RES = b"\0REQ", b"\0RES"
 _HEADER = struct.Struct(">4sII")
@@ -47,6 +51,12 @@ ARGUMENTS = {
     JOB_ASSIGN_UNIQ: 4,
 }
 CONNECT_SECONDS = 5.0
+#: How much longer than ``$GLIMPSE_SILENCE_TIMEOUT`` a connection waits for its peer before it breaks.
+#: TCP's retransmissions back off while a network is down: after a silence of S seconds the next one
+#: may come up to S seconds after the network is back, so a blip just under the limit must survive that.
+TCP_GRACE_SECONDS = 10.0
+#: How often gearmand's keepalive (``LaunchBroker``) and ours probe an idle connection, in seconds.
+KEEPALIVE_IDLE_SECONDS, KEEPALIVE_INTERVAL_SECONDS = 10, 5
 
 
 class ProtocolError(ConnectionError):
@@ -86,10 +96,33 @@ def format_servers(servers: list[tuple[str, int]]) -> str:
 
 
 def connect(server: tuple[str, int], timeout: float = CONNECT_SECONDS) -> socket.socket:
-    """A TCP connection to a gearman server, with TCP_NODELAY; ``OSError`` if it does not answer."""
+    """A TCP connection to a gearman server, with TCP_NODELAY and :func:`keep_alive`; ``OSError`` if it
+    does not answer."""
     sock = socket.create_connection(server, timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    keep_alive(sock)
     return sock
+
+
+def peer_silence_limit() -> float:
+    """Seconds a connection waits for a silent peer before it breaks: ``$GLIMPSE_SILENCE_TIMEOUT`` plus
+    :data:`TCP_GRACE_SECONDS`, so a blip shorter than the silence limit never breaks one."""
+    return silence_timeout() + TCP_GRACE_SECONDS
+
+
+def keep_alive(sock: socket.socket) -> None:
+    """Make ``sock`` notice a peer that went silent (a machine off the network) after :func:`peer_silence_limit`:
+    keepalive probes while it is idle, and a user timeout while data it sent goes unacknowledged."""
+    limit = peer_silence_limit()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
+        ("TCP_KEEPCNT", max(1, int((limit - KEEPALIVE_IDLE_SECONDS) // KEEPALIVE_INTERVAL_SECONDS))),
+        ("TCP_USER_TIMEOUT", int(limit * 1000)),
+    ):
+        if hasattr(socket, option):  # Linux has them all; other systems some
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 class PacketReader:
@@ -136,20 +169,20 @@ def admin(server: tuple[str, int], command: str, timeout: float = CONNECT_SECOND
     return [line for line in lines if line != "."]
 
 
-def status(server: tuple[str, int]) -> dict[str, tuple[int, int, int]]:
+def status(server: tuple[str, int], timeout: float = CONNECT_SECONDS) -> dict[str, tuple[int, int, int]]:
     """Each function's (queued, running, available workers), from the admin ``status`` command."""
     table = {}
-    for line in admin(server, "status"):
+    for line in admin(server, "status", timeout):
         parts = line.split("\t")
         if len(parts) == 4 and all(part.isdigit() for part in parts[1:]):
             table[parts[0]] = (int(parts[1]), int(parts[2]), int(parts[3]))
     return table
 
 
-def worker_functions(server: tuple[str, int]) -> list[list[str]]:
+def worker_functions(server: tuple[str, int], timeout: float = CONNECT_SECONDS) -> list[list[str]]:
     """The functions each worker connection can do, from the admin ``workers`` command."""
     connections = []
-    for line in admin(server, "workers"):
+    for line in admin(server, "workers", timeout):
         _, _, functions = line.partition(" : ")
         connections.append(functions.split())
     return connections
@@ -161,7 +194,9 @@ class Connection:
     def __init__(self, server: tuple[str, int]):
         self.server = server
         self.sock = connect(server)
-        self.sock.settimeout(None)
+        # Reads wait in select(); a send to a server that went silent gives up after the silence limit
+        # (an OSError: the connection is then unusable, and closed).
+        self.sock.settimeout(silence_timeout())
         self.reader = PacketReader()
 
     @property

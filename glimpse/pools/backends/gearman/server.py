@@ -2,7 +2,10 @@
 
 gearmand retries ``bind()`` forever without a word when its port is taken, and may already run
 on this machine: a started server counts only once its admin ``getpid`` answers with the pid
-this process started. It runs in this process's group, so ending the group ends it.
+this process started. It runs in this process's group, so ending the group ends it. It probes
+idle connections (TCP keepalive), so a worker whose machine went silent is dropped and its job
+failed back to the pool after ``protocol.peer_silence_limit()`` seconds (glimpse's own heartbeats
+usually find it sooner, see ``backend.py``).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def run_gearmand(host: str, port: int, on_ready: Callable[[str], None]) -> int:
             chosen = port or _free_port(host)
             process = subprocess.Popen(
                 [gearmand, f"--listen={host}", f"--port={chosen}", "--log-file=none", "--threads=2"]
-                + ["--job-retries=1", f"--pid-file={os.path.join(folder, 'gearmand.pid')}"],
+                + ["--job-retries=1", f"--pid-file={os.path.join(folder, 'gearmand.pid')}", *keepalive_options()],
                 stdin=subprocess.DEVNULL,
             )
             try:
@@ -75,6 +78,13 @@ def run_gearmand(host: str, port: int, on_ready: Callable[[str], None]) -> int:
             f"gearmand did not start listening on {host}:{port or chosen} within {_STARTUP_SECONDS:g} s "
             "(is the port taken? gearmand retries in silence)"
         )
+
+
+def keepalive_options() -> list[str]:
+    """gearmand's options that drop a connection whose peer is silent for ``protocol.peer_silence_limit()``."""
+    idle, interval = g.KEEPALIVE_IDLE_SECONDS, g.KEEPALIVE_INTERVAL_SECONDS
+    count = max(1, int((g.peer_silence_limit() - idle) // interval))
+    return ["--keepalive", f"--keepalive-idle={idle}", f"--keepalive-interval={interval}", f"--keepalive-count={count}"]
 
 
 def _answers_with_pid(server: tuple[str, int], process: subprocess.Popen) -> bool:

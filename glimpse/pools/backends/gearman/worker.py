@@ -4,16 +4,20 @@ Each slot has, to every gearman server, one connection that can do the cluster's
 and one that can do the slot's own control function (so a cancel reaches it while it computes),
 and a task process (``worker_main``, as MulticorePool's) that runs the chunks. When a slot starts
 a job it tells the pool with a WORK_DATA ``started <slot id>``: the pool counts attempts and knows
-whom to ask to cancel. A job or control request that does not verify with the cluster key is
-failed without being unpickled.
+whom to ask to cancel. While the job runs, the slot sends a WORK_STATUS heartbeat every
+:data:`jobs.HEARTBEAT_SECONDS`, so the pool notices a worker whose machine went silent. A job or
+control request that does not verify with the cluster key is failed without being unpickled.
+Slot ids are ``host:pid:token:slot``, with a random token per process.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import select
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -32,7 +36,9 @@ _CANCELLED_CALLS_KEPT = 256
 def serve(servers: list[tuple[str, int]], nworkers: int, key: ClusterKey) -> None:
     """Run ``nworkers`` slots for the gearman servers until interrupted or told to exit."""
     signer = MessageSigner(key, jobs.WORKER, ordered=False)
-    slots = [Slot(servers, index, key, signer) for index in range(nworkers)]
+    # Machines (containers) may share a hostname and a pid: a random token keeps the slot ids apart.
+    names = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    slots = [Slot(servers, f"{names}:{index}", key, signer) for index in range(nworkers)]
     log.info(
         "%d gearman workers (pid %d) serving %s for %s",
         nworkers,
@@ -40,13 +46,14 @@ def serve(servers: list[tuple[str, int]], nworkers: int, key: ClusterKey) -> Non
         jobs.chunk_function(key).decode(),
         g.format_servers(servers),
     )
+    reconnect_at = 0.0
     try:
         while slots:
             sources = {}
             for slot in slots:
                 for source in slot.sources():
                     sources[source.fileno()] = (slot, source)
-            readable, _, _ = select.select(list(sources), [], [], _RECONNECT_SECONDS)
+            readable, _, _ = select.select(list(sources), [], [], jobs.HEARTBEAT_SECONDS)
             for fileno in readable:
                 slot, source = sources[fileno]
                 if slot not in slots or not any(source is current for current in slot.sources()):
@@ -54,8 +61,13 @@ def serve(servers: list[tuple[str, int]], nworkers: int, key: ClusterKey) -> Non
                 if not slot.on_readable(source):
                     slot.close()
                     slots.remove(slot)
+            now = time.monotonic()
             for slot in slots:
-                slot.reconnect()
+                slot.beat(now)
+            if now >= reconnect_at:
+                reconnect_at = now + _RECONNECT_SECONDS
+                for slot in slots:
+                    slot.reconnect()
     finally:
         for slot in slots:
             slot.close()
@@ -67,13 +79,14 @@ class RunningJob:
     handle: bytes
     unique: bytes
     call: bytes = b""
+    beat_at: float = 0.0
 
 
 class Slot:
     """One worker: connections to the servers and a task process that runs its chunks."""
 
-    def __init__(self, servers: list[tuple[str, int]], index: int, key: ClusterKey, signer: MessageSigner):
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{index}"
+    def __init__(self, servers: list[tuple[str, int]], slot_id: str, key: ClusterKey, signer: MessageSigner):
+        self.id = slot_id
         self.servers, self.key, self.signer = servers, key, signer
         self.work: dict[tuple[str, int], g.Connection | None] = dict.fromkeys(servers)
         self.control: dict[tuple[str, int], g.Connection | None] = dict.fromkeys(servers)
@@ -220,9 +233,18 @@ class Slot:
                 if connection is not None:
                     self._send(connection, g.PRE_SLEEP)
 
+    def beat(self, now: float) -> None:
+        """Tell the pool the running job is alive, if the last heartbeat is a heartbeat's time ago."""
+        if self.job is not None and now - self.job.beat_at >= jobs.HEARTBEAT_SECONDS:
+            self.job.beat_at = now
+            self._send(self.job.connection, g.WORK_STATUS, self.job.handle, b"0", b"0")
+
     def start(self, connection: g.Connection, handle: bytes, unique: bytes, data: bytes) -> None:
         self._send(connection, g.WORK_DATA, handle, jobs.STARTED + self.id.encode())
         self.job = RunningJob(connection, handle, unique)
+        self.beat(time.monotonic())  # the first heartbeat tells the pool this worker sends them
+        if self.job is None:
+            return  # the connection failed
         try:
             call, blob, payload, start = jobs.open_sealed(self.signer, jobs.POOL, data)
             call_id, start = call.decode(), int(start)
