@@ -4,9 +4,13 @@ copied to every host; a worker host and the scheduler going silent mid-call."""
 
 from __future__ import annotations
 
+import logging
+import shutil
+import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -29,6 +33,7 @@ ITEMS = [(i, 0.25) for i in range(160)]
 CUT_AFTER_SECONDS = 3.0
 
 pytestmark = pytest.mark.timeout(600)
+log = logging.getLogger(__name__)
 
 
 @pytest.fixture(scope="module")
@@ -128,25 +133,31 @@ def test_a_scheduler_beyond_loopback_without_tls_is_refused_naming_the_options(c
 
 @pytest.fixture
 def certificates(cluster, tmp_path):
-    """One self-signed certificate (its own CA) and its key, copied as an admin would to every host's
-    ~/.config/dask/ and to a directory of the caller's."""
+    """A self-signed certificate (its own CA) and its key, made with the docs' openssl command and
+    copied as an admin would to every host's ~/.config/dask/; their paths there and the caller's."""
     _, head, w1, w2 = cluster
-    temporary = Security.temporary()
-    texts = {"ca": temporary.tls_ca_file, "cert": temporary.tls_client_cert, "key": temporary.tls_client_key}
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make certificates as docs/machines/dask.md does")
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:3072", "-nodes", "-days", "365", "-subj", "/CN=dask"]
+        + ["-keyout", "key.pem", "-out", "cert.pem"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    texts = {name: (tmp_path / f"{name}.pem").read_text() for name in ("cert", "key")}
     for host in (head, w1, w2):
         paths = {name: host.put(f".config/dask/{name}.pem", text) for name, text in texts.items()}
-    caller = {}
-    for name, text in texts.items():
-        caller[name] = tmp_path / f"{name}.pem"
-        caller[name].write_text(text)
-        caller[name].chmod(0o600)
-    return paths, caller
+    (tmp_path / "key.pem").chmod(0o600)
+    return paths, {name: str(tmp_path / f"{name}.pem") for name in texts}
 
 
 def test_a_tls_cluster_across_hosts_serves_only_callers_with_the_certificates(cluster, certificates, tmp_path):
     pool, head, w1, w2 = cluster
     on_hosts, caller = certificates
-    options = ["--tls-ca-file", on_hosts["ca"], "--tls-cert", on_hosts["cert"], "--tls-key", on_hosts["key"]]
+    options = ["--tls-ca-file", on_hosts["cert"], "--tls-cert", on_hosts["cert"], "--tls-key", on_hosts["key"]]
     address = f"tls://{head.address}:{TLS_PORT}"
     started = [
         head.start(
@@ -162,9 +173,9 @@ def test_a_tls_cluster_across_hosts_serves_only_callers_with_the_certificates(cl
                 )
             )
         security = Security(
-            tls_ca_file=str(caller["ca"]),
-            tls_client_cert=str(caller["cert"]),
-            tls_client_key=str(caller["key"]),
+            tls_ca_file=caller["cert"],
+            tls_client_cert=caller["cert"],
+            tls_client_key=caller["key"],
             require_encryption=True,
         )
         tls_pool = _connect_when_up(address, security=security)
@@ -186,15 +197,19 @@ def test_a_tls_cluster_across_hosts_serves_only_callers_with_the_certificates(cl
 
 def test_a_silent_worker_host_loses_no_result_and_rejoins(cluster, hosts):
     pool, _, w1, w2 = cluster
-    results, cut_at, elapsed = _run_with(hosts.partition, w2, pool, heal=True, hosts=hosts)
-    assert [index for index, _ in results] == list(range(160)), "a result is missing or came twice"
-    after_cut = elapsed - cut_at
-    print(f"silent worker host: every result {after_cut:.1f} s after the cut")
-    assert after_cut < 30.0 + 160 * 0.25 / 2, f"the results took {after_cut:.0f} s after {w2.name} fell silent"
+    call = _run_with(hosts.partition, w2, pool, heal=True, hosts=hosts)
+    assert call.indices() == list(range(160)), "a result is missing or came twice"
+    log.info(
+        "silent worker host: results paused %.1f s, all in %.1f s after the cut", call.longest_pause(), call.after_cut()
+    )
+    assert call.longest_pause() < 30.0, f"no result for {call.longest_pause():.0f} s after {w2.name} fell silent"
+    assert call.after_cut() < 30.0 + 160 * 0.25 / 2, f"the results took {call.after_cut():.0f} s after the cut"
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if w2.name in set(pool.map(helpers.host_after, [0.05] * 16, chunksize=1)):
-            print(f"silent worker host: back at work {time.monotonic() - deadline + STARTUP_SECONDS:.1f} s after heal")
+            log.info(
+                "silent worker host: back at work %.1f s after heal", time.monotonic() - deadline + STARTUP_SECONDS
+            )
             return
         time.sleep(0.5)
     raise AssertionError(f"{w2.name} did not get work again within {STARTUP_SECONDS} s of its link coming back")
@@ -202,15 +217,24 @@ def test_a_silent_worker_host_loses_no_result_and_rejoins(cluster, hosts):
 
 def test_a_scheduler_silent_for_20_seconds_does_not_end_the_call(cluster, hosts):
     pool, head, *_ = cluster
-    heal = threading.Timer(CUT_AFTER_SECONDS + 20.0, hosts.heal, args=(head,))
-    heal.start()
+    healing: list[threading.Timer] = []
+
+    def silence_for_20_seconds(host: Host) -> None:
+        hosts.partition(host)
+        healing.append(threading.Timer(20.0, hosts.heal, args=(host,)))
+        healing[0].start()
+
     try:
-        results, _, elapsed = _run_with(hosts.partition, head, pool, heal=False, hosts=hosts)
+        call = _run_with(silence_for_20_seconds, head, pool, heal=False, hosts=hosts)
     finally:
-        heal.cancel()
+        for timer in healing:
+            timer.cancel()
         hosts.heal(head)
-    print(f"scheduler silent for 20 s: the call finished {elapsed:.1f} s after it started")
-    assert [index for index, _ in results] == list(range(160)), "a result is missing or came twice"
+    log.info(
+        "scheduler silent for 20 s: results paused %.1f s, the call took %.1f s", call.longest_pause(), call.elapsed
+    )
+    assert call.indices() == list(range(160)), "a result is missing or came twice"
+    assert call.longest_pause() >= 20.0, "the scheduler's silence did not stop the results: the test proves nothing"
 
 
 def test_a_silent_scheduler_ends_the_call_with_cluster_lost_within_30_seconds(cluster, hosts):
@@ -226,29 +250,49 @@ def test_a_silent_scheduler_ends_the_call_with_cluster_lost_within_30_seconds(cl
     finally:
         cut.cancel()
         hosts.heal(head)
-    print(f"silent scheduler: ClusterLostError {lost_after:.1f} s after the cut")
+    log.info("silent scheduler: ClusterLostError %.1f s after the cut", lost_after)
     assert lost_after < 30.0
 
 
-def _run_with(action, host: Host, pool, heal: bool, hosts: Hosts):
-    """Run the issue's call, doing ``action(host)`` a few seconds in; its results, when the action
-    happened and how long the call took (from its start)."""
-    results = []
-    acted = {}
+@dataclass
+class _Call:
+    """What :func:`_run_with` saw: each result with when it came (seconds from the call's start)."""
+
+    results: list = field(default_factory=list)
+    arrivals: list = field(default_factory=list)
+    cut_at: float = CUT_AFTER_SECONDS
+    elapsed: float = 0.0
+
+    def indices(self) -> list[int]:
+        return [index for index, _ in self.results]
+
+    def after_cut(self) -> float:
+        return self.elapsed - self.cut_at
+
+    def longest_pause(self) -> float:
+        """The longest time without a result from the cut on."""
+        times = [self.cut_at] + [t for t in self.arrivals if t > self.cut_at] + [self.elapsed]
+        return max(later - earlier for earlier, later in zip(times, times[1:], strict=False))
+
+
+def _run_with(action, host: Host, pool, heal: bool, hosts: Hosts) -> _Call:
+    """Run the issue's call, doing ``action(host)`` a few seconds in."""
+    call = _Call()
+    started = time.monotonic()
 
     def act():
-        acted["at"] = time.monotonic()
+        call.cut_at = time.monotonic() - started
         action(host)
 
     timer = threading.Timer(CUT_AFTER_SECONDS, act)
-    started = time.monotonic()
     timer.start()
     try:
         for result in pool.imap(helpers.index_and_host_after, ITEMS, chunksize=1):
-            results.append(result)
-        elapsed = time.monotonic() - started
+            call.results.append(result)
+            call.arrivals.append(time.monotonic() - started)
+        call.elapsed = time.monotonic() - started
     finally:
         timer.cancel()
         if heal:
             hosts.heal(host)
-    return results, acted.get("at", started + CUT_AFTER_SECONDS) - started, elapsed
+    return call
