@@ -19,7 +19,6 @@ pytest.importorskip("zmq")
 psutil = pytest.importorskip("psutil")
 
 from glimpse.pools import ClusterConnectionError, ClusterLostError, NoWorkersError, WorkerLostError, cli  # noqa: E402
-from glimpse.pools.backends.zmq import protocol as zmq_protocol  # noqa: E402
 from glimpse.pools.backends.zmq.backend import ZmqBackend  # noqa: E402
 from glimpse.pools.security import resolve_key  # noqa: E402
 from glimpse.pools.zmq_cluster import ADDRESS_VARIABLE, MakePool, RunMain  # noqa: E402
@@ -171,9 +170,10 @@ def test_broker_death_mid_call_is_a_clear_error(small_cluster, tmp_path):
     results = pool.imap(helpers.held_until_released, [0, ("hold", str(tmp_path / "never"))], chunksize=1)
     assert next(results) == 0
     killed_at = _when_busy(small_cluster.address, lambda: os.killpg(small_cluster.broker.pid, signal.SIGKILL))
-    with pytest.raises(ClusterLostError, match=rf"{small_cluster.address} stopped answering.*delivered 1 results"):
+    lost = rf"nothing listens at {small_cluster.address} any more.*delivered 1 results"
+    with pytest.raises(ClusterLostError, match=lost):
         next(results)
-    assert time.monotonic() - killed_at < 30
+    assert time.monotonic() - killed_at < 15, "a broker whose port refuses connections was waited for"
     pool.close()
 
 
@@ -194,7 +194,7 @@ def test_embedded_broker_death_mid_call_is_a_clear_error_at_once(no_address, tmp
 
 
 def test_pool_idle_longer_than_the_broker_timeout_still_works(zmq_external_cluster, monkeypatch, tmp_path):
-    monkeypatch.setattr(zmq_protocol, "BROKER_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setenv("GLIMPSE_SILENCE_TIMEOUT", "1")
     with MakePool(zmq_external_cluster.address) as pool:
         assert pool.map(helpers.times_ten, [1]) == [10]
         time.sleep(1.5)

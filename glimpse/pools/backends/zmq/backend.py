@@ -3,8 +3,11 @@
 ``submit`` sends a chunk message, ``wait`` polls the socket and records outcomes by task id,
 ``cancel`` sends a cancel message. The function goes to the broker once per call, with the
 call's first chunk; workers get it from there. A broker that stops answering while chunks are
-out is an error, not a hang; a chunk the broker no longer knows (it restarted, or a reply was
-dropped) is lost and re-sent.
+out is an error, not a hang: at once if nothing listens at its address any more, after
+``$GLIMPSE_SILENCE_TIMEOUT`` seconds if it is silent (a blip shorter than that does not end the
+call; when the broker's port answers again the pool opens a new connection rather than wait
+for TCP's backed-off retransmissions). A chunk the broker no longer knows (it restarted, a reply
+was dropped, or the connection was replaced) is lost and re-sent.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from glimpse.pools.backends.zmq import protocol as p
 from glimpse.pools.backends.zmq.pool_pipe import PoolPipe
 from glimpse.pools.backends.zmq.signed_socket import PeerSocket
 from glimpse.pools.cluster.embedded import OwnsEmbeddedCluster
+from glimpse.pools.cluster.reachability import head_silent, tcp_answers
 from glimpse.pools.contract.backend import Backend, Call, Chunk, ClusterLost, Health, TrackedChunk
+from glimpse.pools.contract.watch import SILENCE_VARIABLE, silence_timeout
 from glimpse.pools.errors import AuthenticationError, ClusterConnectionError
 from glimpse.pools.security import ClusterKey, MessageSigner
 
@@ -65,16 +70,13 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
         self.key = key
         self._source = source
         # A name of its own keeps replies coming to this pool after the connection drops and comes back.
-        routing_id = f"pool-{uuid.uuid4().hex}".encode()
+        self._routing_id = f"pool-{uuid.uuid4().hex}".encode()
         self._socket: PeerSocket | PoolPipe | None
         if cluster is not None and cluster.pool_end is not None:
             self._socket = PoolPipe(cluster.pool_end, self.address)
         else:
-            self._socket = PeerSocket(
-                p.dealer(zmq.Context.instance(), self.address, routing_id, bounded=False),
-                MessageSigner(key, routing_id),
-                self.address,
-            )
+            self._socket = self._peer_socket(MessageSigner(key, self._routing_id))
+        self._silence_limit = silence_timeout()
         self._jobs: dict[bytes, SentChunk] = {}
         self._calls: dict[str, bytes] = {}
         self._function_due: set[str] = set()  # calls whose function goes with their next chunk
@@ -136,7 +138,15 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
             self._receive_available()
 
     def health(self) -> Health:
-        # The broker's liveness is checked on every wait (_check_broker); its PONGs count the workers.
+        # Pings go out on every wait (_check_broker) and their PONGs count the workers; only a broker
+        # that has left them unanswered for a while is probed.
+        unanswered = self._unanswered_since
+        if unanswered is not None and time.monotonic() - unanswered > p.RECONNECT_SECONDS:
+            if head_silent(self.address):
+                return Health(self._nworkers, silent=f"the glimpse zmq broker at {self.address} does not answer")
+            if not tcp_answers(self.address):
+                return Health(0, lost=f"nothing listens at {self.address} any more: the glimpse zmq broker stopped")
+            self._reconnect()
         return Health(
             self._nworkers,
             address=self.address,
@@ -225,20 +235,37 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
         return self._replies.pop(reply)
 
     def _check_broker(self) -> None:
-        """Ping a broker that has been quiet; raise if pings stayed unanswered too long.
+        """Ping a broker that has been quiet; raise if pings stayed unanswered for ``$GLIMPSE_SILENCE_TIMEOUT``.
 
         Silence counts from the first unanswered ping, not from the last message, so a consumer
         that takes long between results (or a pool idle between calls) is not mistaken for a dead broker.
         """
         now = time.monotonic()
-        if self._unanswered_since is not None and now - self._unanswered_since > p.BROKER_TIMEOUT_SECONDS:
+        if self._unanswered_since is not None and now - self._unanswered_since > self._silence_limit:
             raise ClusterLost(
                 f"the glimpse zmq broker at {self.address} stopped answering "
-                f"({now - self._unanswered_since:.0f} s without a reply) while {len(self._jobs)} chunks were out; "
-                "it was stopped or is unreachable"
+                f"({now - self._unanswered_since:.0f} s without a reply, ${SILENCE_VARIABLE}={self._silence_limit:g}) "
+                f"while {len(self._jobs)} chunks were out; it was stopped or is unreachable"
             )
         if now - self._heard_at > p.HEARTBEAT_SECONDS:
             self._ping(now)
+
+    def _peer_socket(self, signer: MessageSigner) -> PeerSocket:
+        return PeerSocket(
+            p.dealer(zmq.Context.instance(), self.address, self._routing_id, bounded=False), signer, self.address
+        )
+
+    def _reconnect(self) -> None:
+        """A new connection under the same name (the broker hands it over): what the old one held is dropped,
+        and the next PONG says which chunks the broker no longer has."""
+        old = self._socket
+        if not isinstance(old, PeerSocket):
+            return
+        log.info("the glimpse zmq broker at %s answers again; reconnecting", self.address)
+        self._socket = self._peer_socket(old.signer)
+        old.close(linger=0)
+        self._pinged_at = 0.0
+        self._ping(time.monotonic())
 
     def _ping(self, now: float) -> None:
         """Send a PING (at most once a heartbeat); its PONG counts workers and reconciles chunks."""

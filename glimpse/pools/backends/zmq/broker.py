@@ -49,6 +49,7 @@ def serve(
     socket.sndhwm = 0
     socket.rcvhwm = 0
     socket.maxmsgsize = p.MAX_FRAME_BYTES
+    p.keep_alive(socket)
     # Workers name themselves; a worker that reconnects (after a network blip) keeps its name.
     socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
     try:
@@ -119,6 +120,8 @@ class Broker:
         self.jobs: dict[tuple[bytes, bytes], QueuedChunk] = {}
         self.running: dict[int, QueuedChunk] = {}
         self.functions: dict[bytes, tuple[bytes, bytes | Tagged]] = {}
+        #: When each worker this broker did not know was last told to start over.
+        self.resets: dict[bytes, float] = {}
         self.next_job = 0
         self.handlers = {
             p.HELLO: self.on_hello,
@@ -355,10 +358,23 @@ class Broker:
     def on_heartbeat(self, sender: bytes, info: bytes) -> None:
         worker = self.workers.get(sender)
         if worker is None:
-            # A worker this broker does not know (the broker restarted, or expired it): start over.
-            self.send(sender, p.RESET)
+            self.reset(sender)
             return
         worker.info = p.from_json(info)
+
+    def reset(self, sender: bytes) -> None:
+        """Tell a worker this broker does not know (it restarted, or expired it) to start over: once.
+
+        After a network blip a worker's heartbeats arrive in a burst; a RESET for each would make it
+        start over again and again, and each time lose the chunk it had been handed since.
+        """
+        now = time.monotonic()
+        if now - self.resets.get(sender, -p.WORKER_TIMEOUT_SECONDS) < p.WORKER_TIMEOUT_SECONDS:
+            return
+        for name in [name for name, at in self.resets.items() if now - at >= p.WORKER_TIMEOUT_SECONDS]:
+            del self.resets[name]
+        self.resets[sender] = now
+        self.send(sender, p.RESET)
 
     def on_result(self, sender: bytes, job_number: bytes, outcome: bytes) -> None:
         job = self.finish(sender, job_number)

@@ -28,7 +28,10 @@ own process (``LaunchBroker --nworkers``) exchange the same worker messages thro
 queues instead (``local_slots.py``), and the pool that started an embedded broker the same pool
 messages through a socket pair (``pool_pipe.py``): neither leaves the two processes, so neither is signed.
 
-Pools and workers name their sockets, so replies still reach them after a reconnection. A PONG
+Pools and workers name their sockets (a worker slot ``host:pid:token:slot``, the token random per
+process, since machines may share a hostname and a pid), so replies still reach them after a
+reconnection; every TCP connection sends keepalive probes and breaks after
+:func:`peer_silence_limit` seconds of a silent peer, and then reconnects. A PONG
 lists the tasks the broker holds for the pool among those up to ``last_task``: any other task
 of the pool that is unanswered was lost (the broker restarted, or a reply was dropped).
 """
@@ -39,6 +42,8 @@ import json
 import os
 
 import zmq
+
+from glimpse.pools.contract.watch import silence_timeout
 
 VERSION = b"glimpse-zmq-5"
 
@@ -60,8 +65,16 @@ FUNCTIONS_KEPT = 4
 HEARTBEAT_SECONDS = 1.0
 #: A worker silent this long is lost, with the chunk it was running.
 WORKER_TIMEOUT_SECONDS = 5.0
-#: A broker silent this long while a pool waits for chunks is gone: the pool raises.
+#: How long a pool waits for the broker to answer a request (LIST, KILL, RESTART) outside a call; mid-call
+#: a silent broker ends the call after ``$GLIMPSE_SILENCE_TIMEOUT`` (``glimpse.pools.contract.watch``).
 BROKER_TIMEOUT_SECONDS = 10.0
+#: A pool whose pings go unanswered this long while the broker's port accepts connections opens a new
+#: connection (after a network blip, TCP's backed-off retransmissions on the old one may take as long again).
+RECONNECT_SECONDS = 3.0
+#: How much longer than ``$GLIMPSE_SILENCE_TIMEOUT`` a TCP connection waits for a silent peer before it
+#: breaks (ZeroMQ then reconnects): a blip shorter than the silence limit never breaks one.
+TCP_GRACE_SECONDS = 10.0
+_KEEPALIVE_IDLE_SECONDS, _KEEPALIVE_INTERVAL_SECONDS = 10, 5
 #: How long a pool waits for the broker to answer its first message.
 CONNECT_SECONDS = 8.0
 DEFAULT_PORT = 5555
@@ -97,6 +110,25 @@ def normalize_address(address: str) -> str:
     return text
 
 
+def peer_silence_limit() -> float:
+    """Seconds a TCP connection waits for a silent peer before it breaks (``$GLIMPSE_SILENCE_TIMEOUT`` + 10)."""
+    return silence_timeout() + TCP_GRACE_SECONDS
+
+
+def keep_alive(socket: zmq.Socket) -> None:
+    """TCP keepalive probes while ``socket``'s connections are idle, and a limit on unacknowledged data
+    (``TCP_USER_TIMEOUT``), so a connection to a machine that went silent breaks after
+    :func:`peer_silence_limit` instead of the ~15 minutes of the kernel's retransmissions."""
+    limit = peer_silence_limit()
+    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, _KEEPALIVE_IDLE_SECONDS)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, _KEEPALIVE_INTERVAL_SECONDS)
+    socket.setsockopt(
+        zmq.TCP_KEEPALIVE_CNT, max(1, int((limit - _KEEPALIVE_IDLE_SECONDS) // _KEEPALIVE_INTERVAL_SECONDS))
+    )
+    socket.setsockopt(zmq.TCP_MAXRT, int(limit * 1000))
+
+
 def dealer(context: zmq.Context, address: str, routing_id: bytes, bounded: bool = True) -> zmq.Socket:
     """A DEALER socket named ``routing_id``, connected to the broker at ``address``, that never blocks on close.
 
@@ -107,6 +139,7 @@ def dealer(context: zmq.Context, address: str, routing_id: bytes, bounded: bool 
     socket = context.socket(zmq.DEALER)
     socket.linger = 0
     socket.routing_id = routing_id
+    keep_alive(socket)
     if not bounded:
         socket.rcvhwm = 0
         socket.sndhwm = 0

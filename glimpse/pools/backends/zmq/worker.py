@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import secrets
 import socket
 import time
 from collections import OrderedDict
@@ -29,6 +30,8 @@ from glimpse.pools.security import ClusterKey, MessageSigner
 log = logging.getLogger(__name__)
 
 _CLOSE_LINGER_MS = 500
+#: Machines (containers) may share a hostname and a pid: a random token keeps their slots' names apart.
+_PROCESS_TOKEN = secrets.token_hex(4)
 
 
 def _start_child() -> ChildProcess:
@@ -77,8 +80,8 @@ def serve(address: str, nworkers: int, key: ClusterKey) -> None:
 
 
 def slot_name(index: int) -> bytes:
-    """The name slot ``index`` of this process goes by at the broker: ``host:pid:index``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{index}".encode()
+    """The name slot ``index`` of this process goes by at the broker: ``host:pid:token:index``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_PROCESS_TOKEN}:{index}".encode()
 
 
 @dataclass(eq=False)
