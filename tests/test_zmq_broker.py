@@ -239,6 +239,20 @@ def test_a_silent_worker_is_dropped_and_its_chunk_reported_lost(context, broker)
     assert not broker.workers
 
 
+def test_a_burst_of_heartbeats_from_an_unknown_worker_gets_one_reset(context, broker):
+    """After a blip a dropped worker's heartbeats arrive together: one RESET, or it starts over once per
+    heartbeat and loses each chunk it was handed in between."""
+    worker = _peer(context, b"w1")
+    for _ in range(5):
+        worker.send_multipart([p.HEARTBEAT, p.to_json({"pid": 1, "host": "here"})])
+    _deliver(broker)
+    assert len(_all(worker, p.RESET)) == 1
+    broker.resets[b"w1"] -= p.WORKER_TIMEOUT_SECONDS
+    worker.send_multipart([p.HEARTBEAT, p.to_json({"pid": 1, "host": "here"})])
+    _deliver(broker)
+    assert len(_all(worker, p.RESET)) == 1, "a worker still unknown later was not told again"
+
+
 def test_a_ping_lists_the_chunks_the_broker_holds_for_that_pool(context, broker):
     pool, other = _peer(context, b"pool-1"), _peer(context, b"pool-2")
     for sender, task in ((pool, b"1"), (pool, b"2"), (other, b"9")):
