@@ -224,6 +224,32 @@ def test_unreachable_address_is_a_clear_error(unreachable_address, capsys):
     assert unreachable_address in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1"])
+def test_a_scheduler_beyond_loopback_needs_tls_or_insecure(host, capsys):
+    assert RunMain(["LaunchBroker", "--host", host]) == 1
+    err = capsys.readouterr().err
+    assert f"--host {host}" in err and "--tls-ca-file" in err and "openssl" in err and "--insecure" in err, err
+
+
+def test_workers_listen_on_loopback_for_a_scheduler_on_loopback_and_are_told_otherwise():
+    from glimpse.pools.backends.dask.launch import address_reaching
+
+    assert address_reaching("tcp://127.0.0.1:8786") == "127.0.0.1"
+    assert address_reaching("tls://localhost:8786") == "127.0.0.1"
+    with pytest.raises(ValueError, match="--host"):
+        address_reaching("tcp://no-such-host.invalid:8786")
+
+
+def test_workers_start_again_only_when_they_lost_their_scheduler():
+    from glimpse.pools.backends.dask.compat import closed_for_lost_scheduler
+
+    stopping = "2026-12-07 06:47:32,206 - distributed.worker - INFO - Stopping worker at tcp://10.0.0.3:42815. Reason: "
+    assert closed_for_lost_scheduler(stopping + "worker-handle-scheduler-connection-broken\n")
+    assert closed_for_lost_scheduler(stopping + "worker-heartbeat-missing\n")
+    assert not closed_for_lost_scheduler(stopping + "scheduler-close\n")  # retired: KillWorkers
+    assert not closed_for_lost_scheduler(stopping + "signal-15\n")
+
+
 def test_bad_verb_exits_non_zero(capsys):
     with pytest.raises(SystemExit) as exited:
         RunMain(["Nope"])
