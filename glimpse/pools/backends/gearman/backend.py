@@ -32,7 +32,7 @@ from collections.abc import Collection
 from glimpse.pools.backends.gearman import jobs
 from glimpse.pools.backends.gearman import protocol as g
 from glimpse.pools.cluster.embedded import OwnsEmbeddedCluster
-from glimpse.pools.cluster.reachability import PROBE_SECONDS, head_silent
+from glimpse.pools.cluster.reachability import head_silent
 from glimpse.pools.contract.backend import Backend, Call, Chunk, ClusterLost, Health, TrackedChunk
 from glimpse.pools.contract.watch import silence_timeout
 from glimpse.pools.errors import ClusterConnectionError
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 _WORKERS_FRESH_SECONDS = 1.0
 #: Mid-call, a worker count that failed (gearmand silent) is not asked again for this long.
 _COUNT_RETRY_SECONDS = 5.0
+#: How long a health probe waits for gearmand to accept a connection (on a network it takes milliseconds):
+#: short, so that the call watch looks often enough to end a silent call close to the silence limit.
+_PROBE_SECONDS = 1.0
 #: How often a call's connections ask gearmand for an echo, and how long without any answer means it is silent.
 _ECHO_SECONDS, _SERVER_QUIET_SECONDS = 1.0, 3.0
 
@@ -145,7 +148,7 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
             elif not self._silent:
                 # Mid-call a silent gearmand is the call watch's to judge (health): keep the last count.
                 try:
-                    self._count_workers(timeout=PROBE_SECONDS)
+                    self._count_workers(timeout=_PROBE_SECONDS)
                 except ClusterConnectionError:
                     self._counted_at = time.monotonic() + _COUNT_RETRY_SECONDS
         return max(1, self._nworkers)
@@ -183,14 +186,14 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
             (
                 f"the gearman server at {host}:{port} does not answer"
                 for host, port in self.servers
-                if head_silent(f"{host}:{port}")
+                if head_silent(f"{host}:{port}", timeout=_PROBE_SECONDS)
             ),
             None,
         )
         if self._silent:
             return Health(self._nworkers, silent=self._silent, address=self.address)
         try:
-            self._count_workers(timeout=PROBE_SECONDS)
+            self._count_workers(timeout=_PROBE_SECONDS)
         except ClusterConnectionError as exc:
             return Health(0, lost=str(exc), address=self.address)
         return Health(self._nworkers, address=self.address, start_workers=self._start_workers_hint())
@@ -212,7 +215,7 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
         # A job gearmand handed out before it saw the disconnect still runs: every slot of this key
         # stops the calls' running chunk and fails any of their jobs it is handed later.
         try:
-            workers = self.worker_ids(timeout=PROBE_SECONDS)
+            workers = self.worker_ids(timeout=_PROBE_SECONDS)
         except ClusterConnectionError as exc:
             log.warning("could not reach gearmand to cancel the chunks still running: %s", exc)
             return
