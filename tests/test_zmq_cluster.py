@@ -177,6 +177,23 @@ def test_broker_death_mid_call_is_a_clear_error(small_cluster, tmp_path):
     pool.close()
 
 
+def test_a_hung_broker_is_a_cluster_lost_error_after_the_silence_timeout(small_cluster, tmp_path, monkeypatch):
+    # Its port still accepts connections (the kernel answers for a stopped process): only the silence tells.
+    monkeypatch.setenv("GLIMPSE_SILENCE_TIMEOUT", "4")
+    pool = MakePool(small_cluster.address)
+    results = pool.imap(helpers.held_until_released, [0, ("hold", str(tmp_path / "never"))], chunksize=1)
+    assert next(results) == 0
+    stopped_at = _when_busy(small_cluster.address, lambda: os.killpg(small_cluster.broker.pid, signal.SIGSTOP))
+    try:
+        with pytest.raises(ClusterLostError, match=rf"{small_cluster.address} stopped answering.*delivered 1 results"):
+            next(results)
+        waited = time.monotonic() - stopped_at
+    finally:
+        os.killpg(small_cluster.broker.pid, signal.SIGCONT)
+    assert 4 <= waited < 15, f"ClusterLostError {waited:.1f} s after the broker stopped ($GLIMPSE_SILENCE_TIMEOUT=4)"
+    pool.close()
+
+
 def test_embedded_broker_death_mid_call_is_a_clear_error_at_once(no_address, tmp_path):
     # The pool talks to the broker it started through a socket pair: its end closing is news at once.
     pool = MakePool(workers=1)

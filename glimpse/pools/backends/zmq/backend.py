@@ -86,7 +86,7 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
         self._nworkers = 0
         self._counted_at = 0.0
         self._heard_at = time.monotonic()
-        self._pinged_at = 0.0
+        self._pinged_at = self._reconnected_at = 0.0
         self._unanswered_since: float | None = None
         self._replies: dict[bytes, list] = {}
         self._connect()
@@ -140,13 +140,15 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
     def health(self) -> Health:
         # Pings go out on every wait (_check_broker) and their PONGs count the workers; only a broker
         # that has left them unanswered for a while is probed.
-        unanswered = self._unanswered_since
-        if unanswered is not None and time.monotonic() - unanswered > p.RECONNECT_SECONDS:
+        now, unanswered = time.monotonic(), self._unanswered_since
+        if unanswered is not None and now - unanswered > p.RECONNECT_SECONDS:
             if head_silent(self.address):
                 return Health(self._nworkers, silent=f"the glimpse zmq broker at {self.address} does not answer")
             if not tcp_answers(self.address):
                 return Health(0, lost=f"nothing listens at {self.address} any more: the glimpse zmq broker stopped")
-            self._reconnect()
+            if now - self._reconnected_at > p.RECONNECT_SECONDS:  # a hung broker's port answers too
+                self._reconnected_at = now
+                self._reconnect()
         return Health(
             self._nworkers,
             address=self.address,
