@@ -141,6 +141,16 @@ def index_and_host_after(item):
     return index, socket.gethostname()
 
 
+def hosts_of_a_map_inside(item):
+    """``item`` is ``(pool, count)``: on a worker, map ``count`` short items over ``pool`` (a pool
+    pickled into this task) and return the hosts that ran them."""
+    pool, count = item
+    try:
+        return sorted(set(pool.map(host_after, [0.05] * count, chunksize=1)))
+    finally:
+        pool.close()
+
+
 def host_variable_after(item):
     """Sleep ``item`` seconds; return ``$HOSTNAME`` as its test host set it (hosts that all renamed
     themselves to one hostname still differ here)."""

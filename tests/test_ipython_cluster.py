@@ -358,3 +358,22 @@ def _wait_for_engines(options: list[str], capsys, count: int, replacing=None, ti
             return engines
         assert time.monotonic() < deadline, f"{count} engine(s) did not register within {timeout:.0f}s: {engines}"
         time.sleep(0.5)
+
+
+# -- across machines -------------------------------------------------------------------------------
+
+
+def test_launch_broker_listens_on_one_address_only(capsys):
+    assert RunMain(["LaunchBroker", "--host", "0.0.0.0"]) == 1
+    assert "--host must be one address of this machine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("silence", "misses"), [("25", 24), ("10", 9), ("0.5", 1)])
+def test_the_controllers_heart_monitor_waits_out_the_silence_timeout(silence, misses, monkeypatch):
+    from glimpse.pools.backends.ipython import heartbeat
+
+    monkeypatch.setenv("GLIMPSE_SILENCE_TIMEOUT", silence)
+    assert heartbeat.controller_options() == [
+        f"--HeartMonitor.period={heartbeat.PERIOD_MS}",
+        f"--HeartMonitor.max_heartmonitor_misses={misses}",
+    ]

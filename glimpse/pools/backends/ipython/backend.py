@@ -6,8 +6,11 @@ made from its content, and each chunk refers to it with ``ipyparallel.Reference`
 functions stay there, so calling one again sends it nowhere. As ipyparallel's own ``map`` does,
 the chunk runner is pickled once, and a chunk's outcome is unpickled in the client's IO thread the
 moment it arrives, while the caller waits for the others. An engine
-that died (``EngineError``) loses the chunks it held, running or queued; a cancelled chunk is aborted
-if queued, and the engine running it gets SIGUSR2 (through the engine's nanny), which ends it.
+that died (``EngineError``) loses the chunks it held, running or queued, and so does one the
+controller unregistered (silent for its heartbeat limit: see ``heartbeat``), at once; a cancelled
+chunk is aborted if queued, and the engine running it gets SIGUSR2 (through the engine's nanny),
+which ends it. A controller that does not answer at all is ``silent`` to the call, not lost: the
+call waits ``$GLIMPSE_SILENCE_TIMEOUT`` for it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ipyparallel import error as ipp_error
 
 from glimpse.pools.backends.ipython import compat
 from glimpse.pools.backends.ipython.booking import EngineBooking
-from glimpse.pools.cluster.reachability import tcp_answers
+from glimpse.pools.cluster.reachability import head_silent, tcp_answers
 from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, Health
 from glimpse.pools.contract.out_of_band import Unpickled
 from glimpse.pools.contract.worker_runner import run_chunk
@@ -77,6 +80,7 @@ class IPythonBackend(Backend):
         self._shared: dict[str, _Shared] = {}  # by call id, while the call runs
         self._cancelled: set = set()
         self._engine_ids: dict[str, int] = {}
+        self._controller_silent = False  # as the last health() found it
         self._runner = compat.prepickled(_run_interruptibly)
         self._direct_view = client.direct_view() if cluster is not None else None
         self._booking = EngineBooking(lambda: self._client.ids, self._send_to) if cluster is not None else None
@@ -86,10 +90,11 @@ class IPythonBackend(Backend):
 
     def health(self) -> Health:
         address = compat.controller_address(self._client)
+        self._controller_silent = bool(address) and head_silent(address)
+        if self._controller_silent:
+            return Health(0, silent=f"the IPython controller at {address} does not answer (its machine is unreachable)")
         if address and not tcp_answers(address):
-            return Health(
-                0, lost=f"the IPython controller at {address} does not answer (it stopped, or is unreachable)"
-            )
+            return Health(0, lost=f"the IPython controller at {address} does not answer (it stopped)")
         return Health(
             len(self._client.ids),
             address=address or "the IPython controller",
@@ -126,12 +131,14 @@ class IPythonBackend(Backend):
         engines = set(self._client.ids)
         for shared in self._shared.values():
             self._push(shared, engines)
+        self._lose_tasks_of_unregistered_engines(handles)
         tasks = {task.decoded: task for task in handles}
         done = self._wait_for_any(tasks, timeout)
+        self._controller_silent &= not done
         finished = []
         for decoded in done:
             task = tasks[decoded]
-            engine = _engine_without_function(task)
+            engine = None if task.lost_on else _engine_without_function(task)
             if engine is None or task.resends >= _MAX_RESENDS:
                 finished.append(task)
                 continue
@@ -163,6 +170,12 @@ class IPythonBackend(Backend):
 
     def outcome(self, handle: _Task) -> Unpickled | bytes:
         try:
+            if handle.lost_on is not None:
+                engine = _engine_named_by(None, self._engine_ids, uuid=handle.lost_on)
+                raise ChunkLost(
+                    f"ipyparallel engine {engine} held the chunk when the controller unregistered it "
+                    "(it died, or stopped answering the controller's heartbeats)"
+                )
             failure = _failure_of(handle.future)
             if isinstance(failure, ipp_error.KernelError):  # an engine's error, its death, an abort
                 raise self._engine_failure(failure, handle.engine) from None
@@ -183,6 +196,8 @@ class IPythonBackend(Backend):
         with contextlib.suppress(ipp_error.NoEnginesRegistered):
             self._client.abort([future.msg_id for future in futures], block=False)
         self._cancelled.update(futures)
+        if self._controller_silent:  # it cannot say which engines run them; wait() signals them later
+            return
         deadline = time.monotonic() + LOCATE_SECONDS
         while self._interrupt_cancelled() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -297,6 +312,28 @@ class IPythonBackend(Backend):
                 continue  # an engine unregistered between the two looks
         return None
 
+    def _lose_tasks_of_unregistered_engines(self, tasks) -> None:
+        """Mark lost, now, the tasks running on engines the controller has unregistered.
+
+        Through the task scheduler, ipyparallel reports such a task lost only 5 s after the engine
+        left (its result might still be on the way); the client learns which engine runs a task
+        from the engine's first message about it. Chunks the pool sent straight to an engine the
+        client reports lost itself, at once.
+        """
+        gone = self._engine_ids.keys() - compat.engine_ids_by_uuid(self._client).keys()
+        if not gone:
+            return
+        for task in tasks:
+            if task.future is None or task.decoded.done():
+                continue
+            uuid = self._client.metadata.get(task.future.msg_id, {}).get("engine_uuid")
+            if uuid in gone:
+                try:
+                    task.decoded.set_result(None)
+                except concurrent.futures.InvalidStateError:  # its outcome came just now
+                    continue
+                task.lost_on = uuid
+
     def _remember_engines(self) -> None:
         # A dead engine's id is gone from the client when its loss is reported; keep the names.
         self._engine_ids.update(compat.engine_ids_by_uuid(self._client))
@@ -310,15 +347,16 @@ class IPythonBackend(Backend):
 
 class _Task:
     """A submitted chunk: its arguments, its current ipyparallel task, the outcome unpickled once
-    that task is done (``decoded``), the engine the pool sent it to if it chose one, its re-sends
+    that task is done (``decoded``), the engine the pool sent it to if it chose one, the uuid of
+    the unregistered engine it was lost on (``lost_on``), its re-sends
     after a missing function, whether the call sent it again after losing it (``resent``), and
     whether it was cancelled."""
 
-    __slots__ = ("shared", "args", "future", "decoded", "engine", "resends", "resent", "cancelled")
+    __slots__ = ("shared", "args", "future", "decoded", "engine", "lost_on", "resends", "resent", "cancelled")
 
     def __init__(self, shared: _Shared, args: tuple):
         self.shared, self.args = shared, args
-        self.future = self.decoded = self.engine = None
+        self.future = self.decoded = self.engine = self.lost_on = None
         self.resends = 0
         self.resent = self.cancelled = False
 
@@ -329,17 +367,26 @@ def _decode_when_done(decoded: concurrent.futures.Future, future) -> None:
     An outcome that does not unpickle is left as bytes, for the caller to fail on and report; a
     task that failed is marked done with nothing, and ``outcome()`` reads its error from ``future``.
     """
+    if decoded.done():  # lost already, when its engine was unregistered
+        return
     try:
         raw = future.result()
     except BaseException:  # the client closed, or the future was cancelled
         raw = None
     if type(raw) is not bytes:  # anything else is an error ipyparallel put there
-        decoded.set_result(None)
+        _settle(decoded, None)
         return
     try:
-        decoded.set_result(Unpickled(pickle.loads(raw), len(raw)))
+        value = Unpickled(pickle.loads(raw), len(raw))
     except Exception:
-        decoded.set_result(raw)
+        value = raw
+    _settle(decoded, value)
+
+
+def _settle(decoded: concurrent.futures.Future, value) -> None:
+    """Set a task's outcome, unless the caller marked it lost meanwhile (its engine was unregistered)."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        decoded.set_result(value)
 
 
 def _store(name: str, blob: bytes) -> None:
@@ -393,9 +440,11 @@ def _engine_without_function(task: _Task) -> int | None:
     return None
 
 
-def _engine_named_by(exc: BaseException, engine_ids: dict[str, int], sent_to: int | None = None) -> str:
+def _engine_named_by(
+    exc: BaseException | None, engine_ids: dict[str, int], sent_to: int | None = None, uuid: str | None = None
+) -> str:
     info = getattr(exc, "engine_info", None) or {}
-    uuid = info.get("engine_uuid") or _uuid_in(str(getattr(exc, "evalue", "")))
+    uuid = uuid or info.get("engine_uuid") or _uuid_in(str(getattr(exc, "evalue", "")))
     engine = info.get("engine_id")
     if engine is None:
         engine = engine_ids.get(uuid, sent_to)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from glimpse.pools.backends.ipython import heartbeat
 from glimpse.pools.backends.ipython.connection import (
     CONTROLLER_OPTIONS,
     ENVIRONMENT,
@@ -39,7 +40,8 @@ def RunMain(argv: Sequence[str] | None = None) -> int:
 
 def _launch_broker(args) -> int:
     connection = _connection(args)
-    controller = [sys.executable, "-m", "ipyparallel.controller", "--ip=127.0.0.1", *CONTROLLER_OPTIONS]
+    controller = [sys.executable, "-m", "ipyparallel.controller", *_listen_options(args.host)]
+    controller += [*CONTROLLER_OPTIONS, *heartbeat.controller_options()]
     return _run_foreground([[*controller, *_options(connection)]])
 
 
@@ -83,7 +85,16 @@ def _restart_workers(args) -> int:
 
 VERBS: dict[str, Verb] = {
     "LaunchBroker": Verb(
-        "run a controller on 127.0.0.1 in the foreground, keeping no task records (--nodb)", _launch_broker
+        "run a controller in the foreground, keeping no task records (--nodb); it writes the connection "
+        "files engines and callers need into the profile's security/ directory, and unregisters an "
+        "engine silent for $GLIMPSE_SILENCE_TIMEOUT seconds (default 25)",
+        _launch_broker,
+        lambda parser: parser.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help="address to listen on and to write into the connection files (default 127.0.0.1: this "
+            "machine only); for engines on other machines, this machine's address on their network",
+        ),
     ),
     "LaunchWorker": Verb(
         "run N engines connected to the controller, in the foreground",
@@ -113,6 +124,16 @@ def _connection(args) -> Connection:
 
 def _options(connection: Connection) -> list[str]:
     return connection.cli_options() or ["--profile=default"]
+
+
+def _listen_options(host: str) -> list[str]:
+    """Bind every socket of the controller to ``host`` and name it in the connection files."""
+    if not host or host in ("0.0.0.0", "*", "::"):
+        raise ValueError(
+            f"--host must be one address of this machine, not {host!r}: the connection files name it, "
+            "and engines and callers connect to it"
+        )
+    return [f"--ip={host}", f"--location={host}"]
 
 
 def _run_engines(connection: Connection, count: int) -> int:
