@@ -238,7 +238,18 @@ def test_a_scheduler_silent_for_20_seconds_does_not_end_the_call(cluster, hosts)
 
 
 def test_a_silent_scheduler_ends_the_call_with_cluster_lost_within_30_seconds(cluster, hosts):
-    pool, head, *_ = cluster
+    _a_silent_scheduler_is_lost_then_serves_again(cluster, hosts, silent_for=0.0)
+
+
+@pytest.mark.full
+def test_a_pool_whose_scheduler_was_silent_for_a_minute_serves_again_once_it_answers(cluster, hosts):
+    # Longer than the caller's own Dask TCP timeout (30 s): its client drops the connection and
+    # closes itself; the pool's next call connects again.
+    _a_silent_scheduler_is_lost_then_serves_again(cluster, hosts, silent_for=60.0)
+
+
+def _a_silent_scheduler_is_lost_then_serves_again(cluster, hosts: Hosts, silent_for: float) -> None:
+    pool, head, w1, w2 = cluster
     address = f"tcp://{head.address}:{PORT}"
     cut = threading.Timer(CUT_AFTER_SECONDS, hosts.partition, args=(head,))
     started = time.monotonic()
@@ -247,11 +258,15 @@ def test_a_silent_scheduler_ends_the_call_with_cluster_lost_within_30_seconds(cl
         with pytest.raises(ClusterLostError, match=f"scheduler at {address}"):
             list(pool.imap(helpers.index_and_host_after, ITEMS, chunksize=1))
         lost_after = time.monotonic() - started - CUT_AFTER_SECONDS
+        time.sleep(max(0.0, CUT_AFTER_SECONDS + silent_for - (time.monotonic() - started)))
     finally:
         cut.cancel()
         hosts.heal(head)
-    log.info("silent scheduler: ClusterLostError %.1f s after the cut", lost_after)
+    log.info("scheduler silent: ClusterLostError %.1f s after the cut", lost_after)
     assert lost_after < 30.0
+    healed = time.monotonic()
+    _wait_for_both_hosts(pool, w1, w2)
+    log.info("scheduler silent for %.0f s: the pool serves again %.1f s after", silent_for, time.monotonic() - healed)
 
 
 @dataclass

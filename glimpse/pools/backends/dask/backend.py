@@ -29,6 +29,7 @@ from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, ClusterLost,
 from glimpse.pools.contract.backend import INLINE_FUNCTION_BYTES
 from glimpse.pools.contract.out_of_band import unpickled_if_large
 from glimpse.pools.contract.worker_runner import run_chunk
+from glimpse.pools.errors import ClusterConnectionError
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,11 @@ class DaskBackend(Backend):
     # times; one more attempt of ours covers a chunk that only sat queued on dying workers.
     max_attempts = 2
 
-    def __init__(self, client: Client, owns_client: bool = False, cluster=None):
+    def __init__(self, client: Client, owns_client: bool = False, cluster=None, reconnect=None):
+        """``reconnect()`` makes a new client of the same scheduler, for when ``client`` closed itself."""
         self.client = client
+        self.address: str = client.scheduler.address
+        self._reconnect = reconnect
         self.cluster = cluster
         self._owns_client = owns_client
         self._finished = threading.Condition()
@@ -71,7 +75,7 @@ class DaskBackend(Backend):
         # scheduler that went away keeps the last count; health() then says what happened.
         if time.monotonic() - self._threads_checked > _THREADS_TTL_SECONDS:
             self._threads_checked = time.monotonic()
-            if tcp_answers(self.client.scheduler.address, timeout=0.5):
+            if self.client.status == "running" and tcp_answers(self.address, timeout=0.5):
                 try:
                     threads = self.client.nthreads(callback_timeout=PROBE_SECONDS)
                     self._threads = max(1, sum(threads.values()))
@@ -94,6 +98,7 @@ class DaskBackend(Backend):
         return threads + threads // 4
 
     def open_call(self, call: Call) -> None:
+        self._reopen_if_closed()
         # A small function travels inside every chunk: no round trip to the scheduler when the call
         # starts and ends, nor from each worker for its first chunk. A large one is published on the
         # scheduler, not scattered to a worker, so no worker's death can lose it; and chunks do not
@@ -106,6 +111,19 @@ class DaskBackend(Backend):
             self._functions[call.id] = functools.partial(_fetch_function, name)
         if _secede_if_in_task():
             self._seceded.add(call.id)
+
+    def _reopen_if_closed(self) -> None:
+        """A Dask client that lost its scheduler for longer than its connect timeout closes itself
+        for good (its tasks are gone); the next call connects again, or says why it cannot."""
+        if self.client.status not in ("closing", "closed"):
+            return
+        if self._reconnect is None:
+            raise ClusterConnectionError(
+                f"the Dask client given to this pool has closed (it lost the scheduler at {self.address}): "
+                "make a pool with a new client, or with the scheduler's address to let the pool reconnect"
+            )
+        log.info("the Dask client lost the scheduler at %s and closed; connecting again", self.address)
+        self.client = self._reconnect()
 
     def close_call(self, call: Call) -> None:
         self._functions.pop(call.id, None)
@@ -153,7 +171,9 @@ class DaskBackend(Backend):
     def health(self) -> Health:
         # A silent scheduler may be a blip: the call waits ($GLIMPSE_SILENCE_TIMEOUT). Dask's own
         # connections outlive it (LaunchBroker sets Dask's TCP timeout to the same number).
-        address = self.client.scheduler.address
+        address = self.address
+        if self.client.status in ("closing", "closed"):
+            return Health(0, lost=f"the connection to the Dask scheduler at {address} broke and its tasks are gone")
         if head_silent(address):
             return Health(0, silent=_scheduler_silent(address))
         if not tcp_answers(address):
@@ -180,7 +200,7 @@ class DaskBackend(Backend):
         except (CancelledError, OSError, TimeoutError) as cancelled:
             # Not by us (we never ask for the outcome of a chunk we cancelled): Client.restart, or
             # the connection to the scheduler was lost (then fetching the result fails too).
-            address = self.client.scheduler.address
+            address = self.address
             if _stops_answering(address):
                 raise ClusterLost(_scheduler_gone(address)) from None
             raise ChunkLost(
@@ -243,7 +263,7 @@ class DaskBackend(Backend):
             try:
                 results = compat.gather(self.client, ready, seconds)
             except (TimeoutError, asyncio.TimeoutError):
-                if head_silent(self.client.scheduler.address):
+                if head_silent(self.address):
                     return
                 seconds *= 2
                 continue

@@ -13,6 +13,7 @@ import sys
 import time
 
 from glimpse.pools.backends.dask import compat
+from glimpse.pools.cluster.reachability import tcp_answers
 from glimpse.pools.contract.watch import silence_timeout
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,8 @@ TCP_TIMEOUT_VARIABLE = "DASK_DISTRIBUTED__COMM__TIMEOUTS__TCP"
 #: Dask refuses a TCP timeout shorter than this (it spreads ten keepalive probes over it).
 _SHORTEST_TCP_TIMEOUT = 11
 _RESTART_PAUSE_SECONDS = 1.0
+#: ``dask worker``'s exit code when its workers could not reach the scheduler in time.
+_FAILED_TO_START = 1
 
 
 def engine_environment() -> dict[str, str]:
@@ -67,21 +70,24 @@ def run_workers(command: list[str], scheduler: str) -> int:
     """Run ``dask worker`` (``command``) until it exits on its own or is stopped; return its exit code.
 
     Dask's workers close for good when their connection to the scheduler breaks (a machine that
-    went silent long enough, a scheduler restarted); then they are started again, and they wait
-    until the scheduler answers. Workers retired by the scheduler (``KillWorkers``) are not.
+    went silent long enough, a scheduler restarted); then they are started again once the
+    scheduler answers (and again if they then fail to reach it in time). Workers retired by the
+    scheduler (``KillWorkers``) are not.
     """
     env = engine_environment()
+    restarting = False
     while True:
         code, lost_scheduler = _run_once(command, env)
-        if not lost_scheduler:
+        if not lost_scheduler and not (restarting and code == _FAILED_TO_START):
             return code
+        restarting = True
         log.warning(
-            "the Dask workers lost their connection to the scheduler at %s; starting them again "
-            "(they wait until it answers)",
+            "the Dask workers lost their connection to the scheduler at %s; starting them again once it answers",
             scheduler,
         )
         try:
-            time.sleep(_RESTART_PAUSE_SECONDS)
+            while not tcp_answers(scheduler):
+                time.sleep(_RESTART_PAUSE_SECONDS)
         except KeyboardInterrupt:
             return 130
 

@@ -8,6 +8,7 @@ turns on TLS (Dask's own ``distributed.Security``).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import dask
@@ -66,7 +67,7 @@ class DaskPool(ClusterPool):
             kwargs["security"] = security
         backend = _backend(address, client, kwargs)
         self.cluster: LocalCluster | None = backend.cluster
-        super().__init__(backend, backend.client.scheduler.address)
+        super().__init__(backend, backend.address)
 
 
 def connect(address: str, source: str, **kwargs) -> Client:
@@ -106,7 +107,8 @@ def _backend(address: str | None, client: Client | None, kwargs: dict) -> DaskBa
     if address is None:
         cluster = _local_cluster(kwargs)
         return DaskBackend(Client(cluster, set_as_default=False), owns_client=True, cluster=cluster)
-    return DaskBackend(connect(address, source, **kwargs), owns_client=True)
+    reconnect = functools.partial(connect, address, source, **kwargs)
+    return DaskBackend(reconnect(), owns_client=True, reconnect=reconnect)
 
 
 def _local_cluster(kwargs: dict) -> LocalCluster:
