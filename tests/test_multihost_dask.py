@@ -29,7 +29,8 @@ TLS_PORT = 8787
 STARTUP_SECONDS = 60.0
 CLI = [sys.executable, "-m", "glimpse.pools.cli", "--type", "dask"]
 #: The issue's scenario: 160 items of 0.25 s, one host cut a few seconds in.
-ITEMS = [(i, 0.25) for i in range(160)]
+ITEM_SECONDS = 0.25
+ITEMS = [(i, ITEM_SECONDS) for i in range(160)]
 CUT_AFTER_SECONDS = 3.0
 
 pytestmark = pytest.mark.timeout(600)
@@ -202,8 +203,10 @@ def test_a_silent_worker_host_loses_no_result_and_rejoins(cluster, hosts):
     log.info(
         "silent worker host: results paused %.1f s, all in %.1f s after the cut", call.longest_pause(), call.after_cut()
     )
-    assert call.longest_pause() < 30.0, f"no result for {call.longest_pause():.0f} s after {w2.name} fell silent"
-    assert call.after_cut() < 30.0 + 160 * 0.25 / 2, f"the results took {call.after_cut():.0f} s after the cut"
+    # The bound: within 30 s of the silence plus the chunk's own run time; then the rest
+    # of the call on the two workers left.
+    assert call.longest_pause() < 30.0 + ITEM_SECONDS, f"no result for {call.longest_pause():.1f} s after the cut"
+    assert call.after_cut() < 30.0 + len(ITEMS) * ITEM_SECONDS / 2, f"the results took {call.after_cut():.0f} s"
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if w2.name in set(pool.map(helpers.host_after, [0.05] * 16, chunksize=1)):
