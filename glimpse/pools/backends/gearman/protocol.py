@@ -191,9 +191,9 @@ def worker_functions(server: tuple[str, int], timeout: float = CONNECT_SECONDS) 
 class Connection:
     """One connection to a gearman server, as a client or a worker: send packets, read those that arrived."""
 
-    def __init__(self, server: tuple[str, int]):
+    def __init__(self, server: tuple[str, int], timeout: float = CONNECT_SECONDS):
         self.server = server
-        self.sock = connect(server)
+        self.sock = connect(server, timeout)
         # Reads wait in select(); a send to a server that went silent gives up after the silence limit
         # (an OSError: the connection is then unusable, and closed).
         self.sock.settimeout(silence_timeout())

@@ -29,6 +29,9 @@ from glimpse.pools.security import ClusterKey, MessageSigner, Rejected
 log = logging.getLogger(__name__)
 
 _RECONNECT_SECONDS = 2.0
+#: How long a slot waits for a server to accept a connection (a live one on a network takes milliseconds;
+#: this allows one lost SYN): the other slots' heartbeats wait meanwhile.
+_CONNECT_SECONDS = 2.0
 #: How many cancelled calls a slot remembers (their jobs still queued in gearmand are dropped unrun).
 _CANCELLED_CALLS_KEPT = 256
 
@@ -65,9 +68,9 @@ def serve(servers: list[tuple[str, int]], nworkers: int, key: ClusterKey) -> Non
             for slot in slots:
                 slot.beat(now)
             if now >= reconnect_at:
-                reconnect_at = now + _RECONNECT_SECONDS
+                reconnect_at, failed = now + _RECONNECT_SECONDS, set()
                 for slot in slots:
-                    slot.reconnect()
+                    slot.reconnect(failed)
     finally:
         for slot in slots:
             slot.close()
@@ -104,24 +107,35 @@ class Slot:
         live = [c for c in [*self.work.values(), *self.control.values()] if c is not None]
         return [*live, self.process] if self.job is not None else live
 
-    def reconnect(self) -> None:
-        """Open the connections that are missing (at start, or after a server went away)."""
+    def reconnect(self, failed: set[tuple[str, int]] | None = None) -> None:
+        """Open the connections that are missing (at start, or after a server went away).
+
+        A server in ``failed`` (it did not answer another slot this round) is not tried: each try
+        may wait :data:`_CONNECT_SECONDS`, and the slots' heartbeats wait with it.
+        """
+        failed = set() if failed is None else failed
         for server in self.servers:
+            if server in failed:
+                continue
             # Control first: a slot that can take chunks can already be told to stop one.
             if self.control[server] is None:
                 connection = self._register(server, jobs.control_function(self.key, self.id))
                 self.control[server] = connection
-                if connection is not None:
-                    self._send(connection, g.GRAB_JOB_UNIQ)
+                if connection is None:
+                    failed.add(server)
+                    continue
+                self._send(connection, g.GRAB_JOB_UNIQ)
             if self.work[server] is None:
                 self.work[server] = self._register(server, jobs.chunk_function(self.key))
-                if self.work[server] is not None:
+                if self.work[server] is None:
+                    failed.add(server)
+                else:
                     self.woken.append(self.work[server])
         self.next_grab()
 
     def _register(self, server: tuple[str, int], function: bytes) -> g.Connection | None:
         try:
-            connection = g.Connection(server)
+            connection = g.Connection(server, _CONNECT_SECONDS)
             connection.send(g.CAN_DO, function)
         except OSError as exc:
             if server not in self.unreachable:
