@@ -5,7 +5,6 @@ a worker host and the controller going silent mid-call."""
 from __future__ import annotations
 
 import json
-import pickle
 import re
 import sys
 import threading
@@ -93,13 +92,13 @@ def test_results_come_from_both_worker_hosts(cluster):
     assert set(pool.map(helpers.host_after, [0.05] * 40, chunksize=1)) == {w1.name, w2.name}
 
 
-def test_the_controller_and_engines_listen_on_their_own_address_or_loopback_only(cluster):
+def test_the_controller_listens_on_its_address_only_and_engines_on_loopback_only(cluster):
     _, head, w1, w2 = cluster
-    for host in (head, w1, w2):
+    for host, allowed in ((head, {head.address, "127.0.0.1"}), (w1, {"127.0.0.1"}), (w2, {"127.0.0.1"})):
         listening = host.run(["ss", "-Hltn"]).stdout
         addresses = {re.split(r"\s+", line.strip())[3].rsplit(":", 1)[0] for line in listening.splitlines()}
-        assert addresses <= {host.address, "127.0.0.1"}, f"{host.name} listens on {addresses}:\n{listening}"
-    assert any(head.address in line for line in head.run(["ss", "-Hltn"]).stdout.splitlines())
+        assert addresses <= allowed, f"{host.name} listens on {addresses}:\n{listening}"
+    assert f"{head.address}:" in head.run(["ss", "-Hltn"]).stdout
 
 
 def test_connection_files_name_the_controllers_address_and_carry_its_key(cluster):
@@ -129,11 +128,7 @@ def test_leaving_imap_early_stops_the_rest(cluster):
 
 def test_a_pool_pickled_into_a_task_runs_on_both_worker_hosts(cluster):
     pool, _, w1, w2 = cluster
-    copy = pickle.loads(pickle.dumps(pool))
-    try:
-        [hosts_seen] = pool.map(helpers.hosts_of_a_map_inside, [(copy, 24)])
-    finally:
-        copy.close()
+    [hosts_seen] = pool.map(helpers.hosts_of_a_map_inside, [(pool, 24)])
     assert hosts_seen == sorted({w1.name, w2.name})
 
 
