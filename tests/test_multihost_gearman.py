@@ -194,6 +194,43 @@ def test_a_silent_worker_host_loses_no_result_and_rejoins(cluster, hosts):
     log.info("gearman: w2 got work again %.1f s after its link came back", time.monotonic() - healed)
 
 
+@pytest.mark.full
+def test_a_worker_host_back_mid_call_has_its_late_results_dropped_and_takes_work_again(cluster, hosts):
+    """w2 is silent for 15 s in a call of about 40 s: the chunks it ran are sent again after 10 s
+    without heartbeats, their first results arrive once the link is back and are dropped (every
+    index once), and w2's slots take work again in the same call."""
+    pool, _, w1, w2, _ = cluster
+    items = [(i, SECONDS) for i in range(3 * ITEMS)]
+
+    def blip():
+        hosts.partition(w2)
+        time.sleep(15)
+        hosts.heal(w2)
+
+    cut = threading.Thread(target=blip)
+    results, arrivals = [], []
+    started = time.monotonic()
+    try:
+        for result in pool.imap(helpers.index_and_host_after, items, chunksize=1):
+            if len(results) == 12:
+                cut.start()
+                healed_at = time.monotonic() - started + 15
+            results.append(result)
+            arrivals.append(time.monotonic() - started)
+    finally:
+        if cut.is_alive():
+            cut.join()
+        hosts.heal(w2)
+    assert [index for index, _ in results] == list(range(3 * ITEMS))
+    back = [at for at, (_, host) in zip(arrivals, results, strict=True) if host == w2.name and at > healed_at + 1]
+    log.info(
+        "gearman, w2 silent 15 s mid-call: call %.1f s; w2 ran chunks again %.1f s after the heal",
+        arrivals[-1],
+        back[0] - healed_at if back else float("nan"),
+    )
+    assert back, "w2 took no work in the rest of the call after its link came back"
+
+
 # -- a silent gearmand (last: the cluster is shaken afterwards) ------------------------------------
 
 
