@@ -15,13 +15,17 @@ from collections.abc import Collection
 
 import ray
 import ray.exceptions
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from glimpse.pools.cluster.reachability import tcp_answers
-from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, Health
+from glimpse.pools.backends.ray.bounded import BoundedCalls, TookTooLong, in_background
+from glimpse.pools.backends.ray.nodes import NodeWatch
+from glimpse.pools.cluster.reachability import head_silent, tcp_answers
+from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, ClusterLost, Health
 from glimpse.pools.contract.backend import INLINE_FUNCTION_BYTES
 from glimpse.pools.contract.out_of_band import unpickled_if_large
+from glimpse.pools.contract.watch import silence_timeout
 from glimpse.pools.contract.worker_runner import run_chunk
-from glimpse.pools.errors import RemoteTraceback
+from glimpse.pools.errors import ClusterLostError, RemoteTraceback
 
 #: Ray runs a task again itself this many times when its worker dies; a function that always
 #: kills its worker is then lost ``(RETRIES + 1) * RayBackend.max_attempts`` times in all.
@@ -40,6 +44,14 @@ _remote_chunk = None
 _CPUS_TTL_SECONDS = 1.0
 _RECANCEL_SECONDS = 3.0
 _CANCEL_GRACE_SECONDS = 1.0
+#: How long a probe of the head node may take (twice: it answers, else it is silent or refuses).
+_PROBE_SECONDS = 1.0
+#: The watch checks health every 2 s while the head is silent: let go one check before it gives up.
+_SILENCE_MARGIN = 1.0
+#: How much longer than asked a Ray Client's wait may take before it counts as stuck.
+_CLIENT_GRACE_SECONDS = 2.0
+_READ_SECONDS = 2.0
+_SHUTDOWN_SECONDS = 15.0
 
 
 class RayBackend(Backend):
@@ -48,42 +60,66 @@ class RayBackend(Backend):
     Args:
         owns_ray: Whether :meth:`close` calls ``ray.shutdown()``: true when the pool started
             Ray or opened this process's connection to it, false for a Ray someone else set up.
+        address: The head node's ``host:port`` to probe when nothing finishes (its GCS, or its Ray
+            Client server); empty: nothing to probe (an embedded Ray).
+        client: Whether this process is a Ray Client: its Ray calls block while the head is silent,
+            so the caller waits for them only so long.
     """
 
     chunk_seconds = 0.1
     task_seconds = 2e-3  # submitting a task and fetching its object
     max_attempts = 2
 
-    def __init__(self, owns_ray: bool = False, address: str = ""):
+    def __init__(self, owns_ray: bool = False, address: str = "", client: bool = False):
         self._owns_ray = owns_ray
         self._address = address
+        self._bounded = BoundedCalls("glimpse-ray-client") if client else None
         self._functions: dict[str, bytes | ray.ObjectRef] = {}
         self._cpus, self._cpus_read_at = 1, -_CPUS_TTL_SECONDS
         self._cancelled: list[ray.ObjectRef] = []
         self._cancelling = threading.Lock()
         self._cancelled_at = self._recancelled_at = 0.0
         self._warned_of_cancelled = False
+        self._heard_at = time.monotonic()
+        self._gone: str | None = None
+        self._nodes: NodeWatch | None = None
+        self._placed: dict[ray.ObjectRef, str] = {}
+        self._lost: dict[ray.ObjectRef, str] = {}
 
     def workers(self) -> int:
+        if self._gone:
+            raise ClusterLostError(f"{self._gone}; this pool has let go of it: make a new pool once it is back")
         # Re-read during a call to follow nodes that join or leave: once a second is enough. Not
         # while the head node is down: the read would block until Ray gives up on it (and on us).
         if time.monotonic() - self._cpus_read_at > _CPUS_TTL_SECONDS and self._head_answers():
-            self._cpus = int(ray.cluster_resources().get("CPU", 0))
-            self._cpus_read_at = time.monotonic()
+            cpus = self._bounded_call(lambda: ray.cluster_resources().get("CPU", 0), _READ_SECONDS, None)
+            if cpus is not None:
+                self._cpus, self._cpus_read_at = int(cpus), time.monotonic()
         return max(1, self._cpus)
 
     def _head_answers(self) -> bool:
         return not self._address or tcp_answers(self._address, timeout=0.5)
 
+    def _bounded_call(self, function, seconds: float, default):
+        """``function()`` here, or for a Ray Client in a thread, given up (``default``) after ``seconds``."""
+        if self._bounded is None:
+            return function()
+        try:
+            return self._bounded.run(function, seconds)
+        except TookTooLong:
+            return default
+
     def health(self) -> Health:
-        if not self._head_answers():
-            # Ray's core worker ends this whole process once it gives up on the head node (60 s
-            # by default); disconnecting first keeps the caller alive to see the error.
-            ray.shutdown()
-            self._owns_ray = False
-            return Health(
-                0, lost=f"the Ray head node at {self._address} does not answer (it stopped, or is unreachable)"
-            )
+        if self._address and not tcp_answers(self._address, timeout=_PROBE_SECONDS):
+            if head_silent(self._address, timeout=_PROBE_SECONDS):
+                # The call's watch ends the call once the silence reaches silence_timeout(); then let
+                # go of Ray before its core worker ends this process (60 s without its head node).
+                if time.monotonic() - self._heard_at >= silence_timeout() - _SILENCE_MARGIN:
+                    self._let_go(f"the Ray head node at {self._address} stopped answering")
+                return Health(0, silent=f"the Ray head node at {self._address} does not answer")
+            self._let_go(f"the Ray head node at {self._address} refuses connections", refused=True)
+            return Health(0, lost=f"the Ray head node at {self._address} refuses connections (it stopped)")
+        self._heard_at = time.monotonic()
         self._cpus_read_at = -_CPUS_TTL_SECONDS
         self.workers()
         return Health(
@@ -92,7 +128,24 @@ class RayBackend(Backend):
             start_workers=f"glimpse-cluster --type ray LaunchWorker --address {self._address}",
         )
 
+    def _let_go(self, reason: str, refused: bool = False) -> None:
+        """Disconnect from a head node that is gone. Ray's core worker ends this whole process once it
+        gives up on its head node (60 s by default) unless it disconnected first. ``ray.shutdown()``
+        returns soon from a head that refuses connections (and must run here to keep the process),
+        but blocks for minutes on a silent one: that one goes on in the background."""
+        if self._gone is None:
+            self._gone = reason
+            self._owns_ray = False
+            if self._nodes is not None:
+                self._nodes.stop()
+            if refused:
+                ray.shutdown()
+            else:
+                in_background(ray.shutdown, "glimpse-ray-shutdown")
+
     def open_call(self, call: Call) -> None:
+        if self._address and self._nodes is None:
+            self._nodes = NodeWatch(self._address, probe_nodes=self._bounded is None)
         # A small function travels inside each task; a large one once, into the object store.
         small = len(call.blob) <= INLINE_FUNCTION_BYTES
         self._functions[call.id] = call.blob if small else ray.put(call.blob)
@@ -108,11 +161,47 @@ class RayBackend(Backend):
 
     def submit(self, call: Call, chunk: Chunk) -> ray.ObjectRef:
         payload = chunk.payload.ref if isinstance(chunk.payload, _Stored) else chunk.payload
-        return _chunk_task().remote(call.id, self._functions[call.id], payload, chunk.start)
+        task = _chunk_task()
+        node_id = self._nodes.place() if self._nodes is not None and self._nodes.several() else None
+        if node_id is not None:
+            task = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True))
+        handle = task.remote(call.id, self._functions[call.id], payload, chunk.start)
+        if node_id is not None:
+            self._placed[handle] = node_id
+        return handle
 
     def wait(self, handles: Collection[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:
-        self._cancel_again()
+        if self._gone:
+            raise ClusterLost(self._gone)
         handles = list(handles)
+        ready = self._bounded_call(lambda: self._wait(handles, timeout), timeout + _CLIENT_GRACE_SECONDS, [])
+        if ready:
+            self._heard_at = time.monotonic()
+        if self._placed:
+            ready += self._on_gone_nodes(handles, set(ready))
+            for handle in ready:
+                self._unplace(handle)
+        return ready
+
+    def _on_gone_nodes(self, handles: list[ray.ObjectRef], ready: set) -> list[ray.ObjectRef]:
+        """The chunks placed on nodes that are gone, as lost: Ray would wait for them forever."""
+        lost = []
+        for handle in handles:
+            node_id = self._placed.get(handle)
+            if node_id is not None and handle not in ready and self._nodes.gone(node_id):
+                self._lost[handle] = self._nodes.describe(node_id)
+                lost.append(handle)
+        if lost:
+            in_background(lambda: [_cancel(handle) for handle in lost], "glimpse-ray-cancel")
+        return lost
+
+    def _unplace(self, handle: ray.ObjectRef) -> None:
+        node_id = self._placed.pop(handle, None)
+        if node_id is not None:
+            self._nodes.release(node_id)
+
+    def _wait(self, handles: list[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:
+        self._cancel_again()
         if not handles:
             return []
         ready, _ = ray.wait(handles, num_returns=1, timeout=timeout)
@@ -122,6 +211,8 @@ class RayBackend(Backend):
         return ready
 
     def outcome(self, handle: ray.ObjectRef) -> bytes:
+        if handle in self._lost:
+            raise ChunkLost(self._lost.pop(handle))
         try:
             return ray.get(handle)
         except ray.exceptions.RayTaskError as error:
@@ -138,6 +229,8 @@ class RayBackend(Backend):
         # Not at once: Ray's driver aborts when a cancel races with the task's completion (RAY_CHECK
         # in task_manager.cc, ray-project/ray#54846; seen here under load). Short chunks finish
         # within the grace; only the tasks still running after it are cancelled, from a timer.
+        for handle in handles:
+            self._unplace(handle)
         self._cancelled.extend(handles)
         self._cancelled_at = time.monotonic()
         self._recancelled_at = self._cancelled_at - _RECANCEL_SECONDS + _CANCEL_GRACE_SECONDS
@@ -156,7 +249,9 @@ class RayBackend(Backend):
         """Cancel the cancelled tasks still running (a timer after the grace, then every few seconds
         from :meth:`wait`): under load a cancel can miss a task that was being scheduled, and its
         worker would stay busy with abandoned work."""
-        with self._cancelling:
+        if not self._cancelling.acquire(blocking=False):
+            return  # another thread is at it (and may be stuck on a silent head)
+        try:
             now = time.monotonic()
             if not self._cancelled or now - self._recancelled_at < _RECANCEL_SECONDS or not ray.is_initialized():
                 return
@@ -164,6 +259,8 @@ class RayBackend(Backend):
             _, self._cancelled = ray.wait(self._cancelled, num_returns=len(self._cancelled), timeout=0)
             for handle in self._cancelled:
                 _cancel(handle)
+        finally:
+            self._cancelling.release()
         if self._cancelled and now - self._cancelled_at > 10 and not self._warned_of_cancelled:
             self._warned_of_cancelled = True
             log.warning(
@@ -173,9 +270,12 @@ class RayBackend(Backend):
             )
 
     def close(self) -> None:
+        if self._nodes is not None:
+            self._nodes.stop()
         if self._owns_ray:
             self._owns_ray = False
-            ray.shutdown()
+            # Bounded: a head that stopped answering a moment ago would hold the caller for minutes.
+            in_background(ray.shutdown, "glimpse-ray-shutdown").join(_SHUTDOWN_SECONDS)
 
 
 class _Stored:
@@ -199,7 +299,11 @@ def _chunk_task():
     """:func:`run_chunk_in_ray` as a Ray remote function, made once per process."""
     global _remote_chunk
     if _remote_chunk is None:
-        _remote_chunk = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(run_chunk_in_ray)
+        # SPREAD: over every node with a free CPU. Ray's default prefers the node holding a task's
+        # arguments, which for a Ray Client caller is the head node (it stores what the client puts).
+        _remote_chunk = ray.remote(
+            num_cpus=1, max_retries=RETRIES, retry_exceptions=False, scheduling_strategy="SPREAD"
+        )(run_chunk_in_ray)
     return _remote_chunk
 
 

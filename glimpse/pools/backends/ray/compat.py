@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
+from dataclasses import dataclass, field
 
 from glimpse.pools.subprocesses import child_environment
 
@@ -43,29 +45,41 @@ RAY_START_KEEPING_LOOPBACK = (
 
 
 _GCS_PROBE = """
-import sys
+import json, os, sys
 from glimpse.pools.backends.ray import compat
-if sys.argv[3] == "local":
+if not os.environ.get("RAY_AUTH_MODE"):
     compat.enable_token_if_this_machine_has_one()
 import ray._raylet
 try:
     client = ray._raylet.GcsClient(address=sys.argv[1])
     client.internal_kv_get(b"glimpse-probe", namespace=None, timeout=float(sys.argv[2]))
-    print("answered", flush=True)
+    nodes = client.get_all_node_info(timeout=float(sys.argv[2]))
+    alive = sorted({info.node_manager_address for info in nodes.values() if info.state == 0})
+    print("answered", json.dumps(alive), flush=True)
 except BaseException as exc:
     print(f"refused {type(exc).__name__}: {exc}".replace("\\n", " "), flush=True)
 """
 
 
-def ask_gcs(address: str, timeout: float, local: bool) -> list[BaseException | None]:
-    """Ask the GCS at ``address`` for a key; ``[None]`` if it answered, ``[error]``, or ``[]`` if silent.
+@dataclass
+class GcsAnswer:
+    """What the GCS at an address said: ``silent`` (no answer), ``refused`` (why), or the addresses
+    of its live nodes."""
+
+    silent: bool = False
+    refused: str = ""
+    nodes: list[str] = field(default_factory=list)
+
+
+def ask_gcs(address: str, timeout: float) -> GcsAnswer:
+    """Ask the GCS at ``address`` for a key and its live nodes, sending this machine's token if it has one.
 
     ``ray.init`` can hang for minutes on an address that accepts connections but is not a Ray
-    head, and has no probe of its own. Private: ``ray._raylet.GcsClient.internal_kv_get``. Runs
-    in a process of its own: a GcsClient that gets no answer blocks for about 40 s, and one that
-    is refused (no token) can abort its process from Ray's C++ core.
+    head, and has no probe of its own. Private: ``ray._raylet.GcsClient.internal_kv_get`` and
+    ``get_all_node_info``. Runs in a process of its own: a GcsClient that gets no answer blocks for
+    about 40 s, and one that is refused (no token) can abort its process from Ray's C++ core.
     """
-    command = [sys.executable, "-c", _GCS_PROBE, address, str(timeout), "local" if local else "remote"]
+    command = [sys.executable, "-c", _GCS_PROBE, address, str(timeout)]
     try:
         done = subprocess.run(
             command,
@@ -76,35 +90,55 @@ def ask_gcs(address: str, timeout: float, local: bool) -> list[BaseException | N
             start_new_session=True,
         )
     except subprocess.TimeoutExpired:
-        return []
+        return GcsAnswer(silent=True)
     lines = done.stdout.strip().splitlines()
-    if lines and lines[-1] == "answered":
-        return [None]
+    if lines and lines[-1].startswith("answered "):
+        return GcsAnswer(nodes=json.loads(lines[-1].removeprefix("answered ")))
     if lines and lines[-1].startswith("refused "):
-        return [ConnectionRefusedError(lines[-1].removeprefix("refused "))]
+        return GcsAnswer(refused=lines[-1].removeprefix("refused "))
     if done.returncode != 0:
         last = next(
             (line for line in reversed(done.stderr.splitlines()) if "Check failed" in line or "FATAL" in line), ""
         )
-        return [ConnectionRefusedError(f"Ray's client aborted while connecting ({last.strip()[:300] or 'no message'})")]
-    return []
+        return GcsAnswer(refused=f"Ray's client aborted while connecting ({last.strip()[:300] or 'no message'})")
+    return GcsAnswer(silent=True)
 
 
-def enable_token_if_this_machine_has_one() -> None:
-    """Turn on token authentication when this machine has a Ray token, as ``ray.init()`` does locally.
+def enable_token_if_this_machine_has_one() -> bool:
+    """Turn on token authentication when this machine has a Ray token, as ``ray.init()`` does locally;
+    return whether it has one.
 
     ``ray start --head`` turns token authentication on when this machine has a token
-    (``~/.ray/auth_token``, ``$RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN_PATH``), but
-    ``ray.init(address=...)`` sends it only with ``RAY_AUTH_MODE=token``. Private:
+    (``~/.ray/auth_token``, ``$RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN_PATH``), but ``ray start
+    --address`` and ``ray.init(address=...)`` send it only with ``RAY_AUTH_MODE=token``. Private:
     ``AuthenticationTokenLoader`` and ``_enable_token_auth`` (Ray >= 2.50; older Rays have no tokens).
     """
+    if not has_token():
+        return False
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+    _enable_token_auth()
+    return True
+
+
+def has_token() -> bool:
+    """Whether this machine has a Ray token (``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH``,
+    ``~/.ray/auth_token``); false on a Ray without token authentication."""
     try:
-        from ray._private.authentication.authentication_token_setup import _enable_token_auth
         from ray._raylet import AuthenticationTokenLoader
     except ImportError:
-        return
-    if AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
-        _enable_token_auth()
+        return False
+    return AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+
+
+def create_token() -> None:
+    """Write a new Ray token to ``~/.ray/auth_token`` (what ``ray get-auth-token --generate`` does).
+    Private: ``generate_and_save_token``."""
+    from ray._private.authentication.authentication_token_setup import generate_and_save_token
+    from ray._raylet import AuthenticationTokenLoader
+
+    generate_and_save_token()
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def missing() -> list[str]:
@@ -117,6 +151,7 @@ def missing() -> list[str]:
         ("ray._raylet", "GcsClient"),
         ("ray._raylet", "AuthenticationTokenLoader"),
         ("ray._private.authentication.authentication_token_setup", "_enable_token_auth"),
+        ("ray._private.authentication.authentication_token_setup", "generate_and_save_token"),
     ]
     gone = []
     for module_name, name in wanted:
@@ -131,6 +166,7 @@ def missing() -> list[str]:
 
     # GcsClient hands its methods over from the inner client it wraps.
     inner = getattr(ray._raylet, "InnerGcsClient", ray._raylet.GcsClient)
-    if not hasattr(inner, "internal_kv_get"):
-        gone.append("ray._raylet.GcsClient.internal_kv_get")
+    for method in ("internal_kv_get", "get_all_node_info"):
+        if not hasattr(inner, method):
+            gone.append(f"ray._raylet.GcsClient.{method}")
     return gone

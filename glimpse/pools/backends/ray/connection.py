@@ -17,6 +17,12 @@ PROBE_SECONDS = 5.0
 #: How long a Ray head node may take to answer once the connection is open.
 GCS_SECONDS = 15.0
 PROG = "glimpse-cluster --type ray"
+#: Where a head node serves Ray Client (``ray://``) unless told otherwise.
+CLIENT_PORT = 10001
+_TOKEN_HINT = (
+    "If the cluster uses token authentication, copy the head node's ~/.ray/auth_token (`ray get-auth-token` "
+    "on the head prints it) to ~/.ray/auth_token on this machine, or set $RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH."
+)
 
 
 def start_embedded(init_kwargs: dict) -> None:
@@ -31,59 +37,66 @@ def start_embedded(init_kwargs: dict) -> None:
 
 
 def connect(address: str, source: str, init_kwargs: dict) -> None:
+    """``ray.init(address)`` after checking that a Ray head answers there and, for ``host:port``,
+    that this machine is one of its nodes (a driver must be)."""
     # `auto` is the cluster `ray start` last started on this machine; ray.init finds its token itself.
     local = address == "auto" or on_this_machine(host_port(address)[0])
     if address != "auto":
-        if local:
-            try:
-                use_local_token()
-            except Exception as exc:  # Ray's AuthenticationError: a token file named but unreadable
-                raise ClusterConnectionError(
-                    f"cannot use a Ray token to reach {address} (from {source}): {exc}"
-                ) from None
-        probe(address, source)
+        use_this_machines_token(address, source)
+        probe(address, source, as_driver=True)
     try:
         with compat.loopback_kept() if local else contextlib.nullcontext():
             ray.init(address=address, **init_kwargs)
     except (ConnectionError, RuntimeError, TimeoutError, ray.exceptions.RayError) as exc:
         raise ClusterConnectionError(
             f"could not connect to the Ray cluster at {address} (from {source}): {type(exc).__name__}: {exc}. "
-            "If the cluster uses token authentication, set RAY_AUTH_MODE=token and give its token in "
-            "~/.ray/auth_token or $RAY_AUTH_TOKEN."
+            f"{_TOKEN_HINT}"
         ) from None
 
 
-def probe(address: str, source: str) -> None:
+def probe(address: str, source: str, as_driver: bool = False) -> None:
     """Check that a Ray head node answers at ``address`` (``ray.init`` can hang for minutes on an
-    address that accepts connections but is not one)."""
+    address that accepts connections but is not one); ``as_driver``: that this machine runs one of
+    its nodes too (``ray.init("host:port")`` elsewhere waits a minute for a node that never comes)."""
     host, port = host_port(address)
     try:
         with socket.create_connection((host, port), timeout=PROBE_SECONDS):
             pass
     except OSError as exc:
+        client = (
+            " A head node serves Ray Client only where `ray[client]` is installed (pip install 'ray[client]')."
+            if address.startswith("ray://")
+            else ""
+        )
         raise ClusterConnectionError(
             f"no Ray cluster answered at {address} (from {source}) within {PROBE_SECONDS:g} s: {exc}. "
-            f"Start one with `{PROG} LaunchBroker` (or `ray start --head`), or fix the address."
+            f"Start one with `{PROG} LaunchBroker` (or `ray start --head`), or fix the address.{client}"
         ) from None
     if "://" not in address:
-        _check_gcs(address, source)
+        nodes = _check_gcs(address, source)
+        if as_driver and not any(on_this_machine(node) for node in nodes):
+            raise ClusterConnectionError(
+                f"this machine is not a node of the Ray cluster at {address} (from {source}; its nodes: "
+                f"{', '.join(nodes) or 'none'}), and a Ray driver given host:port must run on one. Connect "
+                f"through Ray Client instead: ray://{host}:{CLIENT_PORT} (the head node serves it on port "
+                f"{CLIENT_PORT} unless `ray start --ray-client-server-port` says otherwise), or run this on a node."
+            )
 
 
-def _check_gcs(address: str, source: str) -> None:
-    answer = compat.ask_gcs(address, GCS_SECONDS, on_this_machine(host_port(address)[0]))
-    if not answer:
+def _check_gcs(address: str, source: str) -> list[str]:
+    """The addresses of the live nodes of the Ray cluster whose GCS is at ``address``."""
+    answer = compat.ask_gcs(address, GCS_SECONDS)
+    if answer.silent:
         raise ClusterConnectionError(
             f"something accepts connections at {address} (from {source}), but no Ray head node answered there "
-            f"within {GCS_SECONDS:g} s; give the port of the head node's GCS (`ray start --head --port`), and if "
-            "the cluster uses token authentication, its token ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, "
-            "~/.ray/auth_token)."
+            f"within {GCS_SECONDS:g} s; give the port of the head node's GCS (`ray start --head --port`). "
+            f"{_TOKEN_HINT}"
         )
-    if answer[0] is not None:
+    if answer.refused:
         raise ClusterConnectionError(
-            f"the Ray cluster at {address} (from {source}) refused this client: {answer[0]}. If the cluster uses "
-            "token authentication, give its token in $RAY_AUTH_TOKEN, a file named by $RAY_AUTH_TOKEN_PATH, "
-            "or ~/.ray/auth_token"
+            f"the Ray cluster at {address} (from {source}) refused this client: {answer.refused}. {_token_remedy()}"
         )
+    return answer.nodes
 
 
 def host_port(address: str) -> tuple[str, int]:
@@ -136,16 +149,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def use_local_token() -> None:
-    """Send the token of Ray's default authentication to a cluster on this machine.
+def use_this_machines_token(address: str, source: str) -> None:
+    """Send this machine's Ray token (``~/.ray/auth_token``, ``$RAY_AUTH_TOKEN`` or
+    ``$RAY_AUTH_TOKEN_PATH``) to the cluster, unless ``$RAY_AUTH_MODE`` says otherwise.
 
-    ``ray start --head`` turns token authentication on when this machine has a token
-    (``~/.ray/auth_token``, ``$RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN_PATH``), but
-    ``ray.init(address=...)`` sends it only with ``RAY_AUTH_MODE=token``. For a cluster on
-    this machine do what ``ray.init()`` does for a local cluster; elsewhere the user decides.
+    ``ray start --head`` turns token authentication on when its machine has a token, but
+    ``ray start --address`` and ``ray.init(address=...)`` send one only with ``RAY_AUTH_MODE=token``:
+    without this a token copied to a worker node or a caller's machine would be ignored.
     """
-    if not os.environ.get("RAY_AUTH_MODE"):
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    try:
         compat.enable_token_if_this_machine_has_one()
+    except Exception as exc:  # Ray's AuthenticationError: a token file named but unreadable
+        raise ClusterConnectionError(f"cannot use a Ray token to reach {address} (from {source}): {exc}") from None
+
+
+def _token_remedy() -> str:
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return f"$RAY_AUTH_MODE=disabled here: unset it to send the token. {_TOKEN_HINT}"
+    if compat.has_token():
+        return (
+            "This machine's token is not the cluster's: copy the head node's ~/.ray/auth_token "
+            "(`ray get-auth-token` on the head prints it) over this machine's ~/.ray/auth_token, "
+            "or set $RAY_AUTH_TOKEN / $RAY_AUTH_TOKEN_PATH."
+        )
+    return _TOKEN_HINT
 
 
 def _modest_object_store() -> int:

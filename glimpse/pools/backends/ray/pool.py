@@ -44,8 +44,10 @@ class RayPool(ClusterPool):
     def __init__(self, address: str | None = None, **init_kwargs):
         address, owns_ray = _join_ray(address, init_kwargs)
         # Not ended when dropped: Ray is one per process, and a later pool may be using it.
-        probed = address if "://" not in address and address != "auto" else ""
-        super().__init__(RayBackend(owns_ray=owns_ray, address=probed), address, end_when_dropped=False)
+        client = address.startswith("ray://")
+        probed = "" if address == "auto" else address.removeprefix("ray://")
+        backend = RayBackend(owns_ray=owns_ray, address=probed, client=client)
+        super().__init__(backend, address, end_when_dropped=False)
 
 
 def _join_ray(address: str | None, init_kwargs: dict) -> tuple[str, bool]:
@@ -60,9 +62,15 @@ def _join_ray(address: str | None, init_kwargs: dict) -> tuple[str, bool]:
                 f"to {address} (from {source}): Ray allows one cluster per process. Call ray.shutdown() "
                 "first, or make the pool without an address to use the connected cluster."
             )
-        return current, False
+        return _kept_if_client(address, current), False
     if address is None:
         start_embedded(init_kwargs)
     else:
         connect(address, source, init_kwargs)
-    return current_address(address), True
+    return _kept_if_client(address, current_address(address)), True
+
+
+def _kept_if_client(address: str | None, current: str) -> str:
+    """A Ray Client pool's address stays ``ray://``: its copies connect through Ray Client too (the
+    GCS address serves only processes on a node)."""
+    return address if address is not None and address.startswith("ray://") else current

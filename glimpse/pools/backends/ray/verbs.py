@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -15,14 +16,15 @@ from glimpse.pools.backends.ray.connection import (
     connect,
     host_port,
     is_loopback,
-    on_this_machine,
     probe,
-    use_local_token,
+    use_this_machines_token,
 )
 from glimpse.pools.backends.ray.pool import ADDRESS_VARIABLE
 from glimpse.pools.cluster import verbs as common
+from glimpse.pools.contract.watch import silence_timeout
 
 DEFAULT_PORT = 6379
+log = logging.getLogger(__name__)
 
 _address_option = common.address_option(ADDRESS_VARIABLE, "HOST:PORT", "the head node's address")
 
@@ -33,30 +35,74 @@ def RunMain(argv: Sequence[str] | None = None) -> int:
 
 
 def _broker_options(parser: argparse.ArgumentParser) -> None:
-    common.listen_options(DEFAULT_PORT, "the node's address to listen on (default 127.0.0.1)")(parser)
-    parser.add_argument("--num-cpus", type=int, help="CPUs the head node offers to tasks (default: its cores)")
+    common.listen_options(
+        DEFAULT_PORT,
+        "this machine's address that nodes and callers reach (default 127.0.0.1: this machine only); any "
+        "other turns on Ray's token authentication, creating ~/.ray/auth_token if missing",
+    )(parser)
+    parser.add_argument(
+        "--num-cpus",
+        type=int,
+        help="CPUs the head node offers to tasks (default: its cores; 0: none, tasks run on the other nodes)",
+    )
     parser.add_argument("--temp-dir", help="where Ray keeps its session files (default /tmp/ray)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="with RAY_AUTH_MODE=disabled, start a head beyond loopback without token authentication "
+        "(anyone who reaches it can run code on every node)",
+    )
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host",
+        help="this machine's address that the other nodes reach (default: 127.0.0.1 for a head on "
+        "127.0.0.1, else the address this machine reaches the head from)",
+    )
     parser.add_argument("--num-cpus", type=int, help="CPUs this node offers to tasks (default: its cores)")
     parser.add_argument("--temp-dir", help="where Ray keeps its session files (default /tmp/ray)")
 
 
 def _launch_broker(args: argparse.Namespace) -> int:
     command = [f"--node-ip-address={args.host}", f"--port={args.port}", "--include-dashboard=false"]
-    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    env = {"RAY_USAGE_STATS_ENABLED": "0", **health_checks()}
     if is_loopback(args.host):
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # see compat.loopback_kept
+    else:
+        env.update(_token_for_network(args))
     return _run_ray_start(["--head", *command, *_node_options(args)], env)
+
+
+def _token_for_network(args: argparse.Namespace) -> dict:
+    """Token authentication for a head beyond loopback: this machine's token, created if missing."""
+    mode = os.environ.get("RAY_AUTH_MODE", "").lower()
+    if mode == "disabled":
+        if args.insecure:
+            log.warning("a Ray head on %s without token authentication: anyone who reaches it runs code", args.host)
+            return {}
+        raise ValueError(
+            f"RAY_AUTH_MODE=disabled would start a Ray head on {args.host} that anyone who reaches it can use "
+            "to run code on every node; unset it (the head then uses token authentication), or pass --insecure"
+        )
+    if not compat.has_token():
+        compat.create_token()
+    log.info(
+        "Token authentication is on. Copy this machine's Ray token (`ray get-auth-token` prints it; by default "
+        "~/.ray/auth_token) to ~/.ray/auth_token on every node and every machine that connects to %s.",
+        args.host,
+    )
+    return {"RAY_AUTH_MODE": "token"}
 
 
 def _launch_worker(args: argparse.Namespace) -> int:
     address, source = common.required_address(args, ADDRESS_VARIABLE, "HOST:PORT")
-    if on_this_machine(host_port(address)[0]):
-        use_local_token()
+    use_this_machines_token(address, source)
     probe(address, source)
     command = [f"--address={address}", *_node_options(args)]
+    host = args.host or ("127.0.0.1" if is_loopback(host_port(address)[0]) else None)
+    if host:
+        command.append(f"--node-ip-address={host}")
     return _run_ray_start(command, {"RAY_USAGE_STATS_ENABLED": "0"}, keep_loopback=True)
 
 
@@ -102,12 +148,29 @@ VERBS: dict[str, common.Verb] = {
 }
 
 
+def health_checks() -> dict[str, str]:
+    """The head's GCS health checks of every node, as ``RAY_*`` settings for ``ray start --head``: a
+    node that does not answer for about ``$GLIMPSE_SILENCE_TIMEOUT`` seconds (25) is declared dead,
+    instead of Ray's default of about a minute. A failed check takes its period plus its timeout.
+
+    Not shorter: a head that is itself cut off for a moment would declare every node dead.
+    An existing ``RAY_health_check_*`` in the environment wins.
+    """
+    period_ms = timeout_ms = 1000
+    settings = {
+        "RAY_health_check_period_ms": str(period_ms),
+        "RAY_health_check_timeout_ms": str(timeout_ms),
+        "RAY_health_check_failure_threshold": str(max(1, round(silence_timeout() * 1000 / (period_ms + timeout_ms)))),
+    }
+    return {name: os.environ.get(name, value) for name, value in settings.items()}
+
+
 def _node_options(args: argparse.Namespace) -> list[str]:
     options = [f"--temp-dir={args.temp_dir}"] if args.temp_dir else []
     if args.num_cpus is None:
         return options
-    if args.num_cpus < 1:
-        raise ValueError(f"--num-cpus must be at least 1, not {args.num_cpus}")
+    if args.num_cpus < 0:
+        raise ValueError(f"--num-cpus must be 0 or more, not {args.num_cpus}")
     return [*options, f"--num-cpus={args.num_cpus}"]
 
 
