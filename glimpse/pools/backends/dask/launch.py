@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -75,10 +76,11 @@ def run_workers(command: list[str], scheduler: str) -> int:
     scheduler (``KillWorkers``) are not.
     """
     env = engine_environment()
+    signal.signal(signal.SIGTERM, _interrupt)
     restarting = False
     while True:
-        code, lost_scheduler = _run_once(command, env)
-        if not lost_scheduler and not (restarting and code == _FAILED_TO_START):
+        code, lost_scheduler, stopped = _run_once(command, env)
+        if stopped or not (lost_scheduler or (restarting and code == _FAILED_TO_START)):
             return code
         restarting = True
         log.warning(
@@ -92,17 +94,24 @@ def run_workers(command: list[str], scheduler: str) -> int:
             return 130
 
 
-def _run_once(command: list[str], env: dict) -> tuple[int, bool]:
-    """Run ``command`` once, passing its output on; its exit code, and whether a worker closed
-    because it lost the scheduler."""
-    lost = False
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _run_once(command: list[str], env: dict) -> tuple[int, bool, bool]:
+    """Run ``command`` once, passing its output on; its exit code, whether a worker closed because
+    it lost the scheduler, and whether Ctrl-C or SIGTERM stopped it (then after it has closed)."""
+    lost = stopping = False
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
-    try:
-        for line in process.stderr:
-            sys.stderr.write(line)
-            sys.stderr.flush()
-            lost = lost or compat.closed_for_lost_scheduler(line)
-        return process.wait(), lost
-    except KeyboardInterrupt:
-        process.wait()
-        return 130, False
+    while True:
+        try:
+            for line in process.stderr:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+                lost = lost or compat.closed_for_lost_scheduler(line)
+            return process.wait(), lost, stopping
+        except KeyboardInterrupt:
+            # Its output still comes through this process: keep passing it on while it closes.
+            stopping = True
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
