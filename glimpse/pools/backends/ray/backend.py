@@ -84,6 +84,7 @@ class RayBackend(Backend):
         self._gone: str | None = None
         self._nodes: NodeWatch | None = None
         self._placed: dict[ray.ObjectRef, str] = {}
+        self._placed_at: dict[ray.ObjectRef, float] = {}
         self._lost: dict[ray.ObjectRef, str] = {}
 
     def workers(self) -> int:
@@ -120,6 +121,15 @@ class RayBackend(Backend):
             self._let_go(f"the Ray head node at {self._address} refuses connections", refused=True)
             return Health(0, lost=f"the Ray head node at {self._address} refuses connections (it stopped)")
         self._heard_at = time.monotonic()
+        stuck = self._bounded.stuck_for() if self._bounded is not None else 0.0
+        if stuck >= silence_timeout():
+            # Seen after a head silent for 20 s: the head answers again, Ray Client's wait never returns.
+            reason = (
+                f"Ray Client's connection to the head node at {self._address} has not answered for {stuck:.0f} s "
+                "although the head accepts connections again (Ray Client does not recover it)"
+            )
+            self._let_go(reason)
+            return Health(0, lost=reason)
         self._cpus_read_at = -_CPUS_TTL_SECONDS
         self.workers()
         return Health(
@@ -167,7 +177,7 @@ class RayBackend(Backend):
             task = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True))
         handle = task.remote(call.id, self._functions[call.id], payload, chunk.start)
         if node_id is not None:
-            self._placed[handle] = node_id
+            self._placed[handle], self._placed_at[handle] = node_id, time.monotonic()
         return handle
 
     def wait(self, handles: Collection[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:
@@ -188,8 +198,11 @@ class RayBackend(Backend):
         lost = []
         for handle in handles:
             node_id = self._placed.get(handle)
-            if node_id is not None and handle not in ready and self._nodes.gone(node_id):
-                self._lost[handle] = self._nodes.describe(node_id)
+            if node_id is None or handle in ready:
+                continue
+            reason = self._nodes.gone(node_id) or self._nodes.went_silent_after(node_id, self._placed_at[handle])
+            if reason:
+                self._lost[handle] = f"the Ray node at {self._nodes.address(node_id)} {reason}"
                 lost.append(handle)
         if lost:
             in_background(lambda: [_cancel(handle) for handle in lost], "glimpse-ray-cancel")
@@ -197,6 +210,7 @@ class RayBackend(Backend):
 
     def _unplace(self, handle: ray.ObjectRef) -> None:
         node_id = self._placed.pop(handle, None)
+        self._placed_at.pop(handle, None)
         if node_id is not None:
             self._nodes.release(node_id)
 

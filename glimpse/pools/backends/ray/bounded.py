@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -31,6 +32,13 @@ class BoundedCalls:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stuck: Future | None = None
+        self._stuck_at = 0.0
+
+    def stuck_for(self) -> float:
+        """How long the call that did not return in time has been running (0: none is stuck)."""
+        if self._stuck is None or self._stuck.done():
+            return 0.0
+        return time.monotonic() - self._stuck_at
 
     def run(self, function: Callable[[], Any], bound: float) -> Any:
         """``function()``'s result, or :class:`TookTooLong` after ``bound`` seconds."""
@@ -48,7 +56,7 @@ class BoundedCalls:
         try:
             return future.result(timeout=bound)
         except FutureTimeout:
-            self._stuck = future
+            self._stuck, self._stuck_at = future, time.monotonic() - bound
             raise TookTooLong from None
 
     def _serve(self) -> None:

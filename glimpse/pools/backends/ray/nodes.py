@@ -23,6 +23,8 @@ from glimpse.pools.contract.watch import silence_timeout
 #: How often the node table is read and the busy nodes probed.
 READ_SECONDS = 2.0
 _PROBE_SECONDS = 1.0
+#: A node silent this long may have lost the replies of the chunks it ran: they are sent again.
+BLIP_SECONDS = 5.0
 
 
 @dataclass
@@ -45,6 +47,8 @@ class NodeWatch:
         self._gone: dict[str, str] = {}
         self._heard_at: dict[str, float] = {}
         self._dead: set[str] = set()
+        #: The last silence of each node that came back: (last heard before it, heard again).
+        self._silences: dict[str, tuple[float, float]] = {}
         self._stopped = threading.Event()
         self._read()
         self._thread = threading.Thread(target=self._watch, name="glimpse-ray-nodes", daemon=True)
@@ -105,7 +109,7 @@ class NodeWatch:
                 if not info.get("Alive"):
                     if node_id in self._nodes and node_id not in self._dead:
                         self._dead.add(node_id)
-                        self._gone[node_id] = "Ray declared it dead"
+                        self._gone[node_id] = "was declared dead by Ray (its health checks)"
                     continue
                 node = self._nodes.get(node_id)
                 cpus = float(info.get("Resources", {}).get("CPU", 0))
@@ -121,14 +125,26 @@ class NodeWatch:
             if node.id in self._dead:
                 continue
             if not head_silent(node.raylet, timeout=_PROBE_SECONDS):
-                self._heard_at[node.id] = time.monotonic()
+                now = time.monotonic()
+                heard_at = self._heard_at.get(node.id, now)
+                if now - heard_at >= BLIP_SECONDS + READ_SECONDS:
+                    self._silences[node.id] = (heard_at, now)
+                self._heard_at[node.id] = now
                 self._gone.pop(node.id, None)  # back from a silence Ray did not call death
                 continue
             heard_at = self._heard_at.setdefault(node.id, time.monotonic())
             if time.monotonic() - heard_at >= limit:
-                self._gone.setdefault(node.id, f"its raylet at {node.raylet} did not answer for {limit:g} s")
+                self._gone.setdefault(node.id, f"did not answer at {node.raylet} for {limit:g} s")
 
-    def describe(self, node_id: str) -> str:
-        """The node's address and why it is gone, for a lost chunk's message."""
+    def address(self, node_id: str) -> str:
         node = self._nodes.get(node_id)
-        return f"the Ray node at {node.address if node else node_id} is gone ({self._gone.get(node_id, 'unknown')})"
+        return node.address if node is not None else node_id
+
+    def went_silent_after(self, node_id: str, placed_at: float) -> str | None:
+        """Why a chunk placed on the node at ``placed_at`` is lost though the node is back: it was
+        silent for :data:`BLIP_SECONDS` or more since (Ray's connection to it does not recover the
+        replies of the tasks it was running then), or ``None``."""
+        silence = self._silences.get(node_id)
+        if silence is None or silence[1] < placed_at:
+            return None
+        return f"did not answer for {silence[1] - silence[0]:.0f} s while running the chunk"
