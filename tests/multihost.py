@@ -1,15 +1,17 @@
 """Several machines on one machine, for tests of clusters that span hosts.
 
 A :class:`Host` is a set of Linux namespaces: a network namespace with its own address on a bridge
-that exists only on this machine, and PID, UTS (its own hostname) and mount namespaces (its own
-``/tmp``, which holds its ``HOME``, and its own ``/etc/hosts`` naming every host). The test process
+that exists only on this machine, and PID, UTS (its own hostname) and mount namespaces: its own
+``HOME`` and ``TMPDIR`` (under :data:`HOST_ROOT`, where each host mounts a directory of its own) and
+its own ``/etc/hosts`` naming every host. Everything else (the Python installation, the checkout
+under test, wherever they are) is the machine's, as an admin's identical installs would be. The test process
 itself stays in the root namespaces and has an address on the bridge too: it is a host of its own,
 the caller's. :meth:`Hosts.partition` sets a host's link down (its processes live on, but no packet
 crosses, and no connection is refused or reset: a pulled cable) and :meth:`Hosts.heal` sets it up.
 
 Every process a host runs is started in its own process group and ended by that group's id; each
-host's namespaces hang on one holder process (the init of its PID namespace: when it ends, the
-kernel ends everything in the host). :meth:`Hosts.close` ends them all and deletes every
+host's namespaces hang on one holder process (the init of its PID namespace, which reaps the host's
+orphans: when it ends, the kernel ends everything in the host). :meth:`Hosts.close` ends them all and deletes every
 namespace, veth and bridge; namespaces that a killed test session left behind are deleted by the
 next one (their names carry the session's pid).
 
@@ -21,17 +23,31 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.engines._processes import start_process, stop_process_group
 
-#: What a host's processes see as their HOME and TMPDIR (inside the host's own /tmp).
-HOST_HOME = "/tmp/home"
-HOST_TMP = "/tmp"
+#: Where each host mounts its own directory; what its processes see as their HOME and TMPDIR.
+HOST_ROOT = "/run/glimpse-host"
+HOST_HOME = f"{HOST_ROOT}/home"
+HOST_TMP = f"{HOST_ROOT}/tmp"
 _PREFIX = "glimpse-"
+#: The host's init (its PID namespace's first process): it reaps every orphan of the host, so a
+#: process group that was ended leaves no zombie behind that would look alive to killpg(pgid, 0).
+_INIT = """
+import os, time
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.2)
+"""
+_INIT_NAME = "glimpse-host-init"
 _SETTLE_SECONDS = 10.0
 
 
@@ -48,7 +64,7 @@ def missing_requirement() -> str | None:
 @dataclass
 class Host:
     """One simulated machine. ``address`` is its address on the bridge; ``root`` the directory
-    outside that is its ``/tmp`` inside (so ``root / "home"`` is its HOME)."""
+    outside that is its :data:`HOST_ROOT` inside (so ``root / "home"`` is its HOME)."""
 
     name: str
     address: str
@@ -74,6 +90,7 @@ class Host:
             "--pid",
             "--uts",
             "--mount",
+            f"--wd={os.getcwd()}",
             "--",
             "env",
             "-i",
@@ -121,6 +138,7 @@ class Hosts:
         if missing:
             raise RuntimeError(missing)
         _delete_stale()
+        os.makedirs(HOST_ROOT, exist_ok=True)
         self.base_dir = base_dir
         self.tag = str(os.getpid())
         self.bridge = f"gpb{self.tag}"
@@ -145,6 +163,7 @@ class Hosts:
         self.hosts.append(host)
         inside = f"gp{self.tag}h{number}"
         host.home.mkdir(parents=True)
+        (host.root / "tmp").mkdir()
         _ip("netns", "add", host.netns)
         _ip("link", "add", inside, "type", "veth", "peer", "name", host.bridge_side)
         _ip("link", "set", host.bridge_side, "master", self.bridge, "up")
@@ -173,7 +192,8 @@ class Hosts:
             for process in list(host.processes):
                 host.stop(process, grace=3.0)
             if host.holder is not None:
-                stop_process_group(host.holder, grace=3.0)
+                # The holder's sleep is its PID namespace's init, which ignores SIGTERM; ending it ends the host.
+                _kill_group(host.holder)
             _ip("netns", "del", host.netns, check=False)
             _ip("link", "del", host.bridge_side, check=False)
         _ip("link", "del", self.bridge, check=False)
@@ -188,8 +208,9 @@ class Hosts:
     def _start_holder(self, host: Host) -> tuple[subprocess.Popen, int]:
         """The init of the host's PID namespace, inside its network namespace, with its hostname and mounts."""
         setup = (
-            f"hostname {host.name} && mount --bind {host.root} /tmp && mount --bind /tmp/.hosts /etc/hosts "
-            "&& exec sleep infinity"
+            f"hostname {host.name} && mount --bind {host.root} {HOST_ROOT} "
+            f"&& mount --bind {HOST_ROOT}/.hosts /etc/hosts "
+            f"&& exec {sys.executable} -c '{_INIT}' {_INIT_NAME}"
         )
         holder = start_process(
             ["ip", "netns", "exec", host.netns, "unshare", "--pid", "--uts", "--mount", "--fork", "--mount-proc"]
@@ -199,7 +220,7 @@ class Hosts:
         # nsenter enters the namespaces of a process inside them: the child that unshare forked.
         deadline = time.monotonic() + _SETTLE_SECONDS
         while time.monotonic() < deadline and holder.poll() is None:
-            inside = _sleeping_child(holder.pid)
+            inside = _init_of(holder.pid)
             if inside is not None:
                 return holder, inside
             time.sleep(0.05)
@@ -208,17 +229,26 @@ class Hosts:
         raise RuntimeError(f"host {host.name} did not start: {log}")
 
 
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=10)
+    stop_process_group(process, grace=1.0)
+
+
 def _with_env(args: list[str], env: dict | None) -> list[str]:
     return [f"{name}={value}" for name, value in (env or {}).items()] + list(args)
 
 
-def _sleeping_child(pid: int) -> int | None:
-    """The pid of the ``sleep infinity`` under ``pid`` (unshare's forked child, after its exec)."""
+def _init_of(pid: int) -> int | None:
+    """The pid of the host's init under ``pid`` (unshare's forked child, after its exec)."""
     import psutil
 
     try:
         for child in psutil.Process(pid).children(recursive=True):
-            if child.name() == "sleep":
+            if child.cmdline()[-1:] == [_INIT_NAME]:
                 return child.pid
     except psutil.Error:
         return None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from glimpse.pools.security.keys import KEY_FILE_VARIABLE
 from tests import helpers
 from tests.multihost import Host, Hosts
 
@@ -35,8 +35,8 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def cluster(hosts: Hosts):
     """``LaunchBroker --host <head's address>`` on host ``head``, ``LaunchWorker`` with two slots on
-    ``w1`` and ``w2``; the key in each host's default key file, and at the caller's key path on
-    every worker host too (a pool pickled into a task reads it there)."""
+    ``w1`` and ``w2``; the key in each host's default key file, and the caller's in
+    ``$GLIMPSE_CLUSTER_KEY_FILE`` (a pool pickled into a task finds its key on the worker's host)."""
     logs = hosts.base_dir / "zmq-logs"
     logs.mkdir()
     key = secrets.token_hex(32)
@@ -44,20 +44,21 @@ def cluster(hosts: Hosts):
     address = f"tcp://{head.address}:{PORT}"
     head.put(".config/glimpse/cluster.key", key)
     head.start([*CLI, "LaunchBroker", "--host", head.address, "--port", str(PORT)], logs / "broker.log")
-    key_file = _key_everywhere(key, [w1, w2])
+    key_file = _key_everywhere(key, [w1, w2], hosts.base_dir)
     for worker in (w1, w2):
         worker.start([*CLI, "LaunchWorker", "--address", address, "--nworkers", "2"], logs / f"{worker.name}.log")
     _wait_until_listening(address, logs / "broker.log")
     from glimpse.pools.zmq_cluster import MakePool
 
-    pool = MakePool(address, key_file=key_file)
-    try:
-        _wait_for_hosts(pool, {w1.name, w2.name})
-        yield pool, head, w1, w2, key_file
-    finally:
-        pool.terminate()
-        pool.join()
-        shutil.rmtree(Path(key_file).parent, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(KEY_FILE_VARIABLE, key_file)
+        pool = MakePool(address)
+        try:
+            _wait_for_hosts(pool, {w1.name, w2.name})
+            yield pool, head, w1, w2, key_file
+        finally:
+            pool.terminate()
+            pool.join()
 
 
 def _wait_until_listening(address: str, log_path: Path) -> None:
@@ -70,17 +71,12 @@ def _wait_until_listening(address: str, log_path: Path) -> None:
         time.sleep(0.2)
 
 
-def _key_everywhere(key: str, workers: list[Host]) -> str:
-    """The key in each worker host's ``~/.config/glimpse/cluster.key``, and at one path that is the
-    same for the caller and every worker host (under /tmp, which each host has of its own)."""
-    relative = Path(f"glimpse-test-key-{os.getpid()}") / "cluster.key"
+def _key_everywhere(key: str, workers: list[Host], caller_dir: Path) -> str:
+    """The key in each worker host's ``~/.config/glimpse/cluster.key``, as an admin copies it, and
+    in a file of the caller's; the caller's file's path."""
     for host in workers:
         host.put(".config/glimpse/cluster.key", key)
-        (host.root / relative).parent.mkdir()
-        (host.root / relative).write_text(key)
-        (host.root / relative).chmod(0o600)
-    caller = Path("/tmp") / relative
-    caller.parent.mkdir()
+    caller = caller_dir / "caller-cluster.key"
     caller.write_text(key)
     caller.chmod(0o600)
     return str(caller)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from glimpse.pools.cluster.pool import ClusterPool, resolve_address
 from glimpse.pools.contract import Backend
 from glimpse.pools.security import ClusterKey, generate_key, insecure_key, resolve_key
+from glimpse.pools.security.keys import KEY_FILE_ARGUMENT
 
 #: The keys of the embedded clusters this process started, by address: a pool unpickled here finds its key.
 _EMBEDDED_KEYS: dict[str, ClusterKey] = {}
@@ -22,7 +23,8 @@ class SignedClusterPool(ClusterPool):
     ``key`` (hex or base64) or ``key_file``, else the usual sources (``glimpse.pools.security``);
     ``insecure`` signs nothing (every peer must be started with ``--insecure``).
 
-    It pickles to its address and its key file (or the environment's key), never to the key.
+    It pickles to its address and the ``key_file`` it was given (else it finds its key by the usual
+    sources where it is unpickled), never to the key.
     """
 
     ADDRESS_VARIABLE: str
@@ -64,7 +66,10 @@ class SignedClusterPool(ClusterPool):
         super().__init__(backend, backend.address)
 
     def __reduce__(self):
-        return (type(self), (self.address, None, None, self.key.file, not self.key.secret))
+        # A key file given as an argument is named; a key found by the usual sources (environment,
+        # default key file) is found again by them where the pool is unpickled, on any machine.
+        key_file = self.key.file if self.key.source == KEY_FILE_ARGUMENT else None
+        return (type(self), (self.address, None, None, key_file, not self.key.secret))
 
     normalize_address: Callable[[str], str] = staticmethod(str.strip)
 

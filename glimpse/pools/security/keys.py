@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 KEY_VARIABLE = "GLIMPSE_CLUSTER_KEY"
 KEY_FILE_VARIABLE = "GLIMPSE_CLUSTER_KEY_FILE"
 KEY_BYTES = 32
+#: The ``source`` of a key read from the ``key_file`` a caller gave.
+KEY_FILE_ARGUMENT = "the key file argument"
 _MIN_KEY_BYTES = 16
 
 
@@ -88,7 +90,7 @@ def resolve_key(key: str | bytes | None = None, key_file: str | os.PathLike | No
     if key is not None:
         return ClusterKey(_decode(key, "the key argument"), "the key argument")
     if key_file is not None:
-        return read_key_file(key_file, "the key file argument")
+        return read_key_file(key_file, KEY_FILE_ARGUMENT)
     if os.environ.get(KEY_VARIABLE):
         return ClusterKey(_decode(os.environ[KEY_VARIABLE], f"${KEY_VARIABLE}"), f"${KEY_VARIABLE}")
     if os.environ.get(KEY_FILE_VARIABLE):
