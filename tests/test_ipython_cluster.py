@@ -377,3 +377,22 @@ def test_the_controllers_heart_monitor_waits_out_the_silence_timeout(silence, mi
         f"--HeartMonitor.period={heartbeat.PERIOD_MS}",
         f"--HeartMonitor.max_heartmonitor_misses={misses}",
     ]
+
+
+def test_an_engine_stops_after_the_silence_timeout_without_the_controllers_pings(monkeypatch):
+    from glimpse.pools.backends.ipython import heartbeat
+
+    monkeypatch.setenv("GLIMPSE_SILENCE_TIMEOUT", "25")
+    assert heartbeat.engine_options() == ["--IPEngine.max_heartbeat_misses=17"]  # 17 checks of 1.5 s
+
+
+@pytest.mark.parametrize(
+    ("code", "rejoining", "again"),
+    [(75, False, True), (69, True, True), (69, False, False), (0, True, False), (1, True, False)],
+)
+def test_launch_worker_starts_again_only_engines_cut_off_from_the_controller(code, rejoining, again, tmp_path):
+    from glimpse.pools.backends.ipython import verbs
+    from glimpse.pools.backends.ipython.connection import Connection
+
+    connection = Connection(profile_dir=str(tmp_path))  # no connection file: nothing to probe
+    assert (verbs._cut_off(connection, code, rejoining) is not None) == again

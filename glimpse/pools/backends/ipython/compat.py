@@ -110,6 +110,13 @@ def controller_and_engine_processes(cluster) -> list:
     return ([controller] if controller is not None else []) + engine_processes(cluster)
 
 
+def engine_lost_controller(app) -> bool:
+    """Whether an ``IPEngine`` app stopped because it heard no heartbeat from its controller for
+    ``max_heartbeat_misses`` checks in a row. Private: ``IPEngine._hb_missed_beats``."""
+    misses = app.max_heartbeat_misses
+    return misses > 0 and getattr(app, "_hb_missed_beats", 0) >= misses
+
+
 def missing() -> list[str]:
     """The private names this module relies on that the installed ipyparallel lacks."""
     import ipyparallel
@@ -124,7 +131,10 @@ def missing() -> list[str]:
         gone.append("ipyparallel.serialize.PrePickled")
     if not hasattr(ipyparallel.Client, "send_apply_request"):
         gone.append("ipyparallel.Client.send_apply_request")
+    from ipyparallel.engine.app import IPEngine
+
     for owner, name in (
+        (IPEngine, "_hb_missed_beats"),
         (launcher.LocalEngineSetLauncher, "launchers"),
         (launcher.LocalProcessLauncher, "process"),
         (ipyparallel.Client, "_config"),

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
-from glimpse.pools.backends.ipython import heartbeat
+from glimpse.pools.backends.ipython import engine, heartbeat
 from glimpse.pools.backends.ipython.connection import (
     CONTROLLER_OPTIONS,
     ENVIRONMENT,
@@ -25,6 +27,11 @@ log = logging.getLogger(__name__)
 
 #: How long PingWorkers waits for each engine's answer.
 PING_SECONDS = 10.0
+#: How long LaunchWorker waits to learn whether the controller refuses connections (it stopped).
+REFUSAL_PROBE_SECONDS = 3.0
+#: How long LaunchWorker waits before starting again an engine cut off from its controller.
+RESTART_SECONDS = 2.0
+_POLL_SECONDS = 0.2
 
 
 def RunMain(argv: Sequence[str] | None = None) -> int:
@@ -97,7 +104,9 @@ VERBS: dict[str, Verb] = {
         ),
     ),
     "LaunchWorker": Verb(
-        "run N engines connected to the controller, in the foreground",
+        "run N engines connected to the controller, in the foreground; an engine cut off from the "
+        "controller for $GLIMPSE_SILENCE_TIMEOUT seconds (default 25) starts again, and rejoins once "
+        "the controller answers",
         _launch_worker,
         lambda parser: parser.add_argument(
             "-n", type=int, default=os.cpu_count() or 1, help="engines (default: cores)"
@@ -139,30 +148,93 @@ def _listen_options(host: str) -> list[str]:
 def _run_engines(connection: Connection, count: int) -> int:
     if count < 1:
         raise ValueError(f"-n must be at least 1, not {count}")
-    command = [sys.executable, "-m", "ipyparallel.engine", *_options(connection)]
+    command = [sys.executable, "-m", "glimpse.pools.backends.ipython.engine", *_options(connection)]
+    command += heartbeat.engine_options()
     log.info("running %d engine(s) for %s", count, connection.describe())
-    return _run_foreground([command] * count)
+    return _run_foreground([command] * count, restart=lambda code, again: _cut_off(connection, code, again))
 
 
-def _run_foreground(commands: list[list[str]]) -> int:
-    """Run commands in this process group until they all exit; pass SIGTERM and SIGHUP on to them."""
+def _cut_off(connection: Connection, code: int, rejoining: bool) -> str | None:
+    """Why an engine that exited with ``code`` should start again, if it should: it lost the
+    controller's heartbeats, or (``rejoining``: it was started again for that) the controller has
+    not answered its registration yet. Not when the controller refuses connections: it stopped."""
+    if code == engine.LOST_CONTROLLER:
+        reason = "it heard no heartbeat from the controller for $GLIMPSE_SILENCE_TIMEOUT seconds"
+    elif code == engine.REGISTRATION_TIMED_OUT and rejoining:
+        reason = "the controller has not answered its registration yet"
+    else:
+        return None
+    address = _registration_address(connection)
+    if address and _refused(address):
+        log.error(
+            "engine stopped: %s, and nothing listens at the controller's %s any more; start LaunchWorker "
+            "again once the controller runs (with a new controller, copy its ipcontroller-engine.json here)",
+            reason,
+            address,
+        )
+        return None
+    return reason
+
+
+def _registration_address(connection: Connection) -> str | None:
+    """``host:port`` of the controller's registration socket, from the engine connection file."""
+    path = connection.engine_file()
+    try:
+        with open(path) as file:
+            info = json.load(file)
+    except (OSError, TypeError, ValueError):
+        return None
+    interface, port = info.get("interface"), info.get("registration")
+    return f"{interface.split('://', 1)[-1]}:{port}" if interface and port else None
+
+
+def _refused(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=REFUSAL_PROBE_SECONDS):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+def _run_foreground(commands: list[list[str]], restart=lambda code, rejoining: None) -> int:
+    """Run commands in this process group until they all exit; pass SIGTERM and SIGHUP on to them.
+    A command that exits for a reason ``restart(code, whether it was started again before)`` gives,
+    unless this process was told to stop, runs again."""
     children = [subprocess.Popen(command) for command in commands]
+    rejoining = [False] * len(children)
+    stopping = False
 
     def forward(signum, frame):
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        codes = []
-        for child in children:
-            try:
-                codes.append(child.wait())
-            except KeyboardInterrupt:
-                forward(signal.SIGTERM, None)
-                codes.append(child.wait())
-        return max((abs(code) for code in codes), default=0)
+        codes: dict[int, int] = {}
+        while len(codes) < len(children):
+            for slot, child in enumerate(children):
+                code = None if slot in codes else child.poll()
+                if code is None:
+                    continue
+                reason = None if stopping else restart(code, rejoining[slot])
+                if reason is not None:
+                    log.warning("process %d of %d stopped: %s; starting it again", slot + 1, len(children), reason)
+                    time.sleep(RESTART_SECONDS)
+                if reason is None or stopping:
+                    codes[slot] = code
+                    continue
+                children[slot], rejoining[slot] = subprocess.Popen(commands[slot]), True
+            time.sleep(_POLL_SECONDS)
+        return max((abs(code) for code in codes.values()), default=0)
+    except KeyboardInterrupt:
+        forward(signal.SIGTERM, None)
+        return max(abs(child.wait()) for child in children)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
