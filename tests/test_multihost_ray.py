@@ -185,8 +185,7 @@ def test_a_silent_worker_host_loses_no_result_with_a_driver_on_a_node(cluster, h
     # The head node's CPU and w1's two take over the rest.
     assert end["at"] - cut < 30 + count * seconds / 3, f"{end['at'] - cut:.0f} s after the cut"
     _print_measure("silent worker host, driver on the head: all results", end["at"] - cut)
-    # Ray ended the node it declared dead; the admin starts it again, and it gets work.
-    cluster.start_worker(cluster.w2)
+    # Ray ended the node it declared dead; LaunchWorker joins again by itself, and the node gets work.
     _wait_for_nodes(cluster, 3)
     happy = _happy(_run_in(cluster.head, cluster, cluster.gcs, "happy"))
     assert cluster.w2.name in happy["hosts"], happy["hosts"]
@@ -251,9 +250,7 @@ def _start_long_call(cluster: RayCluster, caller: str, log: Path, count: int, se
 
 def _restart_nodes_declared_dead(cluster: RayCluster) -> None:
     """A head cut off for longer than its health checks allow declares every other node dead, and
-    Ray ends those nodes when they hear of it: start them again."""
-    for worker in (cluster.w1, cluster.w2):
-        cluster.start_worker(worker)
+    Ray ends those nodes when they hear of it: their LaunchWorker joins again by itself."""
     _wait_for_nodes(cluster, 3)
 
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 import ray
@@ -21,9 +22,13 @@ from glimpse.pools.backends.ray.connection import (
 )
 from glimpse.pools.backends.ray.pool import ADDRESS_VARIABLE
 from glimpse.pools.cluster import verbs as common
+from glimpse.pools.cluster.reachability import tcp_answers
 from glimpse.pools.contract.watch import silence_timeout
 
 DEFAULT_PORT = 6379
+#: A node that ran at least this long and then ended was ended by Ray (declared dead): it joins again.
+_REJOIN_AFTER_SECONDS = 20.0
+_REJOIN_PAUSE_SECONDS = 1.0
 log = logging.getLogger(__name__)
 
 _address_option = common.address_option(ADDRESS_VARIABLE, "HOST:PORT", "the head node's address")
@@ -103,7 +108,27 @@ def _launch_worker(args: argparse.Namespace) -> int:
     host = args.host or ("127.0.0.1" if is_loopback(host_port(address)[0]) else None)
     if host:
         command.append(f"--node-ip-address={host}")
-    return _run_ray_start(command, {"RAY_USAGE_STATS_ENABLED": "0"}, keep_loopback=True)
+    while True:
+        started = time.monotonic()
+        code = _run_ray_start(command, {"RAY_USAGE_STATS_ENABLED": "0"}, keep_loopback=True)
+        ran = time.monotonic() - started
+        if code == 130 or ran < _REJOIN_AFTER_SECONDS:
+            return code  # stopped by Ctrl-C, or a start that failed: the admin's to see
+        # Ray ends a node its head declared dead (its machine was silent for a while): join again.
+        log.warning(
+            "the Ray node ended after %.0f s (exit code %s), as Ray ends a node its head declared dead; "
+            "joining the cluster at %s again once it answers",
+            ran,
+            code,
+            address,
+        )
+        _wait_until_answers(address)
+
+
+def _wait_until_answers(address: str) -> None:
+    while not tcp_answers(address):
+        time.sleep(_REJOIN_PAUSE_SECONDS)
+    time.sleep(_REJOIN_PAUSE_SECONDS)
 
 
 def _ping_workers(args: argparse.Namespace) -> int:
@@ -140,7 +165,9 @@ def _restart_workers(args: argparse.Namespace) -> int:
 VERBS: dict[str, common.Verb] = {
     "LaunchBroker": common.Verb("run a Ray head node in the foreground until killed", _launch_broker, _broker_options),
     "LaunchWorker": common.Verb(
-        "run a Ray node that joins the cluster, in the foreground", _launch_worker, _worker_options
+        "run a Ray node that joins the cluster, in the foreground; it joins again after Ray ends it for a silence",
+        _launch_worker,
+        _worker_options,
     ),
     "PingWorkers": common.Verb("print one line per node: address, CPUs, alive or dead", _ping_workers),
     "KillWorkers": common.Verb("not possible with Ray (says why and exits with code 1)", _kill_workers),
