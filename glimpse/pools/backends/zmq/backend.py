@@ -279,7 +279,15 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
         self._send(p.PING, p.number(self._last_number))
 
     def _ping_and_wait(self) -> None:
-        self._ask(p.PING, p.number(self._last_number), reply=p.PONG)
+        try:
+            self._ask(p.PING, p.number(self._last_number), reply=p.PONG)
+        except _NoAnswer:
+            # After a silence, this connection may still wait out TCP's retransmission backoff while
+            # the broker already answers a new one: connect afresh, once, before giving up.
+            if not isinstance(self._socket, PeerSocket) or not tcp_answers(self.address):
+                raise
+            self._reconnect()
+            self._ask(p.PING, p.number(self._last_number), reply=p.PONG)
 
     def _receive_available(self) -> None:
         while True:
