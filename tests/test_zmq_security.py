@@ -124,6 +124,15 @@ def test_a_pool_pickles_to_its_key_file_not_its_key(zmq_external_cluster, tmp_pa
             assert copy.map(helpers.times_ten, [2]) == [20]
 
 
+def test_a_pool_whose_key_came_from_the_environment_finds_it_again_where_it_is_unpickled(zmq_external_cluster):
+    with MakePool(zmq_external_cluster.address) as pool:  # the key of $GLIMPSE_CLUSTER_KEY_FILE (conftest)
+        blob = pickle.dumps(pool)
+        assert os.environ["GLIMPSE_CLUSTER_KEY_FILE"].encode() not in blob and pool.key.secret not in blob
+        with pickle.loads(blob) as copy:
+            assert copy.key.source.startswith("$GLIMPSE_CLUSTER_KEY_FILE")
+            assert copy.map(helpers.times_ten, [3]) == [30]
+
+
 # -- hostile peers -----------------------------------------------------------------------------------
 
 

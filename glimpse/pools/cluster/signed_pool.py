@@ -68,7 +68,7 @@ class SignedClusterPool(ClusterPool):
     def __reduce__(self):
         # A key file given as an argument is named; a key found by the usual sources (environment,
         # default key file) is found again by them where the pool is unpickled, on any machine.
-        key_file = self.key.file if self.key.source == KEY_FILE_ARGUMENT else None
+        key_file = self.key.file if self.key.source.startswith(KEY_FILE_ARGUMENT) else None
         return (type(self), (self.address, None, None, key_file, not self.key.secret))
 
     normalize_address: Callable[[str], str] = staticmethod(str.strip)
