@@ -25,6 +25,8 @@ from glimpse.pools.errors import ClusterLostError, RemoteTraceback, Serializatio
 log = logging.getLogger(__name__)
 
 _WAIT_SECONDS = 0.5
+#: How soon items that arrive in a feed while chunks run are sent.
+_FEED_WAIT_SECONDS = 0.02
 
 
 def iterate(
@@ -36,6 +38,7 @@ def iterate(
     chunksize: int | None,
     progress: bool,
     length: int | None,
+    on_start: Callable[[], None] = lambda: None,
     on_end: Callable[[], None] = lambda: None,
 ) -> Iterator:
     """Yield the results of ``func`` on every item, as the module docstring describes, as one
@@ -43,14 +46,20 @@ def iterate(
     the rest of a small item's trip).
 
     ``length`` is the input's length if it has one (chunks then shrink towards the end, so the
-    workers finish together). ``on_end`` is called once the call has ended, however it ended.
+    workers finish together). ``on_start`` is called when the call starts (its first result is
+    asked for), ``on_end`` once it has ended, however it ended. ``iterable`` may be a
+    :class:`~glimpse.pools.contract.feed.Feed`: the call then runs until the feed ends it.
     """
-    workers = backend.workers()
-    sizes = _chunk_sizes(backend, workers, chunksize)
-    window = _Window(backend.window(), window_bytes())
-    reader = ChunkReader(iterable, sizes, backend.encode if backend.serializes else None, length)
-    call = _open_call(backend, func)
-    bar = _progress_bar(progress, length)
+    on_start()
+    try:
+        sizes = _chunk_sizes(backend, backend.workers(), chunksize)
+        window = _Window(backend.window(), window_bytes())
+        reader = ChunkReader(iterable, sizes, backend.encode if backend.serializes else None, length)
+        call = _open_call(backend, func)
+        bar = _progress_bar(progress, length)
+    except BaseException:
+        on_end()
+        raise
     watch = CallWatch(backend)
     next_start = delivered = 0
     input_error: BaseException | None = None
@@ -75,8 +84,11 @@ def iterate(
             if window.empty():
                 if input_error is not None:
                     raise input_error
-                return
-            finished = backend.wait(list(window.pending), _WAIT_SECONDS)
+                if reader.feed is None or reader.exhausted or not reader.feed.wait():
+                    return
+                watch.progress()  # the time waiting for the feed was no time without workers
+                continue
+            finished = backend.wait(list(window.pending), _WAIT_SECONDS if reader.feed is None else _FEED_WAIT_SECONDS)
             if finished:
                 window.chunks = max(window.chunks, backend.window())  # grows as the backend learns
             else:
@@ -199,10 +211,12 @@ def _outcome_or_resubmit(backend, call, chunk, handle, window: _Window) -> tuple
     except ChunkLost as lost:
         chunk.attempts += 1
         if chunk.attempts >= backend.max_attempts:
-            raise WorkerLostError(
+            error = WorkerLostError(
                 f"lost {chunk.describe()} {chunk.attempts} times with the worker running it; last: {lost}. "
                 "The function may crash its worker (os._exit, a segfault, running out of memory)."
-            ) from None
+            )
+            error.items = range(chunk.start, chunk.stop)
+            raise error from None
         # The reason as text: a log record that kept the exception would keep its frames and the chunk.
         log.warning("re-sending %s after a worker was lost: %s", chunk.describe(), str(lost))
         window.send(backend.submit(call, chunk), chunk)
@@ -222,13 +236,19 @@ def _decode(raw, chunk: Chunk) -> ChunkOutcome:
 
 
 def _raise(failure: Failure):
+    raise remote_exception(failure)
+
+
+def remote_exception(failure: Failure, what: str = "") -> BaseException:
+    """The exception a worker raised, its traceback chained as a :class:`RemoteTraceback` and a
+    note naming ``what`` raised it (default: the item) and the worker."""
     exc = failure.exception
     if failure.traceback:
         exc.__cause__ = RemoteTraceback(failure.traceback)
-        note = f"raised by item #{failure.index} in worker {failure.where}"
+        note = f"raised by {what or f'item #{failure.index}'} in worker {failure.where}"
         if hasattr(exc, "add_note") and note not in getattr(exc, "__notes__", ()):
             exc.add_note(note)
-    raise exc
+    return exc
 
 
 def _progress_bar(enabled: bool, total: int | None):

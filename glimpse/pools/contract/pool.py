@@ -1,32 +1,56 @@
-"""The pool interface users call: ``map``, ``imap``, ``imap_unordered`` and the lifecycle."""
+"""The pool interface users call: ``map``, ``imap``, ``imap_unordered``, the faces built on them, and the lifecycle."""
 
 from __future__ import annotations
 
 import itertools
+import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from glimpse.pools.contract.backend import Backend
+from glimpse.pools.contract.feed import Feed
 from glimpse.pools.contract.iteration import iterate
+from glimpse.pools.contract.shared_backend import SharedBackend
+from glimpse.pools.contract.tasks import TaskQueue
+from glimpse.pools.faces.asyncio_face import AsyncioFace
+from glimpse.pools.faces.futures_face import FuturesFace
+from glimpse.pools.faces.multiprocessing_face import MultiprocessingFace
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
-class Pool:
+class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
     """A worker pool over one backend. Every pool in glimpse has exactly these methods.
 
     ``map`` and ``imap`` keep input order; ``imap_unordered`` yields in completion order.
     ``imap``/``imap_unordered`` read the input lazily, so it may be an endless generator.
     ``chunksize=None`` picks a size automatically. ``progress=True`` shows a tqdm bar.
-    A pool is meant to be used from one thread at a time.
+
+    The faces users know sit on these three calls: ``multiprocessing.Pool``'s (``starmap``,
+    ``apply_async``, ``map_async`` ...), ``concurrent.futures`` (``submit``, ``executor()``) and
+    asyncio (``amap``, ``aimap``, ``asubmit``); see their classes. Threads may share a pool:
+    each call belongs to the thread that iterates it, and calls from several threads run side by
+    side on the same workers. ``close``/``terminate``/``join`` are for one thread, once.
     """
 
     def __init__(self, backend: Backend):
         self._backend = backend
+        self._shared = SharedBackend(backend)
         self._state = "running"
         self._calls: weakref.WeakSet[_CallResults] = weakref.WeakSet()
         self._backend_closed = False
+        self._lock = threading.Lock()
+        self._running_calls = 0
+        self._tasks_queue: TaskQueue | None = None
+        self._threads: set[threading.Thread] = set()
 
-    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None, progress: bool = False) -> list:
+    def map(
+        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None, progress: bool = False
+    ) -> list[R]:
         """Return ``[func(x) for x in iterable]``, computed by the workers, in input order."""
         results: list = []
         for values in self._iterate(func, iterable, chunksize, progress, ordered=True, whole=True):
@@ -34,41 +58,56 @@ class Pool:
         return results
 
     def imap(
-        self, func: Callable, iterable: Iterable, chunksize: int | None = None, progress: bool = False
-    ) -> Iterator:
+        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None, progress: bool = False
+    ) -> Iterator[R]:
         """Yield ``func(x)`` for each ``x`` in input order, each as soon as it and all before it are done."""
         return self._iterate(func, iterable, chunksize, progress, ordered=True)
 
     def imap_unordered(
-        self, func: Callable, iterable: Iterable, chunksize: int | None = None, progress: bool = False
-    ) -> Iterator:
+        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None, progress: bool = False
+    ) -> Iterator[R]:
         """Yield ``func(x)`` for each ``x`` in the order the results finish."""
         return self._iterate(func, iterable, chunksize, progress, ordered=False)
 
     def close(self) -> None:
-        """Accept no new calls. Calls still in flight go on; workers this pool owns exit once those
-        calls have ended and the workers are idle."""
-        if self._state == "running":
+        """Accept no new calls. Calls still in flight go on (single calls already submitted too);
+        workers this pool owns exit once those calls have ended and the workers are idle."""
+        with self._lock:
+            if self._state != "running":
+                return
             self._state = "closed"
-            self._close_backend_when_idle()
+        if self._tasks_queue is not None:
+            self._tasks_queue.close()
+        self._close_backend_when_idle()
 
     def terminate(self) -> None:
         """Stop now, killing running work and every worker this pool owns; a call still in flight
-        raises an error on its next result."""
-        self._state = "terminated"
+        raises an error on its next result, and single calls not yet sent are cancelled."""
+        with self._lock:
+            self._state = "terminated"
+        if self._tasks_queue is not None:
+            self._tasks_queue.close()
+            self._tasks_queue.cancel_queued()
         self._backend.terminate()
 
     def join(self) -> None:
         """Wait for the workers this pool owns to exit; call :meth:`close` or :meth:`terminate` first.
 
         After :meth:`close`, calls still in flight are first run to their end, reading the rest of
-        their input as ``multiprocessing`` does; their iterators then deliver every result.
+        their input as ``multiprocessing`` does; their iterators then deliver every result, and
+        every single call submitted settles its future.
         """
         if self._state == "running":
             raise ValueError("join() needs close() or terminate() first")
         if self._state == "closed":
             for call in list(self._calls):
                 call.finish()
+        if self._tasks_queue is not None:
+            self._tasks_queue.join()
+        for thread in list(self._threads):
+            if thread is not threading.current_thread():
+                thread.join()
+        if self._state == "closed":
             self._close_backend_when_idle()
         self._backend.join()
 
@@ -81,34 +120,101 @@ class Pool:
         self.close()
         self.join()
 
-    def _iterate(self, func, iterable, chunksize, progress, *, ordered, whole=False) -> Iterator:
+    # -- what the faces build on ----------------------------------------------------------------
+
+    def _check_running(self) -> None:
         if self._state != "running":
             raise ValueError(f"{type(self).__name__} is {self._state}; make a new pool")
+
+    def _iterate(self, func, iterable, chunksize, progress, *, ordered, whole=False) -> Iterator:
+        return self._call(func, iterable, chunksize, progress, ordered=ordered, registered=not whole)
+
+    def _call(self, func, iterable, chunksize, progress, *, ordered, registered=True, lists=False) -> Any:
+        """One call over the contract: its iterator of results (``lists``: of lists of results,
+        one per chunk), registered for :meth:`join` to finish unless ``registered`` is false."""
+        self._check_running()
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")
-        length = _length(iterable)
         results = iterate(
-            self._backend,
+            self._shared,
             func,
             iterable,
             ordered=ordered,
             chunksize=chunksize,
             progress=progress,
-            length=length,
-            on_end=self._close_backend_when_idle,
+            length=None if isinstance(iterable, Feed) else _length(iterable),
+            on_start=self._call_started,
+            on_end=self._call_ended,
         )
-        if whole:
+        if lists or not registered:
             return results
         call = _CallResults.of(results)
         self._calls.add(call)
         return call
 
+    @property
+    def _tasks(self) -> TaskQueue:
+        """The queue that batches single calls (``submit``, ``apply_async`` ...) into chunks."""
+        with self._lock:
+            self._check_running()
+            if self._tasks_queue is None:
+                self._tasks_queue = TaskQueue(
+                    self._run_tasks, f"glimpse-tasks-{type(self).__name__}", self._close_backend_when_idle
+                )
+            return self._tasks_queue
+
+    def _run_tasks(self, func: Callable, feed: Feed) -> Iterator[list]:
+        results = iterate(
+            self._shared,
+            func,
+            feed,
+            ordered=False,
+            chunksize=None,
+            progress=False,
+            length=None,
+            on_start=self._call_started,
+            on_end=self._call_ended,
+        )
+        return results
+
+    def _in_background(self, work: Callable[[], R], name: str) -> Future[R]:
+        """Run ``work()`` (a whole call) in a thread of its own; its future holds what it returns."""
+        self._check_running()
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+
+        def run() -> None:
+            try:
+                future.set_result(work())
+            except BaseException as exc:
+                future.set_exception(exc)
+            finally:
+                self._threads.discard(threading.current_thread())
+
+        thread = threading.Thread(target=run, name=f"glimpse-{name}", daemon=True)
+        self._threads.add(thread)
+        thread.start()
+        return future
+
+    def _call_started(self) -> None:
+        with self._lock:
+            self._running_calls += 1
+
+    def _call_ended(self) -> None:
+        with self._lock:
+            self._running_calls -= 1
+        self._close_backend_when_idle()
+
     def _close_backend_when_idle(self) -> None:
-        if self._state == "closed" and not self._backend_closed and not any(c.running for c in self._calls):
+        with self._lock:
+            if self._state != "closed" or self._backend_closed or self._running_calls:
+                return
+            if any(c.running for c in self._calls) or (self._tasks_queue is not None and self._tasks_queue.running):
+                return
             self._backend_closed = True
-            self._backend.close()
+        self._backend.close()
 
 
 class _CallResults(itertools.chain):

@@ -12,6 +12,7 @@ from typing import Any
 import cloudpickle
 
 from glimpse.pools.contract.backend import Chunk
+from glimpse.pools.contract.feed import Feed
 from glimpse.pools.contract.out_of_band import pickle_out_of_band
 from glimpse.pools.contract.worker_runner import ProbeItems
 from glimpse.pools.errors import SerializationError
@@ -29,6 +30,9 @@ class ChunkReader:
 
     An exception from the iterable, or an item that cannot be pickled, ends the chunk before
     it: the items read so far are still returned, and the error is raised on the next call.
+
+    A :class:`~glimpse.pools.contract.feed.Feed` is read as it fills: a chunk takes the items
+    that have arrived, and :meth:`read` returns ``None`` when none have, until the feed is done.
     """
 
     def __init__(self, iterable: Iterable, sizes, encode: Callable[[list], Any] | None, length: int | None):
@@ -36,7 +40,8 @@ class ChunkReader:
         # fraction of the time (islice moves items one at a time, ~8 ns each).
         self._sequence = iterable if type(iterable) in (list, tuple, range) else None
         self._position = 0
-        self._items: Iterator = iter(()) if self._sequence is not None else iter(iterable)
+        self.feed = iterable if isinstance(iterable, Feed) else None
+        self._items: Iterator = iter(()) if self._sequence is not None or self.feed else iter(iterable)
         self._sizes = sizes
         self._encode = encode
         self._remaining = length
@@ -71,7 +76,7 @@ class ChunkReader:
         self._returned.append((start, items, most))
 
     def read(self) -> Chunk | None:
-        """The next chunk, or ``None`` when the input is used up."""
+        """The next chunk, or ``None`` when the input is used up (or a feed has nothing now)."""
         if self._returned:
             return self._read_given_back()
         if self._error is not None:
@@ -79,6 +84,9 @@ class ChunkReader:
             self._input_done = True
             raise error
         if self._input_done:
+            return None
+        if self.feed is not None and not self.feed.available():
+            self._input_done = self.feed.done
             return None
         if self._sizes.probing:
             items = self._take_probe(self._sizes.next_size(self._remaining))
@@ -145,6 +153,11 @@ class ChunkReader:
         return items
 
     def _take(self, size: int) -> list:
+        if self.feed is not None:
+            items = self.feed.take(size)
+            if not items and self.feed.done:
+                self._input_done = True
+            return items
         if self._sequence is not None:
             items = self._sequence[self._position : self._position + size]
             if type(items) is not list:

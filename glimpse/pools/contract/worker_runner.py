@@ -121,6 +121,9 @@ def run_chunk(call_id: str, function: PickledFunction, payload, start: int, dump
         outcome = ChunkOutcome(failure=Failure(start, exc))
     else:
         outcome = execute_chunk(func, items, start, catch=BaseException)
+        replace = getattr(func, "replace_unpicklable", None)
+        if replace is not None:
+            return dumps_outcome(outcome, start, dumps, replace)
     return dumps_outcome(outcome, start, dumps)
 
 
@@ -143,15 +146,29 @@ def _function_for(call_id: str, function: PickledFunction):
     return func
 
 
-def dumps_outcome(outcome: ChunkOutcome, start: int, dumps=pickling.dumps):
+def dumps_outcome(outcome: ChunkOutcome, start: int, dumps=pickling.dumps, replace=None):
     """Pickle an outcome's :meth:`~ChunkOutcome.wire` form with ``dumps``; a result that cannot be
-    pickled becomes a failure at its item."""
+    pickled becomes a failure at its item, or, given ``replace(value, error)`` (a function's
+    ``replace_unpicklable``, for functions that report failures in their values), that value."""
     if outcome.failure is not None:
-        outcome.failure = _portable_failure(outcome.failure)
+        outcome.failure = portable_failure(outcome.failure)
     try:
         return dumps(outcome.wire())
     except Exception:
+        if replace is not None:
+            return dumps(_outcome_with_unpicklable_values_replaced(outcome, start, replace).wire())
         return dumps(_outcome_up_to_unpicklable_value(outcome, start).wire())
+
+
+def _outcome_with_unpicklable_values_replaced(outcome: ChunkOutcome, start: int, replace) -> ChunkOutcome:
+    values = []
+    for offset, value in enumerate(outcome.values):
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:
+            value = replace(value, exc)
+        values.append(value)
+    return ChunkOutcome(values, outcome.failure, outcome.seconds)
 
 
 def _outcome_up_to_unpicklable_value(outcome: ChunkOutcome, start: int) -> ChunkOutcome:
@@ -159,16 +176,18 @@ def _outcome_up_to_unpicklable_value(outcome: ChunkOutcome, start: int) -> Chunk
         try:
             cloudpickle.dumps(value)
         except Exception as exc:
-            error = SerializationError(
-                f"the result of item #{start + offset} could not be pickled: "
-                f"{type(exc).__name__}: {exc} (result was {_short_repr(value)})"
-            )
-            failure = _portable_failure(Failure(start + offset, error))
+            failure = portable_failure(Failure(start + offset, _unpicklable_result(start + offset, value, exc)))
             return ChunkOutcome(outcome.values[:offset], failure, outcome.seconds)
     raise AssertionError("an outcome that fails to pickle has an unpicklable value")
 
 
-def _portable_failure(failure: Failure) -> Failure:
+def _unpicklable_result(index: int, value, exc: Exception) -> SerializationError:
+    return SerializationError(
+        f"the result of item #{index} could not be pickled: {type(exc).__name__}: {exc} (result was {short_repr(value)})"
+    )
+
+
+def portable_failure(failure: Failure) -> Failure:
     """Format the traceback here, and make sure the exception survives a pickle round trip."""
     exc = failure.exception
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -183,7 +202,7 @@ def _portable_failure(failure: Failure) -> Failure:
     return Failure(failure.index, exc, text, where)
 
 
-def _short_repr(value, limit: int = 80) -> str:
+def short_repr(value, limit: int = 80) -> str:
     try:
         text = repr(value)
     except Exception:

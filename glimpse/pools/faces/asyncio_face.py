@@ -1,0 +1,112 @@
+"""asyncio on any pool: ``await pool.amap(...)``, ``async for ... in pool.aimap(...)``, ``await pool.asubmit(...)``.
+
+The event loop never waits for the pool: a call runs in a thread of the pool (one per call, never
+one per item) that hands its results to the loop a chunk at a time, and the loop takes them in
+slices of at most :data:`SLICE_SECONDS`. The thread keeps at most :data:`CHUNKS_AHEAD` chunks of
+results the consumer has not taken, so a slow consumer holds the call back as it would an
+``imap``. Cancelling the awaiting task, or leaving the ``async for``, cancels the call's pending
+work as leaving an ``imap`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from glimpse.pools.contract.pool import Pool
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: The longest the loop spends handing results to a consumer before it lets other tasks run.
+SLICE_SECONDS = 0.002
+#: How many chunks of results the call's thread may have handed over and the consumer not taken.
+CHUNKS_AHEAD = 4
+_POLL_SECONDS = 0.1
+
+
+class AsyncioFace:
+    """``amap``, ``aimap``, ``aimap_unordered`` and ``asubmit`` on every pool."""
+
+    async def amap(
+        self: Pool, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None
+    ) -> list[R]:
+        """:meth:`map` for a coroutine: ``await`` the list of results, in input order."""
+        results: list[R] = []
+        async for values in _chunks(self, func, iterable, chunksize, ordered=True):
+            results.extend(values)
+        return results
+
+    def aimap(self: Pool, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None) -> AsyncIterator[R]:
+        """:meth:`imap` for ``async for``: results in input order, the input read lazily."""
+        return _items(_chunks(self, func, iterable, chunksize, ordered=True))
+
+    def aimap_unordered(
+        self: Pool, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None
+    ) -> AsyncIterator[R]:
+        """:meth:`imap_unordered` for ``async for``: results as they finish."""
+        return _items(_chunks(self, func, iterable, chunksize, ordered=False))
+
+    async def asubmit(self: Pool, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        """:meth:`submit` for a coroutine: ``await`` the result of ``fn(*args, **kwargs)``."""
+        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+
+
+async def _items(chunks: AsyncIterator[list]) -> AsyncIterator:
+    try:
+        async for values in chunks:
+            began = time.monotonic()
+            for index, value in enumerate(values):
+                yield value
+                if index & 63 == 63 and time.monotonic() - began > SLICE_SECONDS:
+                    await asyncio.sleep(0)
+                    began = time.monotonic()
+    finally:
+        await chunks.aclose()
+
+
+async def _chunks(pool: Pool, func, iterable, chunksize, *, ordered: bool) -> AsyncIterator[list]:
+    """The call's lists of results (one per chunk), produced by a thread of the pool."""
+    loop = asyncio.get_running_loop()
+    results = pool._call(func, iterable, chunksize, False, ordered=ordered, lists=True)
+    arrived: asyncio.Queue = asyncio.Queue()
+    room = threading.Semaphore(CHUNKS_AHEAD)
+    stop = threading.Event()
+
+    def hand_over(item) -> None:
+        try:
+            loop.call_soon_threadsafe(arrived.put_nowait, item)
+        except RuntimeError:  # the loop has closed: nobody waits for the results
+            stop.set()
+
+    def produce() -> None:
+        try:
+            for values in results:
+                while not room.acquire(timeout=_POLL_SECONDS):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                hand_over(values)
+        finally:
+            results.close()  # cancels what is still in flight when the consumer left
+
+    done = pool._in_background(produce, "aimap")
+    done.add_done_callback(lambda future: hand_over(future))
+    try:
+        while True:
+            item = await arrived.get()
+            if isinstance(item, list):
+                room.release()
+                yield item
+                continue
+            error = item.exception()
+            if error is not None:
+                raise error
+            return
+    finally:
+        stop.set()

@@ -1,0 +1,123 @@
+"""``concurrent.futures`` on any pool: ``pool.submit`` and a real ``Executor``, ``pool.executor()``.
+
+Single calls are not sent one by one: they queue, and the pool sends whatever has queued as one
+chunk (see :mod:`glimpse.pools.contract.tasks`), so ten thousand ``submit`` calls cost a few
+round trips, not ten thousand. A future is ``running()`` once its call has been taken into a
+chunk; cancelling it before then removes its work.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from glimpse.pools.contract.pool import Pool
+
+R = TypeVar("R")
+
+
+class FuturesFace:
+    """``submit`` and ``executor`` on every pool."""
+
+    def submit(self: Pool, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        """Run ``fn(*args, **kwargs)`` on a worker; the :class:`concurrent.futures.Future` holds its
+        result, or the exception it raised with the worker's traceback chained."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        return self._tasks.submit(fn, args, kwargs)
+
+    def executor(self: Pool) -> PoolExecutor:
+        """A :class:`concurrent.futures.Executor` over this pool (shutting it down leaves the pool open)."""
+        return PoolExecutor(self)
+
+
+class PoolExecutor(Executor):
+    """A ``concurrent.futures.Executor`` whose work runs on a glimpse pool.
+
+    ``map(fn, *iterables, timeout=None, chunksize=1, buffersize=None)`` behaves as Python 3.14's:
+    every call is submitted at once, or with ``buffersize`` only that many ahead of the consumer
+    (for inputs longer than memory). ``chunksize`` is accepted for compatibility: calls are
+    batched into chunks by the pool in any case. ``shutdown`` waits for (or cancels) the futures
+    of this executor only; the pool stays open for its owner to close.
+    """
+
+    def __init__(self, pool: Pool):
+        self._pool = pool
+        self._lock = threading.Lock()
+        self._shut_down = False
+        self._futures: set[Future] = set()
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        with self._lock:
+            if self._shut_down:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future = self._pool.submit(fn, *args, **kwargs)
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: Future) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[R]:
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        arguments = zip(*iterables)
+        futures: collections.deque[Future] = collections.deque(
+            self.submit(fn, *args) for args in (itertools.islice(arguments, buffersize) if buffersize else arguments)
+        )
+        return _results(weakref.ref(self), futures, fn, arguments if buffersize else None, end_time)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shut_down = True
+            futures = list(self._futures)
+        if cancel_futures:
+            for future in futures:
+                future.cancel()
+        if wait:
+            for future in futures:
+                if not future.cancelled():
+                    future.exception()  # waits; the error stays the future's to report
+
+
+def _results(executor_ref, futures: collections.deque, fn, more_arguments, end_time: float | None) -> Iterator:
+    """The results in order, submitting one more call per result taken when buffered (as CPython)."""
+    try:
+        futures.reverse()
+        while futures:
+            if more_arguments is not None:
+                executor = executor_ref()
+                args = next(more_arguments, None) if executor is not None else None
+                if args is not None:
+                    futures.appendleft(executor.submit(fn, *args))
+                del executor
+            future = futures.pop()
+            try:
+                yield future.result(None if end_time is None else end_time - time.monotonic())
+            finally:
+                future.cancel()
+                del future
+    finally:
+        for future in futures:
+            future.cancel()
