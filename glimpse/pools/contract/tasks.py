@@ -25,8 +25,8 @@ from typing import Any
 
 from glimpse.pools.contract import pickling
 from glimpse.pools.contract.feed import Feed
-from glimpse.pools.contract.worker_tasks import run_task
 from glimpse.pools.contract.iteration import remote_exception
+from glimpse.pools.contract.worker_tasks import run_task
 from glimpse.pools.errors import SerializationError
 
 log = logging.getLogger(__name__)

@@ -162,7 +162,7 @@ def dumps_outcome(outcome: ChunkOutcome, start: int, dumps=pickling.dumps, repla
 
 def _outcome_with_unpicklable_values_replaced(outcome: ChunkOutcome, start: int, replace) -> ChunkOutcome:
     values = []
-    for offset, value in enumerate(outcome.values):
+    for value in outcome.values:
         try:
             cloudpickle.dumps(value)
         except Exception as exc:
@@ -183,7 +183,8 @@ def _outcome_up_to_unpicklable_value(outcome: ChunkOutcome, start: int) -> Chunk
 
 def _unpicklable_result(index: int, value, exc: Exception) -> SerializationError:
     return SerializationError(
-        f"the result of item #{index} could not be pickled: {type(exc).__name__}: {exc} (result was {short_repr(value)})"
+        f"the result of item #{index} could not be pickled: {type(exc).__name__}: {exc} "
+        f"(result was {short_repr(value)})"
     )
 
 

@@ -82,7 +82,7 @@ class PoolExecutor(Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
-        arguments = zip(*iterables)
+        arguments = zip(*iterables, strict=False)
         futures: collections.deque[Future] = collections.deque(
             self.submit(fn, *args) for args in (itertools.islice(arguments, buffersize) if buffersize else arguments)
         )
