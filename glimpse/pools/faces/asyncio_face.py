@@ -32,16 +32,16 @@ _POLL_SECONDS = 0.1
 class AsyncioFace:
     """``amap``, ``aimap``, ``aimap_unordered`` and ``asubmit`` on every pool."""
 
-    async def amap(
-        self: Pool, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None
-    ) -> list[R]:
+    async def amap(self: Pool, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None) -> list[R]:
         """:meth:`map` for a coroutine: ``await`` the list of results, in input order."""
         results: list[R] = []
         async for values in _chunks(self, func, iterable, chunksize, ordered=True):
             results.extend(values)
         return results
 
-    def aimap(self: Pool, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None) -> AsyncIterator[R]:
+    def aimap(
+        self: Pool, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None
+    ) -> AsyncIterator[R]:
         """:meth:`imap` for ``async for``: results in input order, the input read lazily."""
         return _items(_chunks(self, func, iterable, chunksize, ordered=True))
 

@@ -98,21 +98,30 @@ class MultiprocessingFace:
     """The methods of ``multiprocessing.Pool`` a glimpse pool adds to ``map``/``imap``."""
 
     def starmap(
-        self: Pool, func: Callable[..., R], iterable: Iterable[Iterable[Any]], chunksize: int | None = None,
+        self: Pool,
+        func: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
         progress: bool = False,
     ) -> list[R]:
         """Like :meth:`map`, calling ``func(*args)`` for each tuple ``args`` of ``iterable``."""
         return self.map(_star(func), iterable, chunksize, progress)
 
     def istarmap(
-        self: Pool, func: Callable[..., R], iterable: Iterable[Iterable[Any]], chunksize: int | None = None,
+        self: Pool,
+        func: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
         progress: bool = False,
     ) -> Iterator[R]:
         """Like :meth:`imap` (lazy, in input order), calling ``func(*args)`` for each tuple ``args``."""
         return self.imap(_star(func), iterable, chunksize, progress)
 
     def istarmap_unordered(
-        self: Pool, func: Callable[..., R], iterable: Iterable[Iterable[Any]], chunksize: int | None = None,
+        self: Pool,
+        func: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
         progress: bool = False,
     ) -> Iterator[R]:
         """Like :meth:`imap_unordered`, calling ``func(*args)`` for each tuple ``args``."""
