@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -27,3 +29,11 @@ def test_bench_multicore_quick_prints_a_positive_ratio_for_every_row():
     ratios, output = quick_ratios("bench_multicore.py", "--processes", "2")
     # Five rows of tiny tasks (a ratio of the best times and one of the median times), efficiency and two of memory.
     assert len(ratios) == 5 * 2 + 3 and all(ratio > 0 for ratio in ratios), output
+
+
+def test_bench_faces_quick_prints_a_positive_ratio_for_every_row():
+    pytest.importorskip("distributed")
+    ratios, output = quick_ratios("bench_faces.py", "--no-ray")
+    # Four rows of times (a ratio of the best times and one of the median times): three of
+    # concurrent.futures, one of Dask; then four asyncio ways, each against aimap.
+    assert len(ratios) == 4 * 2 + 4 and all(ratio > 0 for ratio in ratios), output
