@@ -112,12 +112,19 @@ def _results(executor_ref, futures: collections.deque, fn, more_arguments, end_t
                 if args is not None:
                     futures.appendleft(executor.submit(fn, *args))
                 del executor
-            future = futures.pop()
-            try:
-                yield future.result(None if end_time is None else end_time - time.monotonic())
-            finally:
-                future.cancel()
-                del future
+            yield _result_or_cancel(futures.pop(), None if end_time is None else end_time - time.monotonic())
     finally:
         for future in futures:
             future.cancel()
+
+
+def _result_or_cancel(future: Future, timeout: float | None):
+    """The future's result; cancelled if it timed out. Holds no reference to it once returned (as
+    CPython: a future kept while the result is yielded would keep the result alive too)."""
+    try:
+        try:
+            return future.result(timeout)
+        finally:
+            future.cancel()
+    finally:
+        del future
