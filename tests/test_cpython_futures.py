@@ -129,6 +129,29 @@ class _Hold:
         self.path.touch()
 
 
+def _taken(*fs: futures.Future) -> None:
+    """Wait until the pool has taken these calls into a chunk (calls queued together travel in one
+    chunk, and their futures settle when it ends: a call submitted after this travels apart)."""
+    deadline = time.monotonic() + HANG_SECONDS
+    while not all(f.running() or f.done() for f in fs):
+        assert time.monotonic() < deadline, "the pool took no call for a minute"
+        time.sleep(0.01)
+
+
+def _fill_the_workers(executor, hold) -> list[futures.Future]:
+    """Calls that wait for ``hold``, submitted one at a time until one stays pending: the pool's
+    window is full, and calls submitted next stay pending too until those calls end."""
+    blockers: list[futures.Future] = []
+    while len(blockers) < 64:
+        blockers.append(executor.submit(helpers.held_until_released, hold.item))
+        deadline = time.monotonic() + 1.0
+        while not blockers[-1].running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not blockers[-1].running():
+            return blockers
+    raise AssertionError("64 calls that wait were all taken: the pool's window never filled")
+
+
 # -- executor.py -----------------------------------------------------------------------------------
 
 
@@ -354,6 +377,7 @@ def test_20369(executor):
 
 def test_first_completed(executor, hold):
     future1 = executor.submit(mul, 21, 2)
+    _taken(future1)  # else both may travel in one chunk, and settle together when it ends
     future2 = executor.submit(helpers.held_until_released, hold.item)
     done, not_done = futures.wait(
         [CANCELLED_FUTURE, future1, future2], timeout=HANG_SECONDS, return_when=futures.FIRST_COMPLETED
@@ -376,6 +400,7 @@ def test_first_completed_some_already_completed(executor, hold):
 def test_first_exception(executor, hold):
     future1 = executor.submit(mul, 2, 21)
     future2 = executor.submit(sleep_and_raise, 0.3)
+    _taken(future1, future2)  # else the three may travel in one chunk, and settle together
     future3 = executor.submit(helpers.held_until_released, hold.item)
     finished, pending = futures.wait(
         [future1, future2, future3], timeout=HANG_SECONDS, return_when=futures.FIRST_EXCEPTION
@@ -386,6 +411,7 @@ def test_first_exception(executor, hold):
 
 def test_first_exception_some_already_complete(executor, hold):
     future1 = executor.submit(divmod, 21, 0)
+    _taken(future1)  # else both may travel in one chunk, and settle together when it ends
     future2 = executor.submit(helpers.held_until_released, hold.item)
     finished, pending = futures.wait(
         [SUCCESSFUL_FUTURE, CANCELLED_FUTURE, CANCELLED_AND_NOTIFIED_FUTURE, future1, future2],
@@ -443,18 +469,19 @@ def test_hang_issue12364(executor):
 
 
 def test_cancel_futures(executor, hold):
-    # CPython's 50 sleeps of 0.1 s leave some running when shutdown is called; glimpse takes short
-    # calls into chunks at once, so tasks that wait for a file fill the workers instead.
-    fs = [executor.submit(helpers.held_until_released, hold.item) for _ in range(50)]
-    time.sleep(0.3)
+    # glimpse takes every call queued into chunks while its window has room, so calls that wait
+    # fill the workers first; CPython's 50 short sleeps then queue behind them.
+    blockers = _fill_the_workers(executor, hold)
+    fs = [executor.submit(time.sleep, 0.1) for _ in range(50)]
     threading.Timer(0.5, hold.release).start()
     executor.shutdown(cancel_futures=True)
     # We can't guarantee the exact number of cancellations, but we can
-    # guarantee that *some* were cancelled.
+    # guarantee that *some* were cancelled. With few workers, many of
+    # the submitted futures should have been cancelled.
     cancelled = [fut for fut in fs if fut.cancelled()]
-    assert len(cancelled) > 0, "no pending future was cancelled"
+    assert len(cancelled) > 20
     # Ensure the other futures were able to finish.
-    others = [fut for fut in fs if not fut.cancelled()]
+    others = [fut for fut in blockers + fs if not fut.cancelled()]
     for fut in others:
         assert fut.done(), f"{fut=}"
         assert fut.exception() is None
@@ -483,8 +510,7 @@ def test_shutdown_no_wait(pool):
 
 
 def test_a_cancelled_pending_future_never_runs(executor, hold, tmp_path):
-    blockers = [executor.submit(helpers.held_until_released, hold.item) for _ in range(40)]
-    time.sleep(0.3)
+    blockers = _fill_the_workers(executor, hold)
     markers = [tmp_path / f"ran-{n}" for n in range(20)]
     later = [executor.submit(touch_then_return, str(marker), n) for n, marker in enumerate(markers)]
     cancelled = [n for n, future in enumerate(later) if future.cancel()]
@@ -492,6 +518,7 @@ def test_a_cancelled_pending_future_never_runs(executor, hold, tmp_path):
     hold.release()
     for future in blockers:
         assert future.result(HANG_SECONDS) == "released"
+    assert len(cancelled) == len(later), f"calls {sorted(set(range(20)) - set(cancelled))} ran past a full window"
     for n, future in enumerate(later):
         if n in cancelled:
             assert future.cancelled()
