@@ -180,9 +180,7 @@ def _terminate_default_pool() -> None:
 
 
 def _workers(pool: Pool) -> int:
-    # Pools have no public worker count yet. The shared backend asks under its lock: the backend
-    # also serves the thread that runs the pool's single calls, and a backend is written for one thread.
-    return pool._shared.workers()
+    return pool.workers()
 
 
 register()

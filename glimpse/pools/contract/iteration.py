@@ -10,6 +10,7 @@ consumer stops.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 
 import cloudpickle
@@ -40,6 +41,7 @@ def iterate(
     length: int | None,
     on_start: Callable[[], None] = lambda: None,
     on_end: Callable[[], None] = lambda: None,
+    stop: threading.Event | None = None,
 ) -> Iterator:
     """Yield the results of ``func`` on every item, as the module docstring describes, as one
     list per chunk (a consumer flattens them in C: a generator step per item costs more than
@@ -49,6 +51,8 @@ def iterate(
     workers finish together). ``on_start`` is called when the call starts (its first result is
     asked for), ``on_end`` once it has ended, however it ended. ``iterable`` may be a
     :class:`~glimpse.pools.contract.feed.Feed`: the call then runs until the feed ends it.
+    Setting ``stop`` ends the call within a wait (under a second), as closing it does, even
+    while the consumer waits in another thread for its next result.
     """
     on_start()
     try:
@@ -64,7 +68,7 @@ def iterate(
     next_start = delivered = 0
     input_error: BaseException | None = None
     try:
-        while True:
+        while stop is None or not stop.is_set():
             if watch.resize_due():
                 _follow_cluster_size(backend, window, sizes)
             while (

@@ -69,6 +69,11 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         """Yield ``func(x)`` for each ``x`` in the order the results finish."""
         return self._iterate(func, iterable, chunksize, progress, ordered=False)
 
+    def workers(self) -> int:
+        """How many items the pool runs at once now: its worker processes, or the cluster's worker
+        slots (threads or cores) connected now; at least 1."""
+        return self._shared.workers()
+
     def close(self) -> None:
         """Accept no new calls. Calls still in flight go on (single calls already submitted too);
         workers this pool owns exit once those calls have ended and the workers are idle."""
@@ -88,7 +93,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         if self._tasks_queue is not None:
             self._tasks_queue.close()
             self._tasks_queue.cancel_queued()
-        self._backend.terminate()
+        self._shared.terminate()
 
     def join(self) -> None:
         """Wait for the workers this pool owns to exit; call :meth:`close` or :meth:`terminate` first.
@@ -129,9 +134,10 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
     def _iterate(self, func, iterable, chunksize, progress, *, ordered, whole=False) -> Iterator:
         return self._call(func, iterable, chunksize, progress, ordered=ordered, registered=not whole)
 
-    def _call(self, func, iterable, chunksize, progress, *, ordered, registered=True, lists=False) -> Any:
+    def _call(self, func, iterable, chunksize, progress, *, ordered, registered=True, lists=False, stop=None) -> Any:
         """One call over the contract: its iterator of results (``lists``: of lists of results,
-        one per chunk), registered for :meth:`join` to finish unless ``registered`` is false."""
+        one per chunk), registered for :meth:`join` to finish unless ``registered`` is false;
+        setting the event ``stop`` ends it from another thread."""
         self._check_running()
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
@@ -147,6 +153,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
             length=None if isinstance(iterable, Feed) else _length(iterable),
             on_start=self._call_started,
             on_end=self._call_ended,
+            stop=stop,
         )
         if lists or not registered:
             return results

@@ -88,7 +88,10 @@ class ChunkReader:
         if self.feed is not None and not self.feed.available():
             self._input_done = self.feed.done
             return None
-        if self._sizes.probing:
+        if self._sizes.probing and self.feed is not None:
+            self._sizes.next_size(None)
+            items = self._take(1)  # calls arrive one by one: a probe of one keeps the rest cancellable
+        elif self._sizes.probing:
             items = self._take_probe(self._sizes.next_size(self._remaining))
             if len(items) > 1:
                 items = ProbeItems(items, self._sizes.probe_seconds)

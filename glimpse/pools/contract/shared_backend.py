@@ -20,6 +20,9 @@ from glimpse.pools.contract.backend import Backend, Call, Chunk, Health
 
 #: How long one call's wait holds the backend while other calls are open.
 _SHARED_WAIT_SLICE = 0.01
+#: How long ``terminate`` waits for a hook that holds the backend (a chunk running in the caller's
+#: process holds it until the chunk ends) before it stops the backend regardless.
+_TERMINATE_WAIT_SECONDS = 2.0
 
 
 class SharedBackend:
@@ -97,3 +100,12 @@ class SharedBackend:
     def health(self) -> Health | None:
         with self._locked():
             return self.backend.health()
+
+    def terminate(self) -> None:
+        """Stop the backend at once, between two hooks of other threads if they let it."""
+        locked = self._lock.acquire(timeout=_TERMINATE_WAIT_SECONDS)
+        try:
+            self.backend.terminate()
+        finally:
+            if locked:
+                self._lock.release()

@@ -72,10 +72,10 @@ async def _items(chunks: AsyncIterator[list]) -> AsyncIterator:
 async def _chunks(pool: Pool, func, iterable, chunksize, *, ordered: bool) -> AsyncIterator[list]:
     """The call's lists of results (one per chunk), produced by a thread of the pool."""
     loop = asyncio.get_running_loop()
-    results = pool._call(func, iterable, chunksize, False, ordered=ordered, lists=True)
+    stop = threading.Event()
+    results = pool._call(func, iterable, chunksize, False, ordered=ordered, lists=True, stop=stop)
     arrived: asyncio.Queue = asyncio.Queue()
     room = threading.Semaphore(CHUNKS_AHEAD)
-    stop = threading.Event()
 
     def hand_over(item) -> None:
         try:

@@ -223,7 +223,7 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
             self._control_request(worker, [jobs.CANCEL_CALLS, *calls])
 
     def release(self) -> None:
-        for connections in self._calls.values():
+        for connections in list(self._calls.values()):
             connections.close()
         self._calls.clear()
         if self._control is not None:
