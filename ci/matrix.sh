@@ -23,6 +23,10 @@ if [ ${#backends[@]} -eq 0 ] || [ "${backends[0]}" = all ]; then
 fi
 
 PYTHON=${PYTHON:-python3}
+# The suites every pool kind runs: the iteration contract, and the faces (multiprocessing's,
+# concurrent.futures', asyncio's, joblib's), with CPython's own tests of those APIs.
+CONTRACT_TESTS=(tests/test_contract.py tests/test_compat.py tests/test_faces.py tests/test_cpython_pool.py
+  tests/test_cpython_futures.py tests/test_joblib.py)
 
 install() {
   local extras=$1
@@ -56,15 +60,14 @@ run_backend() {
   local backend=$1
   case "$backend" in
     local)
-      install test || return 1
+      install "test,joblib" || return 1
       local ignored=()
       for engine in "${ALL_BACKENDS[@]:1}"; do ignored+=("--ignore-glob=tests/test_${engine}_*.py"); done
       "$PYTHON" -m pytest --pools local "${ignored[@]}" "${FULL[@]}" tests ;;
     dask|ray|ipython|zmq|gearman)
-      install "test,${backend}" || return 1
+      install "test,joblib,${backend}" || return 1
       if [ "$backend" = gearman ]; then ensure_gearmand || return 1; fi
-      "$PYTHON" -m pytest --pools "$backend" "${FULL[@]}" tests/test_contract.py tests/test_compat.py \
-        tests/test_"${backend}"_*.py ;;
+      "$PYTHON" -m pytest --pools "$backend" "${FULL[@]}" "${CONTRACT_TESTS[@]}" tests/test_"${backend}"_*.py ;;
     multihost)
       install "test,all" || return 1
       ensure_gearmand || return 1
