@@ -8,7 +8,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from glimpse.pools.contract.backend import Backend
 from glimpse.pools.contract.feed import Feed
@@ -18,6 +18,11 @@ from glimpse.pools.contract.tasks import TaskQueue
 from glimpse.pools.faces.asyncio_face import AsyncioFace
 from glimpse.pools.faces.futures_face import FuturesFace
 from glimpse.pools.faces.multiprocessing_face import MultiprocessingFace
+
+if TYPE_CHECKING:
+    from types import GeneratorType
+
+    from typing_extensions import Self
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,7 +42,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
     side on the same workers. ``close``/``terminate``/``join`` are for one thread, once.
     """
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._shared = SharedBackend(backend)
         self._state = "running"
@@ -52,7 +57,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None, progress: bool = False
     ) -> list[R]:
         """Return ``[func(x) for x in iterable]``, computed by the workers, in input order."""
-        results: list = []
+        results: list[R] = []
         for values in self._iterate(func, iterable, chunksize, progress, ordered=True, whole=True):
             results.extend(values)
         return results
@@ -116,12 +121,12 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
             self._close_backend_when_idle()
         self._backend.join()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         if self._state != "running":
             raise ValueError(f"{type(self).__name__} is {self._state}; make a new pool")  # as bpo-35477
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
         self.join()
 
@@ -131,10 +136,31 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         if self._state != "running":
             raise ValueError(f"{type(self).__name__} is {self._state}; make a new pool")
 
-    def _iterate(self, func, iterable, chunksize, progress, *, ordered, whole=False) -> Iterator:
-        return self._call(func, iterable, chunksize, progress, ordered=ordered, registered=not whole)
+    def _iterate(
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None,
+        progress: bool,
+        *,
+        ordered: bool,
+        whole: bool = False,
+    ) -> Iterator[Any]:
+        results: Iterator[Any] = self._call(func, iterable, chunksize, progress, ordered=ordered, registered=not whole)
+        return results
 
-    def _call(self, func, iterable, chunksize, progress, *, ordered, registered=True, lists=False, stop=None) -> Any:
+    def _call(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        progress: bool,
+        *,
+        ordered: bool,
+        registered: bool = True,
+        lists: bool = False,
+        stop: threading.Event | None = None,
+    ) -> Any:
         """One call over the contract: its iterator of results (``lists``: of lists of results,
         one per chunk), registered for :meth:`join` to finish unless ``registered`` is false;
         setting the event ``stop`` ends it from another thread."""
@@ -144,7 +170,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")
         results = iterate(
-            self._shared,
+            self._shared,  # type: ignore[arg-type]  # a SharedBackend has every hook of a Backend
             func,
             iterable,
             ordered=ordered,
@@ -157,7 +183,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         )
         if lists or not registered:
             return results
-        call = _CallResults.of(results)
+        call = _CallResults.of(results)  # type: ignore[arg-type]  # iterate is a generator
         self._calls.add(call)
         return call
 
@@ -172,11 +198,11 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
                 )
             return self._tasks_queue
 
-    def _run_tasks(self, func: Callable, feed: Feed) -> Iterator[list]:
+    def _run_tasks(self, func: Callable[..., Any], feed: Feed) -> Iterator[list[Any]]:
         results = iterate(
-            self._shared,
+            self._shared,  # type: ignore[arg-type]  # a SharedBackend has every hook of a Backend
             func,
-            feed,
+            feed,  # type: ignore[arg-type]  # iterate takes a Feed where it takes an iterable
             ordered=False,
             chunksize=None,
             progress=False,
@@ -189,7 +215,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
     def _in_background(self, work: Callable[[], R], name: str) -> Future[R]:
         """Run ``work()`` (a whole call) in a thread of its own; its future holds what it returns."""
         self._check_running()
-        future: Future = Future()
+        future: Future[R] = Future()
         future.set_running_or_notify_cancel()
 
         def run() -> None:
@@ -224,17 +250,20 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         self._backend.close()
 
 
-class _CallResults(itertools.chain):
+class _CallResults(itertools.chain[Any]):
     """The iterator of one call; it keeps the results if :meth:`Pool.join` runs the call to its end.
 
     A ``chain`` over the lists of results the call's generator yields, then what join() kept:
     iterating runs in C, so the call costs nothing per item.
     """
 
+    _results: GeneratorType[list[Any], None, None]
+    _kept: _Kept
+
     @classmethod
-    def of(cls, results: Generator) -> _CallResults:
+    def of(cls, results: GeneratorType[list[Any], None, None]) -> _CallResults:
         kept = _Kept()
-        call = cls.from_iterable(_then_kept(results, kept))
+        call: _CallResults = cls.from_iterable(_then_kept(results, kept))  # type: ignore[assignment]  # an instance of cls
         call._results, call._kept = results, kept
         return call
 
@@ -261,12 +290,12 @@ class _CallResults(itertools.chain):
 class _Kept:
     """What :meth:`_CallResults.finish` kept: results, and the error that ended the call."""
 
-    def __init__(self):
-        self.values: deque = deque()
+    def __init__(self) -> None:
+        self.values: deque[Any] = deque()
         self.error: BaseException | None = None
 
 
-def _then_kept(results: Generator, kept: _Kept) -> Iterator:
+def _then_kept(results: Generator[list[Any], None, None], kept: _Kept) -> Iterator[Iterable[Any]]:
     yield from results
     yield kept.values
     if kept.error is not None:
@@ -274,7 +303,7 @@ def _then_kept(results: Generator, kept: _Kept) -> Iterator:
         raise error
 
 
-def _length(iterable) -> int | None:
+def _length(iterable: Any) -> int | None:
     try:
         return len(iterable)
     except (TypeError, AttributeError):
