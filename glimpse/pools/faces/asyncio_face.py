@@ -13,12 +13,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
-    from glimpse.pools.contract.pool import Pool
+    from concurrent.futures import Future
 
+    from glimpse.pools.faces.pool_calls import PoolCalls as _Base
+else:
+    _Base = object
+
+P = ParamSpec("P")
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -29,34 +34,32 @@ CHUNKS_AHEAD = 4
 _POLL_SECONDS = 0.1
 
 
-class AsyncioFace:
+class AsyncioFace(_Base):
     """``amap``, ``aimap``, ``aimap_unordered`` and ``asubmit`` on every pool."""
 
-    async def amap(self: Pool, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None) -> list[R]:
+    async def amap(self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None) -> list[R]:
         """:meth:`map` for a coroutine: ``await`` the list of results, in input order."""
         results: list[R] = []
         async for values in _chunks(self, func, iterable, chunksize, ordered=True):
             results.extend(values)
         return results
 
-    def aimap(
-        self: Pool, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None
-    ) -> AsyncIterator[R]:
+    def aimap(self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None) -> AsyncIterator[R]:
         """:meth:`imap` for ``async for``: results in input order, the input read lazily."""
         return _items(_chunks(self, func, iterable, chunksize, ordered=True))
 
     def aimap_unordered(
-        self: Pool, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None
+        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None
     ) -> AsyncIterator[R]:
         """:meth:`imap_unordered` for ``async for``: results as they finish."""
         return _items(_chunks(self, func, iterable, chunksize, ordered=False))
 
-    async def asubmit(self: Pool, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+    async def asubmit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """:meth:`submit` for a coroutine: ``await`` the result of ``fn(*args, **kwargs)``."""
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
 
-async def _items(chunks: AsyncIterator[list]) -> AsyncIterator:
+async def _items(chunks: AsyncGenerator[list[R], None]) -> AsyncIterator[R]:
     try:
         async for values in chunks:
             began = time.monotonic()
@@ -69,15 +72,17 @@ async def _items(chunks: AsyncIterator[list]) -> AsyncIterator:
         await chunks.aclose()
 
 
-async def _chunks(pool: Pool, func, iterable, chunksize, *, ordered: bool) -> AsyncIterator[list]:
+async def _chunks(
+    pool: AsyncioFace, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None, *, ordered: bool
+) -> AsyncGenerator[list[R], None]:
     """The call's lists of results (one per chunk), produced by a thread of the pool."""
     loop = asyncio.get_running_loop()
     stop = threading.Event()
     results = pool._call(func, iterable, chunksize, False, ordered=ordered, lists=True, stop=stop)
-    arrived: asyncio.Queue = asyncio.Queue()
+    arrived: asyncio.Queue[list[R] | Future[None]] = asyncio.Queue()
     room = threading.Semaphore(CHUNKS_AHEAD)
 
-    def hand_over(item) -> None:
+    def hand_over(item: list[R] | Future[None]) -> None:
         try:
             loop.call_soon_threadsafe(arrived.put_nowait, item)
         except RuntimeError:  # the loop has closed: nobody waits for the results

@@ -15,25 +15,28 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
-    from glimpse.pools.contract.pool import Pool
+    from glimpse.pools.faces.pool_calls import PoolCalls as _Base
+else:
+    _Base = object
 
+P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class FuturesFace:
+class FuturesFace(_Base):
     """``submit`` and ``executor`` on every pool."""
 
-    def submit(self: Pool, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` on a worker; the :class:`concurrent.futures.Future` holds its
         result, or the exception it raised with the worker's traceback chained."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         return self._tasks.submit(fn, args, kwargs)
 
-    def executor(self: Pool) -> PoolExecutor:
+    def executor(self) -> PoolExecutor:
         """A :class:`concurrent.futures.Executor` over this pool (shutting it down leaves the pool open)."""
         return PoolExecutor(self)
 
@@ -48,13 +51,13 @@ class PoolExecutor(Executor):
     of this executor only; the pool stays open for its owner to close.
     """
 
-    def __init__(self, pool: Pool):
+    def __init__(self, pool: FuturesFace) -> None:
         self._pool = pool
         self._lock = threading.Lock()
         self._shut_down = False
-        self._futures: set[Future] = set()
+        self._futures: set[Future[Any]] = set()
 
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         with self._lock:
             if self._shut_down:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -63,7 +66,7 @@ class PoolExecutor(Executor):
         future.add_done_callback(self._forget)
         return future
 
-    def _forget(self, future: Future) -> None:
+    def _forget(self, future: Future[Any]) -> None:
         with self._lock:
             self._futures.discard(future)
 
@@ -83,7 +86,7 @@ class PoolExecutor(Executor):
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
         arguments = zip(*iterables, strict=False)
-        futures: collections.deque[Future] = collections.deque(
+        futures: collections.deque[Future[R]] = collections.deque(
             self.submit(fn, *args) for args in (itertools.islice(arguments, buffersize) if buffersize else arguments)
         )
         return _results(weakref.ref(self), futures, fn, arguments if buffersize else None, end_time)
@@ -101,7 +104,13 @@ class PoolExecutor(Executor):
                     future.exception()  # waits; the error stays the future's to report
 
 
-def _results(executor_ref, futures: collections.deque, fn, more_arguments, end_time: float | None) -> Iterator:
+def _results(
+    executor_ref: weakref.ref[PoolExecutor],
+    futures: collections.deque[Future[R]],
+    fn: Callable[..., R],
+    more_arguments: Iterator[tuple[Any, ...]] | None,
+    end_time: float | None,
+) -> Iterator[R]:
     """The results in order, submitting one more call per result taken when buffered (as CPython)."""
     try:
         futures.reverse()
@@ -110,7 +119,7 @@ def _results(executor_ref, futures: collections.deque, fn, more_arguments, end_t
                 executor = executor_ref()
                 args = next(more_arguments, None) if executor is not None else None
                 if args is not None:
-                    futures.appendleft(executor.submit(fn, *args))
+                    futures.appendleft(executor.submit(fn, *args))  # type: ignore[union-attr]  # args is None when executor is
                 del executor
             yield _result_or_cancel(futures.pop(), None if end_time is None else end_time - time.monotonic())
     finally:
@@ -118,7 +127,7 @@ def _results(executor_ref, futures: collections.deque, fn, more_arguments, end_t
             future.cancel()
 
 
-def _result_or_cancel(future: Future, timeout: float | None):
+def _result_or_cancel(future: Future[R], timeout: float | None) -> R:
     """The future's result; cancelled if it timed out. Holds no reference to it once returned (as
     CPython: a future kept while the result is yielded would keep the result alive too)."""
     try:

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from glimpse.pools.contract.worker_tasks import Star
 
 if TYPE_CHECKING:
-    from glimpse.pools.contract.pool import Pool
+    from glimpse.pools.faces.pool_calls import PoolCalls as _Base
+else:
+    _Base = object
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -37,7 +39,7 @@ class AsyncResult(Generic[R]):
         future: Future[R],
         callback: Callable[[R], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
-    ):
+    ) -> None:
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
         if error_callback is not None and not callable(error_callback):
@@ -47,7 +49,7 @@ class AsyncResult(Generic[R]):
         self._done = threading.Event()
         future.add_done_callback(self._settled)
 
-    def _settled(self, future: Future) -> None:
+    def _settled(self, future: Future[R]) -> None:
         try:
             error = _error_of(future)
             if error is None and self._callback is not None:
@@ -88,17 +90,17 @@ class AsyncResult(Generic[R]):
         return f"<{type(self).__name__} {state}>"
 
 
-def _error_of(future: Future) -> BaseException | None:
+def _error_of(future: Future[Any]) -> BaseException | None:
     if future.cancelled():
         return CancelledError("the call was cancelled (the pool was terminated before it ran)")
     return future.exception()
 
 
-class MultiprocessingFace:
+class MultiprocessingFace(_Base):
     """The methods of ``multiprocessing.Pool`` a glimpse pool adds to ``map``/``imap``."""
 
     def starmap(
-        self: Pool,
+        self,
         func: Callable[..., R],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
@@ -108,7 +110,7 @@ class MultiprocessingFace:
         return self.map(_star(func), iterable, chunksize, progress)
 
     def istarmap(
-        self: Pool,
+        self,
         func: Callable[..., R],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
@@ -118,7 +120,7 @@ class MultiprocessingFace:
         return self.imap(_star(func), iterable, chunksize, progress)
 
     def istarmap_unordered(
-        self: Pool,
+        self,
         func: Callable[..., R],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
@@ -127,12 +129,12 @@ class MultiprocessingFace:
         """Like :meth:`imap_unordered`, calling ``func(*args)`` for each tuple ``args``."""
         return self.imap_unordered(_star(func), iterable, chunksize, progress)
 
-    def apply(self: Pool, func: Callable[..., R], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None) -> R:
+    def apply(self, func: Callable[..., R], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None) -> R:
         """``func(*args, **kwds)`` run by a worker; waits for and returns its result."""
         return self.apply_async(func, args, kwds).get()
 
     def apply_async(
-        self: Pool,
+        self,
         func: Callable[..., R],
         args: Iterable[Any] = (),
         kwds: Mapping[str, Any] | None = None,
@@ -145,7 +147,7 @@ class MultiprocessingFace:
         return AsyncResult(future, callback, error_callback)
 
     def map_async(
-        self: Pool,
+        self,
         func: Callable[[T], R],
         iterable: Iterable[T],
         chunksize: int | None = None,
@@ -158,7 +160,7 @@ class MultiprocessingFace:
         return AsyncResult(future, callback, error_callback)
 
     def starmap_async(
-        self: Pool,
+        self,
         func: Callable[..., R],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
@@ -169,11 +171,11 @@ class MultiprocessingFace:
         return self.map_async(_star(func), iterable, chunksize, callback, error_callback)
 
 
-def _require_callable(func) -> None:
+def _require_callable(func: object) -> None:
     if not callable(func):
         raise TypeError(f"func must be callable, not {type(func).__name__}")
 
 
 def _star(func: Callable[..., R]) -> Callable[[Iterable[Any]], R]:
     _require_callable(func)
-    return Star(func)
+    return Star(func)  # type: ignore[no-untyped-call]
