@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from glimpse.pools.backends.inline.backend import InlineBackend
 from glimpse.pools.backends.processes.backend import ProcessBackend
 from glimpse.pools.contract import Pool
@@ -13,10 +16,10 @@ class SinglecorePool(Pool):
     Nothing is pickled, so it is the pool to debug with: exceptions carry their local traceback.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(InlineBackend())
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[SinglecorePool], tuple[()]]:
         return (SinglecorePool, ())
 
 
@@ -29,9 +32,15 @@ class MulticorePool(Pool):
     that dies loses only its chunk, which runs again on a fresh worker.
     """
 
-    def __init__(self, processes: int | None = None, initializer=None, initargs=(), maxtasksperchild=None):
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+    ) -> None:
         self._args = (processes, initializer, tuple(initargs), maxtasksperchild)
         super().__init__(ProcessBackend(*self._args))
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[MulticorePool], tuple[Any, ...]]:
         return (MulticorePool, self._args)

@@ -15,8 +15,12 @@ import re
 import shutil
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from glimpse.pools.cluster import INTERFACE
+
+if TYPE_CHECKING:
+    from glimpse.pools.contract.pool import Pool
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ def GetClusterPackage(cluster_type: str | None = None) -> ModuleType:
     return module
 
 
-def MakePool(kind: str | None = None, **kwargs):
+def MakePool(kind: str | None = None, **kwargs: Any) -> Pool:
     """Return a new pool: ``multicore`` unless ``kind`` or ``$GLIMPSE_POOL`` names another.
 
     ``kind`` is ``singlecore``, ``multicore`` or a cluster type (``dask``, ``ray``, ``ipython``, ``zmq``, ``gearman``),
@@ -80,7 +84,8 @@ def MakePool(kind: str | None = None, **kwargs):
         return MulticorePool(**kwargs)
     if kind not in CLUSTER_TYPES:
         raise ValueError(f"unknown pool kind {kind!r}; known kinds: {', '.join(known_pool_kinds())}")
-    return GetClusterPackage(kind).MakePool(**kwargs)
+    pool: Pool = GetClusterPackage(kind).MakePool(**kwargs)
+    return pool
 
 
 def known_pool_kinds() -> list[str]:
