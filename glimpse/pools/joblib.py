@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 BACKEND_NAME = "glimpse"
 
 
-class GlimpseBackend(AutoBatchingMixin, ParallelBackendBase):
+class GlimpseBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]  # joblib ships no types
     """joblib's backend interface over a glimpse pool: ``pool`` if given, else :func:`default_pool`.
 
     joblib makes one instance per ``parallel_config`` block (or per ``Parallel`` naming the
@@ -57,11 +58,13 @@ class GlimpseBackend(AutoBatchingMixin, ParallelBackendBase):
     uses_threads = False
     supports_sharedmem = False
 
-    def __init__(self, pool: Pool | None = None, nesting_level: int | None = None, inner_max_num_threads=None):
+    def __init__(
+        self, pool: Pool | None = None, nesting_level: int | None = None, inner_max_num_threads: int | None = None
+    ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         self._pool = pool
         self._lock = threading.Lock()
-        self._futures: set[Future] = set()
+        self._futures: set[Future[Any]] = set()
 
     @property
     def pool(self) -> Pool:
@@ -86,12 +89,12 @@ class GlimpseBackend(AutoBatchingMixin, ParallelBackendBase):
             n_jobs = _workers(self.pool) + 1 + n_jobs
         return max(2, n_jobs)
 
-    def configure(self, n_jobs: int = 1, parallel=None, **backend_kwargs: Any) -> int:
+    def configure(self, n_jobs: int = 1, parallel: Any = None, **backend_kwargs: Any) -> int:
         """Called by joblib at the start of each ``Parallel`` call: the number of batches to keep going."""
         self.parallel = parallel
         return self.effective_n_jobs(n_jobs)
 
-    def submit(self, func, callback=None) -> Future:
+    def submit(self, func: Callable[[], Any], callback: Callable[[Future[Any]], object] | None = None) -> Future[Any]:
         """Run one batch (``func()``) on the pool; ``callback(future)`` runs once it has ended."""
         future = self.pool.submit(func)
         with self._lock:
@@ -103,7 +106,7 @@ class GlimpseBackend(AutoBatchingMixin, ParallelBackendBase):
 
     apply_async = submit  # the name joblib before 1.5 calls (checked on 1.3.2; 1.6.0 calls submit)
 
-    def retrieve_result_callback(self, out: Future):
+    def retrieve_result_callback(self, out: Future[Any]) -> Any:
         """The batch's results, or the exception it raised (the worker's traceback as its ``__cause__``)."""
         return out.result()
 
@@ -119,7 +122,7 @@ class GlimpseBackend(AutoBatchingMixin, ParallelBackendBase):
         """Called by joblib at the end of each ``Parallel`` call: the pool stays open."""
         self.reset_batch_stats()
 
-    def _forget(self, future: Future) -> None:
+    def _forget(self, future: Future[Any]) -> None:
         with self._lock:
             self._futures.discard(future)
 
