@@ -23,6 +23,7 @@ import cloudpickle
 import pytest
 
 from glimpse.pools import MulticorePool, RemoteTraceback, SerializationError
+from glimpse.pools.contract.tasks import IDLE_SECONDS
 from tests import helpers
 
 # Workers of external clusters cannot import the test package: send this module's functions by value.
@@ -293,8 +294,9 @@ def test_terminate(pool, pool_kind, tmp_path, request):
     # Tasks that would run "forever" wait for a file instead, created a second later, so nothing
     # outlives the test on a cluster the pool does not own. glimpse promises more than CPython:
     # the call in flight fails instead of waiting forever.
-    if pool_kind == "singlecore":
-        request.applymarker(pytest.mark.xfail(reason=SINGLECORE_TERMINATE, strict=True))
+    gap = next((reason for prefix, reason in TERMINATE_GAPS.items() if pool_kind.startswith(prefix)), None)
+    if gap:
+        request.applymarker(pytest.mark.xfail(reason=gap, strict=True))
     release = tmp_path / "release"
     releaser = threading.Timer(1.0, release.touch)
     releaser.start()
@@ -303,15 +305,26 @@ def test_terminate(pool, pool_kind, tmp_path, request):
         result = p.map_async(helpers.held_until_released, [("hold", str(release))] * 100, chunksize=1)
         time.sleep(0.2)
         p.terminate()
-        p.join()
+        joining = threading.Thread(target=p.join, daemon=True)
+        joining.start()
+        joining.join(JOIN_SECONDS)
+        assert not joining.is_alive(), f"join() after terminate() still waited after {JOIN_SECONDS} s"
         assert result.ready(), "join() returned before the call in flight had ended"
         assert not result.successful(), "the call in flight ran all its items after terminate()"
     finally:
         releaser.join()
 
 
-#: A known gap: the inline backend has no terminated state, so a call in flight goes on.
-SINGLECORE_TERMINATE = "SinglecorePool.terminate() lets a call in flight run the rest of its input"
+#: How long join() may take after terminate() (the tasks it would wait for end in a second).
+JOIN_SECONDS = 15.0
+#: Known gaps, by pool kind: terminate() does not end a call in flight where the backend's
+#: terminate() leaves its calls nothing to fail on.
+TERMINATE_GAPS = {
+    "singlecore": "the inline backend has no terminated state: the call in flight runs the rest of its input",
+    "ray": "a pool that does not own its Ray connection (a copy) closes nothing: the call runs to its end",
+    "ipython": "the closed ipyparallel client never settles the call's tasks: join() waits forever",
+    "gearman": "the closed backend's wait() sleeps out each timeout with no connection: join() waits forever",
+}
 
 
 def test_empty_iterable(pool):
@@ -392,7 +405,9 @@ def test_map_no_failfast(pool):
                 p.join()
 
 
-def test_release_task_refs(pool):
+def test_release_task_refs(pool, pool_kind, request):
+    if pool_kind == "ipython-embedded":
+        request.applymarker(pytest.mark.xfail(reason=IPYTHON_KEEPS_RESULTS, strict=True))
     # Issue #29861: task arguments and results should not be kept
     # alive after we are done with them.
     objs = [CountedObject() for _ in range(10)]
@@ -400,14 +415,22 @@ def test_release_task_refs(pool):
     pool.map(identity, objs)
 
     del objs
-    deadline = time.monotonic() + 5
-    while any(wr() is not None for wr in refs) and time.monotonic() < deadline:
+    deadline = time.monotonic() + RELEASE_SECONDS
+    while (CountedObject.n_instances or any(wr() for wr in refs)) and time.monotonic() < deadline:
         gc.collect()
         time.sleep(0.05)  # let threaded cleanup code run
     assert {wr() for wr in refs} == {None}
     # With a process pool, copies of the objects are returned, check
     # they were released too.
     assert CountedObject.n_instances == 0
+
+
+#: How long the pool may hold what a finished call sent or returned (the thread that runs single
+#: calls holds its last chunk until it ends, IDLE_SECONDS after the last call).
+RELEASE_SECONDS = 5 * IDLE_SECONDS
+#: A known gap: the IPython pool's engine booking keeps its last chunks, results and all, until
+#: it next sends one.
+IPYTHON_KEEPS_RESULTS = "the embedded IPython pool keeps the results of its last chunks until its next call"
 
 
 def test_enter(pool):
