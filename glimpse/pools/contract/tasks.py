@@ -94,13 +94,15 @@ class TaskQueue(Feed):
         return future
 
     def _pickled_function(self, fn: Callable) -> bytes:
-        """``fn`` pickled; kept for the next calls when it is pickled by reference (a module's
-        function: its pickle is its name), never when pickled by value (its globals may change)."""
+        """``fn`` pickled, once per function object while it is among the last few submitted (as
+        Dask's ``dumps_function``): a function pickled by value (a lambda, a function of
+        ``__main__``) carries the globals it uses as they were at its first call, as a worker
+        process forked at the pool's start keeps the globals of that moment."""
         kept = self._functions.get(id(fn))
         if kept is not None and kept[0] is fn:
             return kept[1]
         blob = pickling.dumps(fn)
-        if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)) and pickling.by_reference(blob):
+        if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
             if len(self._functions) >= _FUNCTIONS_KEPT:
                 self._functions.pop(next(iter(self._functions)), None)
             self._functions[id(fn)] = (fn, blob)
