@@ -67,13 +67,13 @@ def measure_futures(count: int, repeats: int) -> list[TimeRow]:
         submit_all(ours.submit, 100)
         submit_all(theirs.submit, 100)
         rows = []
-        for label, func in (("tiny, by value", tiny), ("operator.neg, by reference", operator.neg)):
+        for label, func in (("tiny (by value)", tiny), ("operator.neg (by ref)", operator.neg)):
             times = interleaved_times(
                 repeats,
                 functools.partial(submit_all, theirs.submit, count, func),
                 functools.partial(submit_all, ours.submit, count, func),
             )
-            rows.append(TimeRow(f"submit x{count} ({label}) vs ProcessPoolExecutor", *times))
+            rows.append(TimeRow(f"submit x{count} {label} vs ProcessPoolExecutor", *times))
         mapped = interleaved_times(
             repeats, lambda: list(theirs.map(tiny, data)), lambda: list(executor.map(tiny, data))
         )
@@ -87,23 +87,24 @@ def measure_dask(count: int, repeats: int) -> list[TimeRow]:
     from glimpse.pools.dask_cluster import MakePool
 
     options = {"n_workers": PROCESSES, "threads_per_worker": 1, "processes": True}
-    with LocalCluster(host="127.0.0.1", dashboard_address="127.0.0.1:0", **options) as cluster:
-        with Client(cluster, set_as_default=False) as client:
-            pool = MakePool(address=cluster.scheduler_address)
-            try:
+    with (
+        LocalCluster(host="127.0.0.1", dashboard_address="127.0.0.1:0", **options) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        pool = MakePool(address=cluster.scheduler_address)
+        try:
 
-                def dask_submit() -> list:
-                    return client.gather([client.submit(tiny, i, pure=False) for i in range(count)])
+            def dask_submit() -> list:
+                return client.gather([client.submit(tiny, i, pure=False) for i in range(count)])
 
-                dask_submit_few = [client.submit(tiny, i, pure=False) for i in range(100)]
-                client.gather(dask_submit_few)
-                submit_all(pool.submit, 100)
-                # One future per call costs milliseconds each: one run of Dask's side is long enough to time.
-                theirs = [best_of(1, dask_submit)]
-                ours = [best_of(1, submit_all, pool.submit, count) for _ in range(repeats)]
-            finally:
-                pool.close()
-                pool.join()
+            client.gather([client.submit(tiny, i, pure=False) for i in range(100)])
+            submit_all(pool.submit, 100)
+            # One future per call costs milliseconds each: one run of Dask's side is long enough to time.
+            theirs = [best_of(1, dask_submit)]
+            ours = [best_of(1, submit_all, pool.submit, count) for _ in range(repeats)]
+        finally:
+            pool.close()
+            pool.join()
     return [TimeRow(f"Dask: submit x{count} vs client.submit+gather", theirs, ours)]
 
 
@@ -229,7 +230,7 @@ def print_time_rows(rows: list[TimeRow]) -> None:
     for row in rows:
         best = min(row.theirs) / min(row.ours)
         typical = statistics.median(row.theirs) / statistics.median(row.ours)
-        print(f"{row.name:<56} {min(row.theirs):>8.3f}s {min(row.ours):>8.3f}s {best:>7.2f}x {typical:>12.2f}x")
+        print(f"{row.name:<60} {min(row.theirs):>8.3f}s {min(row.ours):>8.3f}s {best:>7.2f}x {typical:>12.2f}x")
 
 
 def print_lateness_rows(rows: list[LatenessRow]) -> None:
@@ -258,7 +259,7 @@ def main() -> None:
 
     print(f"The faces vs the engines' own APIs, {PROCESSES} processes, on {os.cpu_count()} cores, ", end="")
     print(f"Python {sys.version.split()[0]}, best and median of {repeats}")
-    print(f"{'measure':<56} {'theirs':>9} {'glimpse':>9} {'ratio':>8} {'median ratio':>13}")
+    print(f"{'measure':<60} {'theirs':>9} {'glimpse':>9} {'ratio':>8} {'median ratio':>13}")
     print_time_rows(measure_futures(calls, repeats))
     print_time_rows(measure_dask(dask_calls, repeats))
     if with_ray:
