@@ -35,6 +35,12 @@ def dumps_out_of_band(obj, in_band: Callable[[memoryview], bool]) -> tuple[bytes
     return _standard_pickle_if_enough(obj, keep, buffers), buffers
 
 
+def by_reference(data: bytes) -> bool:
+    """Whether ``data``, a pickled function, names it rather than holding its code (cloudpickle's
+    pickles of functions by value start by importing cloudpickle)."""
+    return b"cloudpickle" not in data
+
+
 def _standard_pickle_if_enough(obj, buffer_callback, buffers: list | None = None) -> bytes:
     try:
         data = pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)

@@ -62,7 +62,8 @@ class TaskQueue(Feed):
         self._next_index = 0
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._functions: dict[int, tuple[Any, bytes]] = {}
+        self._functions: dict[int, tuple[Any, bytes, int | None]] = {}
+        self._cuts = 0  # chunks cut so far
 
     def submit(self, fn: Callable, args: tuple, kwargs: dict) -> Future:
         """Queue ``fn(*args, **kwargs)``; its future holds the result or the exception it raised.
@@ -94,18 +95,20 @@ class TaskQueue(Feed):
         return future
 
     def _pickled_function(self, fn: Callable) -> bytes:
-        """``fn`` pickled, once per function object while it is among the last few submitted (as
-        Dask's ``dumps_function``): a function pickled by value (a lambda, a function of
-        ``__main__``) carries the globals it uses as they were at its first call, as a worker
-        process forked at the pool's start keeps the globals of that moment."""
+        """``fn`` pickled, kept while it is among the last few functions submitted: for good when
+        pickled by reference (a module's function: its pickle is its name), until the next chunk is
+        cut when pickled by value (a lambda, a function of ``__main__``): its globals may change,
+        and each chunk carries them as they were when it was cut, as ``ProcessPoolExecutor``
+        pickles a call when it sends it."""
         kept = self._functions.get(id(fn))
-        if kept is not None and kept[0] is fn:
+        if kept is not None and kept[0] is fn and kept[2] in (None, self._cuts):
             return kept[1]
+        cuts = self._cuts
         blob = pickling.dumps(fn)
         if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
             if len(self._functions) >= _FUNCTIONS_KEPT:
                 self._functions.pop(next(iter(self._functions)), None)
-            self._functions[id(fn)] = (fn, blob)
+            self._functions[id(fn)] = (fn, blob, None if pickling.by_reference(blob) else cuts)
         return blob
 
     @property
@@ -140,6 +143,7 @@ class TaskQueue(Feed):
     def take(self, most: int) -> list:
         items = []
         with self._changed:
+            self._cuts += 1
             while self._queue and len(items) < most:
                 task = self._queue.popleft()
                 if not task.started:

@@ -28,7 +28,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 #: The longest the loop spends handing results to a consumer before it lets other tasks run.
-SLICE_SECONDS = 0.002
+SLICE_SECONDS = 0.001
 #: How many chunks of results the call's thread may have handed over and the consumer not taken.
 CHUNKS_AHEAD = 4
 _POLL_SECONDS = 0.1
@@ -60,14 +60,17 @@ class AsyncioFace(_Base):
 
 
 async def _items(chunks: AsyncGenerator[list[R], None]) -> AsyncIterator[R]:
+    began = time.monotonic()  # a slice spans chunks: taking one that has arrived lets no other task run
     try:
         async for values in chunks:
-            began = time.monotonic()
             for index, value in enumerate(values):
                 yield value
                 if index & 63 == 63 and time.monotonic() - began > SLICE_SECONDS:
                     await asyncio.sleep(0)
                     began = time.monotonic()
+            if time.monotonic() - began > SLICE_SECONDS:
+                await asyncio.sleep(0)
+                began = time.monotonic()
     finally:
         await chunks.aclose()
 

@@ -67,8 +67,9 @@ class PoolExecutor(Executor):
         return future
 
     def _forget(self, future: Future[Any]) -> None:
-        with self._lock:
-            self._futures.discard(future)
+        # No lock (a set's discard is atomic): the pool's thread that settles futures must not
+        # wait while submit() holds the lock to pickle the next call.
+        self._futures.discard(future)
 
     def map(
         self,
