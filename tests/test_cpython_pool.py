@@ -290,13 +290,10 @@ def test_make_pool():
         p.join()
 
 
-def test_terminate(pool, pool_kind, tmp_path, request):
+def test_terminate(pool, tmp_path):
     # Tasks that would run "forever" wait for a file instead, created a second later, so nothing
     # outlives the test on a cluster the pool does not own. glimpse promises more than CPython:
     # the call in flight fails instead of waiting forever.
-    gap = next((reason for prefix, reason in TERMINATE_GAPS.items() if pool_kind.startswith(prefix)), None)
-    if gap:
-        request.applymarker(pytest.mark.xfail(reason=gap, strict=True))
     release = tmp_path / "release"
     releaser = threading.Timer(1.0, release.touch)
     releaser.start()
@@ -317,14 +314,6 @@ def test_terminate(pool, pool_kind, tmp_path, request):
 
 #: How long join() may take after terminate() (the tasks it would wait for end in a second).
 JOIN_SECONDS = 15.0
-#: Known gaps, by pool kind: terminate() does not end a call in flight where the backend's
-#: terminate() leaves its calls nothing to fail on.
-TERMINATE_GAPS = {
-    "singlecore": "the inline backend has no terminated state: the call in flight runs the rest of its input",
-    "ray": "a pool that does not own its Ray connection (a copy) closes nothing: the call runs to its end",
-    "ipython": "the closed ipyparallel client never settles the call's tasks: join() waits forever",
-    "gearman": "the closed backend's wait() sleeps out each timeout with no connection: join() waits forever",
-}
 
 
 def test_empty_iterable(pool):

@@ -42,6 +42,7 @@ def iterate(
     on_start: Callable[[], None] = lambda: None,
     on_end: Callable[[], None] = lambda: None,
     stop: threading.Event | None = None,
+    terminated: threading.Event | None = None,
 ) -> Iterator:
     """Yield the results of ``func`` on every item, as the module docstring describes, as one
     list per chunk (a consumer flattens them in C: a generator step per item costs more than
@@ -52,7 +53,8 @@ def iterate(
     asked for), ``on_end`` once it has ended, however it ended. ``iterable`` may be a
     :class:`~glimpse.pools.contract.feed.Feed`: the call then runs until the feed ends it.
     Setting ``stop`` ends the call within a wait (under a second), as closing it does, even
-    while the consumer waits in another thread for its next result.
+    while the consumer waits in another thread for its next result; setting ``terminated`` (the
+    pool was terminated) ends it as soon with an error, whatever the engine does with its chunks.
     """
     on_start()
     try:
@@ -69,6 +71,8 @@ def iterate(
     input_error: BaseException | None = None
     try:
         while stop is None or not stop.is_set():
+            if terminated is not None and terminated.is_set():
+                raise ValueError("the pool was terminated during the call; make a new pool")
             if watch.resize_due():
                 _follow_cluster_size(backend, window, sizes)
             while (

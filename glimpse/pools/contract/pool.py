@@ -52,6 +52,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         self._running_calls = 0
         self._tasks_queue: TaskQueue | None = None
         self._threads: set[threading.Thread] = set()
+        self._terminated = threading.Event()
 
     def map(
         self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None, progress: bool = False
@@ -95,6 +96,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         raises an error on its next result, and single calls not yet sent are cancelled."""
         with self._lock:
             self._state = "terminated"
+        self._terminated.set()
         if self._tasks_queue is not None:
             self._tasks_queue.close()
             self._tasks_queue.cancel_queued()
@@ -180,6 +182,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
             on_start=self._call_started,
             on_end=self._call_ended,
             stop=stop,
+            terminated=self._terminated,
         )
         if lists or not registered:
             return results
@@ -209,6 +212,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
             length=None,
             on_start=self._call_started,
             on_end=self._call_ended,
+            terminated=self._terminated,
         )
         return results
 
