@@ -206,9 +206,12 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
         for job in handles:
             if not job.done:
                 job.lost = "cancelled"
-        for call_id in list(self._calls):
-            # Gearman drops the queued jobs of a client that disconnects.
-            self._calls.pop(call_id).close()
+        for call_id in {job.call for job in handles}:
+            # Gearman drops the queued jobs of a client that disconnects; other calls (of other
+            # threads) keep their connections.
+            connections = self._calls.pop(call_id, None)
+            if connections is not None:
+                connections.close()
         if self._silent:
             log.warning("%s: the chunks still running there are left to finish", self._silent)
             return
