@@ -294,9 +294,7 @@ def test_no_stale_references(executor):
     assert my_object_collected.is_set(), "Stale reference not collected within timeout."
 
 
-def test_free_reference(executor, pool_kind, request):
-    if pool_kind == "ipython-embedded":
-        request.applymarker(pytest.mark.xfail(reason=IPYTHON_KEEPS_RESULTS, strict=True))
+def test_free_reference(executor):
     # Issue #14406: Result iterator should not keep an internal reference to result objects.
     # As in later CPython (support.sleeping_retry), the object may take a moment to go: the thread
     # that runs single calls holds its last chunk until more calls come or it ends.
@@ -312,7 +310,6 @@ def test_free_reference(executor, pool_kind, request):
 
 #: A known gap: the IPython pool's engine booking keeps its last chunks, results and all, until
 #: it next sends one.
-IPYTHON_KEEPS_RESULTS = "the embedded IPython pool keeps the results of its last chunks until its next call"
 
 
 def _future_swallows_falsey_exceptions() -> bool:

@@ -394,9 +394,7 @@ def test_map_no_failfast(pool):
                 p.join()
 
 
-def test_release_task_refs(pool, pool_kind, request):
-    if pool_kind == "ipython-embedded":
-        request.applymarker(pytest.mark.xfail(reason=IPYTHON_KEEPS_RESULTS, strict=True))
+def test_release_task_refs(pool):
     # Issue #29861: task arguments and results should not be kept
     # alive after we are done with them.
     objs = [CountedObject() for _ in range(10)]
@@ -419,7 +417,6 @@ def test_release_task_refs(pool, pool_kind, request):
 RELEASE_SECONDS = 5 * IDLE_SECONDS
 #: A known gap: the IPython pool's engine booking keeps its last chunks, results and all, until
 #: it next sends one.
-IPYTHON_KEEPS_RESULTS = "the embedded IPython pool keeps the results of its last chunks until its next call"
 
 
 def test_enter(pool):

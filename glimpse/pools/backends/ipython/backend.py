@@ -184,6 +184,8 @@ class IPythonBackend(Backend):
             return handle.decoded.result()
         finally:
             self._forget(handle.future)
+            if self._booking is not None:
+                self._booking.forget(handle)
 
     def cancel(self, handles) -> None:
         if self._booking is not None:

@@ -74,6 +74,14 @@ class EngineBooking:
             self._held.setdefault(engine, []).append(task)
             room[engine] = 0 if task.resent else room[engine] - 1
 
+    def forget(self, task) -> None:
+        """Stop holding ``task``, whose outcome has been read: its results go with it."""
+        for tasks in self._held.values():
+            for index, held in enumerate(tasks):
+                if held is task:
+                    del tasks[index]
+                    return
+
     def clear(self) -> None:
         self._waiting.clear()
 
