@@ -15,9 +15,12 @@ class SerializationError(pickle.PicklingError):
 class WorkerLostError(RuntimeError):
     """A chunk of items was lost with its worker (killed, crashed, out of memory) too many times.
 
-    The message names the items and how the worker died. Nothing is silently dropped: either
-    every item of a call is delivered, or this error says which ones were not.
+    The message names the items and how the worker died, and ``items`` is the range of their
+    indexes in the call. Nothing is silently dropped: either every item of a call is delivered,
+    or this error says which ones were not.
     """
+
+    items: range = range(0)
 
 
 class RemoteError(Exception):
