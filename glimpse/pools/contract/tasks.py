@@ -208,7 +208,7 @@ class TaskQueue(Feed):
         with self._changed:
             running = sorted(self._running.values(), key=lambda task: task.index)
             self._running.clear()
-            if lost_items is not None:
+            if lost_items:
                 failed = [task for task in running if task.index in lost_items]
                 self._queue.extendleft(reversed([task for task in running if task.index not in lost_items]))
             elif running:
