@@ -171,18 +171,8 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")
-        results = iterate(
-            self._shared,  # type: ignore[arg-type]  # a SharedBackend has every hook of a Backend
-            func,
-            iterable,
-            ordered=ordered,
-            chunksize=chunksize,
-            progress=progress,
-            length=None if isinstance(iterable, Feed) else _length(iterable),
-            on_start=self._call_started,
-            on_end=self._call_ended,
-            stop=stop,
-            terminated=self._terminated,
+        results = self._contract_call(
+            func, iterable, ordered=ordered, chunksize=chunksize, progress=progress, stop=stop
         )
         if lists or not registered:
             return results
@@ -202,19 +192,32 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
             return self._tasks_queue
 
     def _run_tasks(self, func: Callable[..., Any], feed: Feed) -> Iterator[list[Any]]:
-        results = iterate(
+        return self._contract_call(func, feed, ordered=False)  # runs on after close(): no state check
+
+    def _contract_call(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any] | Feed,
+        *,
+        ordered: bool,
+        chunksize: int | None = None,
+        progress: bool = False,
+        stop: threading.Event | None = None,
+    ) -> Iterator[list[Any]]:
+        """The contract's generator of one call on this pool's shared backend, counted as running."""
+        return iterate(
             self._shared,  # type: ignore[arg-type]  # a SharedBackend has every hook of a Backend
             func,
-            feed,  # type: ignore[arg-type]  # iterate takes a Feed where it takes an iterable
-            ordered=False,
-            chunksize=None,
-            progress=False,
-            length=None,
+            iterable,  # type: ignore[arg-type]  # iterate takes a Feed where it takes an iterable
+            ordered=ordered,
+            chunksize=chunksize,
+            progress=progress,
+            length=_length(iterable),
             on_start=self._call_started,
             on_end=self._call_ended,
+            stop=stop,
             terminated=self._terminated,
         )
-        return results
 
     def _in_background(self, work: Callable[[], R], name: str) -> Future[R]:
         """Run ``work()`` (a whole call) in a thread of its own; its future holds what it returns."""

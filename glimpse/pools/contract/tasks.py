@@ -177,8 +177,7 @@ class TaskQueue(Feed):
             self._next_index = 0
             try:
                 for outcomes in self._run_call(run_task, self):
-                    for task_id, ok, value in outcomes:
-                        self._settle(task_id, ok, value)
+                    self._settle(outcomes)
             except BaseException as exc:
                 self._call_ended_by(exc)
             with self._changed:
@@ -187,15 +186,17 @@ class TaskQueue(Feed):
                     break
         self._on_stop()
 
-    def _settle(self, task_id: int, ok: bool, value) -> None:
+    def _settle(self, outcomes: list) -> None:
+        """Settle the futures of one chunk's calls (a call sent again after a loss may come back twice)."""
         with self._changed:
-            task = self._running.pop(task_id, None)
-        if task is None:
-            return
-        if ok:
-            task.future.set_result(value)
-        else:
-            task.future.set_exception(remote_exception(value, "the task"))
+            settled = [(self._running.pop(task_id, None), ok, value) for task_id, ok, value in outcomes]
+        for task, ok, value in settled:
+            if task is None:
+                continue
+            if ok:
+                task.future.set_result(value)
+            else:
+                task.future.set_exception(remote_exception(value, "the task"))
 
     def _call_ended_by(self, error: BaseException) -> None:
         """The call running the tasks raised: fail the tasks it is about, send the others again.
