@@ -13,9 +13,12 @@ import subprocess
 import sys
 import time
 
+import dask
+
 from glimpse.pools.backends.dask import compat
 from glimpse.pools.cluster.reachability import tcp_answers
 from glimpse.pools.contract.watch import silence_timeout
+from glimpse.pools.thread_caps import missing_caps
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,14 @@ def engine_environment() -> dict[str, str]:
     seconds = max(_SHORTEST_TCP_TIMEOUT, round(silence_timeout()))
     env.setdefault(TCP_TIMEOUT_VARIABLE, f"{seconds}s")
     return env
+
+
+def nanny_thread_caps(workers_here: int) -> dict[str, str]:
+    """The thread caps (see ``glimpse.pools.thread_caps``) that neither the user nor Dask's nanny sets:
+    the nanny sets ``distributed.nanny.pre-spawn-environ`` (OMP, MKL and OpenBLAS at 1) in each
+    worker process it starts, keeping a variable the user set."""
+    set_by_dask = dask.config.get("distributed.nanny.pre-spawn-environ", {})
+    return {name: value for name, value in missing_caps(os.environ, workers_here).items() if name not in set_by_dask}
 
 
 def is_loopback(host: str) -> bool:
@@ -67,15 +78,16 @@ def address_reaching(scheduler: str) -> str:
         ) from None
 
 
-def run_workers(command: list[str], scheduler: str) -> int:
-    """Run ``dask worker`` (``command``) until it exits on its own or is stopped; return its exit code.
+def run_workers(command: list[str], scheduler: str, workers_here: int) -> int:
+    """Run ``dask worker`` (``command``, ``workers_here`` worker processes) until it exits on its own
+    or is stopped; return its exit code.
 
     Dask's workers close for good when their connection to the scheduler breaks (a machine that
     went silent long enough, a scheduler restarted); then they are started again once the
     scheduler answers (and again if they then fail to reach it in time). Workers retired by the
     scheduler (``KillWorkers``) are not.
     """
-    env = engine_environment()
+    env = {**engine_environment(), **nanny_thread_caps(workers_here)}
     signal.signal(signal.SIGTERM, _interrupt)
     restarting = False
     while True:

@@ -16,6 +16,7 @@ from distributed import Client, LocalCluster, Security
 
 from glimpse.pools.backends.dask import compat
 from glimpse.pools.backends.dask.backend import DaskBackend
+from glimpse.pools.backends.dask.launch import nanny_thread_caps
 from glimpse.pools.cluster.pool import ClusterPool, resolve_address
 from glimpse.pools.errors import ClusterConnectionError
 
@@ -119,11 +120,16 @@ def _local_cluster(kwargs: dict) -> LocalCluster:
     security = kwargs.get("security")
     if isinstance(security, Security) and (security.require_encryption or security.tls_ca_file):
         options["protocol"] = "tls://"
+    options.update(kwargs)
+    # What each nanny sets in its worker process before starting it: Dask's caps and the others.
+    spawn_environ = dask.config.get("distributed.nanny.pre-spawn-environ", {})
+    spawn_environ = {**spawn_environ, **nanny_thread_caps(options["n_workers"] or os.cpu_count() or 1)}
     try:
         # A task whose worker dies twice is given up on (Dask's default is four times); the chunk
         # is then sent once more, so a function that kills its worker fails after four deaths.
-        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-            return compat.NeverShrinkingLocalCluster(**{**options, **kwargs})
+        settings = {"distributed.scheduler.allowed-failures": 1, "distributed.nanny.pre-spawn-environ": spawn_environ}
+        with dask.config.set(settings):
+            return compat.NeverShrinkingLocalCluster(**options)
     except RuntimeError as exc:
         raise RuntimeError(
             f"could not start the embedded Dask cluster: {str(exc).rstrip('.')}. Dask starts its worker processes with "

@@ -83,7 +83,7 @@ def _launch_worker(args: argparse.Namespace) -> int:
     host = args.host or address_reaching(address)
     command = ["distributed.cli.dask_worker", address, "--nworkers", str(args.nworkers), "--nthreads", "1"]
     command += ["--host", host, *_tls_arguments(args), *_no_dashboard(host)]
-    return run_workers([sys.executable, "-m", *command], address)
+    return run_workers([sys.executable, "-m", *command], address, args.nworkers)
 
 
 def _ping_workers(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ def serve(servers: list[tuple[str, int]], nworkers: int, key: ClusterKey) -> Non
     signer = MessageSigner(key, jobs.WORKER, ordered=False)
     # Machines (containers) may share a hostname and a pid: a random token keeps the slot ids apart.
     names = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-    slots = [Slot(servers, f"{names}:{index}", key, signer) for index in range(nworkers)]
+    slots = [Slot(servers, f"{names}:{index}", key, signer, nworkers) for index in range(nworkers)]
     log.info(
         "%d gearman workers (pid %d) serving %s for %s",
         nworkers,
@@ -88,12 +88,16 @@ class RunningJob:
 class Slot:
     """One worker: connections to the servers and a task process that runs its chunks."""
 
-    def __init__(self, servers: list[tuple[str, int]], slot_id: str, key: ClusterKey, signer: MessageSigner):
+    def __init__(
+        self, servers: list[tuple[str, int]], slot_id: str, key: ClusterKey, signer: MessageSigner, workers_here: int
+    ):
         self.id = slot_id
+        #: How many slots (task processes) this machine runs: they share its cores.
+        self.workers_here = workers_here
         self.servers, self.key, self.signer = servers, key, signer
         self.work: dict[tuple[str, int], g.Connection | None] = dict.fromkeys(servers)
         self.control: dict[tuple[str, int], g.Connection | None] = dict.fromkeys(servers)
-        self.process = ChildProcess.start(outcomes="bytes")
+        self.process = ChildProcess.start(workers_here, outcomes="bytes")
         self.job: RunningJob | None = None
         self.grabbing: g.Connection | None = None
         self.woken: list[g.Connection] = []
@@ -306,7 +310,7 @@ class Slot:
 
     def replace_process(self) -> None:
         self.process.stop()
-        self.process = ChildProcess.start(outcomes="bytes")
+        self.process = ChildProcess.start(self.workers_here, outcomes="bytes")
 
     def close(self) -> None:
         self.process.stop()

@@ -22,6 +22,7 @@ from collections import deque
 from glimpse.pools.backends.ipython import compat
 from glimpse.pools.backends.ipython.connection import CONTROLLER_OPTIONS
 from glimpse.pools.subprocesses import signal_group
+from glimpse.pools.thread_caps import missing_caps
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class EmbeddedIPythonCluster:
 
         self.engines = engines or os.cpu_count() or 1
         self.profile_dir = tempfile.mkdtemp(prefix="glimpse-ipython-")
+        config = compat.guarded_launch_config(_GUARD)
+        config.LocalEngineSetLauncher.environment = missing_caps(os.environ, self.engines)
         self._cluster = ipyparallel.Cluster(
             profile_dir=self.profile_dir,
             n=self.engines,
@@ -48,7 +51,7 @@ class EmbeddedIPythonCluster:
             controller_args=list(CONTROLLER_OPTIONS),
             shutdown_atexit=False,
             log_level=logging.WARNING,
-            config=compat.guarded_launch_config(_GUARD),
+            config=config,
         )
         self.cluster_id = self._cluster.cluster_id
         self._lock = threading.Lock()

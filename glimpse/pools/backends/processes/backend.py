@@ -203,7 +203,7 @@ class ProcessBackend(Backend):
             ):
                 best = worker
         if len(self._workers) < self._size:
-            worker = _Worker.start(self._initializer)
+            worker = _Worker.start(self._size, self._initializer)
             self._workers.append(worker)
             return worker
         return best

@@ -17,6 +17,7 @@ import sys
 from glimpse.pools.backends.processes import shared_memory
 from glimpse.pools.backends.processes.frames import FrameReader, frame_views, write_available, write_frames
 from glimpse.pools.subprocesses import child_environment
+from glimpse.pools.thread_caps import capped_environment
 
 #: The first byte of the frame that answers a skip; outcomes start with a pickle or ``S``.
 SKIPPED = b"K"
@@ -40,8 +41,11 @@ class ChildProcess:
         self.last_call = None
 
     @classmethod
-    def start(cls, initializer: bytes | None = None, outcomes: str = "buffers", blocking: bool = True):
-        """Start a worker; ``initializer`` is the pickled ``(initializer, initargs)`` it runs first.
+    def start(
+        cls, workers_here: int, initializer: bytes | None = None, outcomes: str = "buffers", blocking: bool = True
+    ):
+        """Start a worker, one of ``workers_here`` on this machine (they share its cores: see
+        ``thread_caps``); ``initializer`` is the pickled ``(initializer, initargs)`` it runs first.
 
         ``outcomes`` says how the worker sends them: ``"buffers"``, large result buffers through
         shared memory (such outcomes are ``SharedPayload`` objects); ``"pickles"``, a large
@@ -60,7 +64,7 @@ class ChildProcess:
             process = subprocess.Popen(
                 [sys.executable, "-m", "glimpse.pools.backends.processes.worker_main", *map(str, child_ends)],
                 pass_fds=child_ends,
-                env=child_environment(),
+                env=capped_environment(child_environment(), workers_here),
                 stdin=subprocess.DEVNULL,
             )
         finally:

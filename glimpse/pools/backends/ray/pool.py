@@ -7,12 +7,15 @@ else an embedded Ray on 127.0.0.1 that the pool starts and shuts down on ``close
 
 from __future__ import annotations
 
+import os
+
 import ray
 
 from glimpse.pools.backends.ray.backend import RayBackend
 from glimpse.pools.backends.ray.connection import connect, current_address, same_cluster, start_embedded
 from glimpse.pools.cluster.pool import ClusterPool, resolve_address
 from glimpse.pools.errors import ClusterConnectionError
+from glimpse.pools.thread_caps import inherited_caps
 
 ADDRESS_VARIABLE = "RAY_ADDRESS"
 ENVIRONMENT = (ADDRESS_VARIABLE,)
@@ -64,7 +67,9 @@ def _join_ray(address: str | None, init_kwargs: dict) -> tuple[str, bool]:
             )
         return _kept_if_client(address, current), False
     if address is None:
-        start_embedded(init_kwargs)
+        # Ray caps OMP_NUM_THREADS in its workers itself; the raylet passes the other caps on.
+        with inherited_caps(init_kwargs.get("num_cpus") or os.cpu_count() or 1):
+            start_embedded(init_kwargs)
     else:
         connect(address, source, init_kwargs)
     return _kept_if_client(address, current_address(address)), True

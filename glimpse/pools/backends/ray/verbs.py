@@ -24,6 +24,7 @@ from glimpse.pools.backends.ray.pool import ADDRESS_VARIABLE
 from glimpse.pools.cluster import verbs as common
 from glimpse.pools.cluster.reachability import tcp_answers
 from glimpse.pools.contract.watch import silence_timeout
+from glimpse.pools.thread_caps import capped_environment
 
 DEFAULT_PORT = 6379
 #: A node that ran at least this long and then ended was ended by Ray (declared dead): it joins again.
@@ -76,7 +77,7 @@ def _launch_broker(args: argparse.Namespace) -> int:
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # see compat.loopback_kept
     else:
         env.update(_token_for_network(args))
-    return _run_ray_start(["--head", *command, *_node_options(args)], env)
+    return _run_ray_start(["--head", *command, *_node_options(args)], env, args.num_cpus)
 
 
 def _token_for_network(args: argparse.Namespace) -> dict:
@@ -110,7 +111,7 @@ def _launch_worker(args: argparse.Namespace) -> int:
         command.append(f"--node-ip-address={host}")
     while True:
         started = time.monotonic()
-        code = _run_ray_start(command, {"RAY_USAGE_STATS_ENABLED": "0"}, keep_loopback=True)
+        code = _run_ray_start(command, {"RAY_USAGE_STATS_ENABLED": "0"}, args.num_cpus, keep_loopback=True)
         ran = time.monotonic() - started
         if code == 130 or ran < _REJOIN_AFTER_SECONDS:
             return code  # stopped by Ctrl-C, or a start that failed: the admin's to see
@@ -201,10 +202,12 @@ def _node_options(args: argparse.Namespace) -> list[str]:
     return [*options, f"--num-cpus={args.num_cpus}"]
 
 
-def _run_ray_start(options: list[str], env: dict, keep_loopback: bool = False) -> int:
+def _run_ray_start(options: list[str], env: dict, num_cpus: int | None, keep_loopback: bool = False) -> int:
+    """Run ``ray start``; its workers (one per CPU it offers) get the thread caps Ray leaves unset."""
     launcher = ["-c", compat.RAY_START_KEEPING_LOOPBACK] if keep_loopback else ["-m", "ray.scripts.scripts"]
     command = [sys.executable, *launcher, "start", "--block", "--disable-usage-stats", *options]
-    return common.run_foreground(command, env={**os.environ, **env})
+    workers_here = num_cpus or os.cpu_count() or 1
+    return common.run_foreground(command, env=capped_environment({**os.environ, **env}, workers_here))
 
 
 def _cannot(verb: str, reason: str) -> int:

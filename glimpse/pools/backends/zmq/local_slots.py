@@ -51,7 +51,7 @@ class LocalSlots:
         self.slots: dict[bytes, Slot] = {}
         for index in range(count):
             name = slot_name(index)
-            self.slots[name] = Slot(name, LocalLink(self.inbox, name), functions)
+            self.slots[name] = Slot(name, LocalLink(self.inbox, name), functions, count)
 
     def __contains__(self, name: bytes) -> bool:
         return name in self.slots

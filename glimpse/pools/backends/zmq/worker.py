@@ -34,10 +34,10 @@ _CLOSE_LINGER_MS = 500
 _PROCESS_TOKEN = secrets.token_hex(4)
 
 
-def _start_child() -> ChildProcess:
+def _start_child(workers_here: int) -> ChildProcess:
     # Large chunks and outcomes go whole through shared memory and small ones through a pipe that
     # never blocks the loop serving every slot: a child waits for no slot to be scheduled.
-    return ChildProcess.start(outcomes="pickles", blocking=False)
+    return ChildProcess.start(workers_here, outcomes="pickles", blocking=False)
 
 
 def serve(address: str, nworkers: int, key: ClusterKey) -> None:
@@ -47,7 +47,7 @@ def serve(address: str, nworkers: int, key: ClusterKey) -> None:
     """
     context = zmq.Context()
     functions: OrderedDict[bytes, bytes] = OrderedDict()
-    slots = [Slot.connect(context, address, index, functions, key) for index in range(nworkers)]
+    slots = [Slot.connect(context, address, index, functions, key, nworkers) for index in range(nworkers)]
     log.info("%d zmq workers (pid %d) connecting to %s", nworkers, os.getpid(), address)
     next_heartbeat = 0.0
     warn_at = time.monotonic() + p.CONNECT_SECONDS
@@ -107,12 +107,14 @@ class Slot:
     started (``worker_main`` decides, once per chunk).
     """
 
-    def __init__(self, name: bytes, link, functions: OrderedDict[bytes, bytes]):
+    def __init__(self, name: bytes, link, functions: OrderedDict[bytes, bytes], workers_here: int):
         self.id = name
+        #: How many slots (task processes) this machine runs: they share its cores.
+        self.workers_here = workers_here
         #: What it sends with: a signed socket to the broker, or a ``LocalLink`` inside the broker's process.
         self.socket = link
         self.functions = functions
-        self.process = _start_child()
+        self.process = _start_child(workers_here)
         self.jobs: list[SlotChunk] = []
         self.tokens = itertools.count()
         self.chunks = 0
@@ -121,11 +123,19 @@ class Slot:
 
     @classmethod
     def connect(
-        cls, context: zmq.Context, address: str, index: int, functions: OrderedDict[bytes, bytes], key: ClusterKey
+        cls,
+        context: zmq.Context,
+        address: str,
+        index: int,
+        functions: OrderedDict[bytes, bytes],
+        key: ClusterKey,
+        workers_here: int,
     ) -> Slot:
-        """Slot ``index`` of this process, connected to the broker at ``address``; it says READY at once."""
+        """Slot ``index`` of the ``workers_here`` of this process, connected to the broker at ``address``;
+        it says READY at once."""
         name = slot_name(index)
-        return cls(name, PeerSocket(p.dealer(context, address, name), MessageSigner(key, name), address), functions)
+        link = PeerSocket(p.dealer(context, address, name), MessageSigner(key, name), address)
+        return cls(name, link, functions, workers_here)
 
     @property
     def running(self) -> bool:
@@ -316,7 +326,7 @@ class Slot:
     def replace_process(self) -> None:
         """Start a fresh child; the chunks the old one held are sent again, except those that are leaving."""
         self.process.stop()
-        self.process = _start_child()
+        self.process = _start_child(self.workers_here)
         for job in [job for job in self.jobs if job.token is not None]:
             job.token = None
             if job.cancelled or job.giving_back:
