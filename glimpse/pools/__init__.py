@@ -8,14 +8,18 @@
 """
 
 from glimpse.pools.contract import Pool
+from glimpse.pools.contract.worker_policy import Failure
 from glimpse.pools.errors import (
     AuthenticationError,
     ClusterConnectionError,
     ClusterLostError,
+    InitializerError,
+    JournalMismatchError,
     NoWorkersError,
     RemoteError,
     RemoteTraceback,
     SerializationError,
+    TaskTimeoutError,
     WorkerLostError,
 )
 from glimpse.pools.local import MulticorePool, SinglecorePool
@@ -25,7 +29,10 @@ __all__ = [
     "AuthenticationError",
     "ClusterConnectionError",
     "ClusterLostError",
+    "Failure",
     "GetClusterPackage",
+    "InitializerError",
+    "JournalMismatchError",
     "MakePool",
     "MulticorePool",
     "NoWorkersError",
@@ -34,5 +41,6 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "SinglecorePool",
+    "TaskTimeoutError",
     "WorkerLostError",
 ]

@@ -23,6 +23,22 @@ class WorkerLostError(RuntimeError):
     items: range = range(0)
 
 
+class TaskTimeoutError(TimeoutError):
+    """An item ran longer than the call's ``timeout=`` seconds (running time, not time queued).
+
+    The message names the item, the timeout and the worker. The item's thread was left behind;
+    a worker process glimpse owns is replaced after the chunk (see ``docs/long-runs.md``).
+    """
+
+
+class InitializerError(RuntimeError):
+    """A pool's ``initializer`` raised in a worker process; its exception is chained as ``__cause__``.
+
+    The message names the initializer and the worker. Every later chunk on that worker process
+    fails with it at once, so a broken initializer ends the call instead of looping.
+    """
+
+
 class RemoteError(Exception):
     """Stands in for a worker's exception that could not be pickled back to the caller.
 
@@ -70,3 +86,12 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.text}"""'
+
+
+class JournalMismatchError(ValueError):
+    """A call's ``journal=`` file belongs to another call (another function or ``key=``), or is
+    not a journal at all; the file is left as it was.
+
+    The message names the file and what to do: give the call another path, delete the file to
+    start again, or pass the ``key=`` of the call that wrote it.
+    """

@@ -17,10 +17,11 @@ import cloudpickle
 
 from glimpse.pools.contract import pickling
 from glimpse.pools.contract.backend import Backend, Call, Chunk, ChunkLost, ClusterLost
+from glimpse.pools.contract.policy import PLAIN, CallPolicy
 from glimpse.pools.contract.reader import ChunkReader
 from glimpse.pools.contract.sizing import AdaptiveSize, FixedSize, window_bytes
 from glimpse.pools.contract.watch import CallWatch
-from glimpse.pools.contract.worker_runner import ChunkOutcome, Failure
+from glimpse.pools.contract.worker_runner import ChunkOutcome, ItemError
 from glimpse.pools.errors import ClusterLostError, RemoteTraceback, SerializationError, WorkerLostError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ def iterate(
     on_end: Callable[[], None] = lambda: None,
     stop: threading.Event | None = None,
     terminated: threading.Event | None = None,
+    policy: CallPolicy = PLAIN,
+    failures: list | None = None,
 ) -> Iterator:
     """Yield the results of ``func`` on every item, as the module docstring describes, as one
     list per chunk (a consumer flattens them in C: a generator step per item costs more than
@@ -55,6 +58,8 @@ def iterate(
     Setting ``stop`` ends the call within a wait (under a second), as closing it does, even
     while the consumer waits in another thread for its next result; setting ``terminated`` (the
     pool was terminated) ends it as soon with an error, whatever the engine does with its chunks.
+    ``policy`` says what becomes of failed items (``func`` comes wrapped for it already); with
+    ``errors="skip"`` they go to ``failures``.
     """
     on_start()
     try:
@@ -115,14 +120,14 @@ def iterate(
                 if ordered:
                     window.hold(chunk.start, outcome, nbytes)
                 else:
-                    yield outcome.values
+                    yield policy.deliverable(outcome.values, chunk.start, failures)
                     delivered += count
                     if outcome.failure is not None:
                         _raise(outcome.failure)
             while next_start in window.held:
                 outcome = window.release(next_start)
+                yield policy.deliverable(outcome.values, next_start, failures)
                 next_start += len(outcome.values)
-                yield outcome.values
                 delivered += len(outcome.values)
                 if outcome.failure is not None:
                     _raise(outcome.failure)
@@ -243,11 +248,11 @@ def _decode(raw, chunk: Chunk) -> ChunkOutcome:
         ) from exc
 
 
-def _raise(failure: Failure):
+def _raise(failure: ItemError):
     raise remote_exception(failure)
 
 
-def remote_exception(failure: Failure, what: str = "") -> BaseException:
+def remote_exception(failure: ItemError, what: str = "") -> BaseException:
     """The exception a worker raised, its traceback chained as a :class:`RemoteTraceback` and a
     note naming ``what`` raised it (default: the item) and the worker."""
     exc = failure.exception

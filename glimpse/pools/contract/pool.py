@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -13,8 +14,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from glimpse.pools.contract.backend import Backend
 from glimpse.pools.contract.feed import Feed
 from glimpse.pools.contract.iteration import iterate
+from glimpse.pools.contract.policy import PLAIN, CallOptions, CallPolicy
 from glimpse.pools.contract.shared_backend import SharedBackend
 from glimpse.pools.contract.tasks import TaskQueue
+from glimpse.pools.contract.worker_policy import Failure, WorkerSetup
 from glimpse.pools.faces.asyncio_face import AsyncioFace
 from glimpse.pools.faces.futures_face import FuturesFace
 from glimpse.pools.faces.multiprocessing_face import MultiprocessingFace
@@ -22,7 +25,7 @@ from glimpse.pools.faces.multiprocessing_face import MultiprocessingFace
 if TYPE_CHECKING:
     from types import GeneratorType
 
-    from typing_extensions import Self
+    from typing_extensions import Self, Unpack
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,7 +36,10 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
 
     ``map`` and ``imap`` keep input order; ``imap_unordered`` yields in completion order.
     ``imap``/``imap_unordered`` read the input lazily, so it may be an endless generator.
-    ``chunksize=None`` picks a size automatically. ``progress=True`` shows a tqdm bar.
+    ``chunksize=None`` picks a size automatically. ``progress=True`` shows a tqdm bar. For long
+    runs, every ``map``-like call also takes ``timeout=``, ``retries=``, ``retry_on=``, ``errors=``,
+    ``journal=`` and ``key=`` (see :class:`~glimpse.pools.contract.policy.CallOptions`).
+    ``initializer(*initargs)`` runs once in each worker process before its first item.
 
     The faces users know sit on these three calls: ``multiprocessing.Pool``'s (``starmap``,
     ``apply_async``, ``map_async`` ...), ``concurrent.futures`` (``submit``, ``executor()``) and
@@ -42,7 +48,12 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
     side on the same workers. ``close``/``terminate``/``join`` are for one thread, once.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(
+        self, backend: Backend, initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = ()
+    ) -> None:
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
+        self._setup = None if initializer is None else WorkerSetup(initializer, tuple(initargs), uuid.uuid4().hex)
         self._backend = backend
         self._shared = SharedBackend(backend)
         self._state = "running"
@@ -55,25 +66,46 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         self._terminated = threading.Event()
 
     def map(
-        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None, progress: bool = False
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None = None,
+        progress: bool = False,
+        **options: Unpack[CallOptions],
     ) -> list[R]:
-        """Return ``[func(x) for x in iterable]``, computed by the workers, in input order."""
-        results: list[R] = []
-        for values in self._iterate(func, iterable, chunksize, progress, ordered=True, whole=True):
+        """Return ``[func(x) for x in iterable]``, computed by the workers, in input order.
+
+        With ``errors="skip"`` the list has an attribute ``failures``: the items left out."""
+        results: list[R] = Results() if options.get("errors") == "skip" else []
+        failures = getattr(results, "failures", None)
+        calls = self._call(func, iterable, chunksize, progress, ordered=True, lists=True, failures=failures, **options)
+        for values in calls:
             results.extend(values)
         return results
 
     def imap(
-        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None, progress: bool = False
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None = None,
+        progress: bool = False,
+        **options: Unpack[CallOptions],
     ) -> Iterator[R]:
-        """Yield ``func(x)`` for each ``x`` in input order, each as soon as it and all before it are done."""
-        return self._iterate(func, iterable, chunksize, progress, ordered=True)
+        """Yield ``func(x)`` for each ``x`` in input order, each as soon as it and all before it are done.
+
+        With ``errors="skip"`` the iterator's ``failures`` list fills with the items left out."""
+        return self._iterate(func, iterable, chunksize, progress, ordered=True, **options)
 
     def imap_unordered(
-        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None, progress: bool = False
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None = None,
+        progress: bool = False,
+        **options: Unpack[CallOptions],
     ) -> Iterator[R]:
-        """Yield ``func(x)`` for each ``x`` in the order the results finish."""
-        return self._iterate(func, iterable, chunksize, progress, ordered=False)
+        """Yield ``func(x)`` for each ``x`` in the order the results finish (``failures`` as :meth:`imap`)."""
+        return self._iterate(func, iterable, chunksize, progress, ordered=False, **options)
 
     def workers(self) -> int:
         """How many items the pool runs at once now: its worker processes, or the cluster's worker
@@ -146,9 +178,9 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         progress: bool,
         *,
         ordered: bool,
-        whole: bool = False,
+        **options: Unpack[CallOptions],
     ) -> Iterator[Any]:
-        results: Iterator[Any] = self._call(func, iterable, chunksize, progress, ordered=ordered, registered=not whole)
+        results: Iterator[Any] = self._call(func, iterable, chunksize, progress, ordered=ordered, **options)
         return results
 
     def _call(
@@ -159,24 +191,60 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         progress: bool,
         *,
         ordered: bool,
-        registered: bool = True,
         lists: bool = False,
         stop: threading.Event | None = None,
+        failures: list[Failure] | None = None,
+        **options: Unpack[CallOptions],
     ) -> Any:
-        """One call over the contract: its iterator of results (``lists``: of lists of results,
-        one per chunk), registered for :meth:`join` to finish unless ``registered`` is false;
-        setting the event ``stop`` ends it from another thread."""
+        """One call over the contract: its iterator of results, registered for :meth:`join` to
+        finish; or, with ``lists``, its generator of lists of results, one per chunk (the caller
+        runs it to its end). Setting the event ``stop`` ends it from another thread. Items left
+        out by ``errors="skip"`` go to ``failures`` (or to the iterator's ``failures``)."""
         self._check_running()
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"chunksize must be a positive integer or None, not {chunksize!r}")
-        results = self._contract_call(
-            func, iterable, ordered=ordered, chunksize=chunksize, progress=progress, stop=stop
+        unknown = sorted(set(options) - set(CallOptions.__annotations__))
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword argument {unknown[0]!r} (a call takes {', '.join(CallOptions.__annotations__)})"
+            )
+        journal, key = options.pop("journal", None), options.pop("key", None)
+        if key is not None and journal is None:
+            raise TypeError("key= tells one call's journal from another's: pass journal=PATH too")
+        policy = CallPolicy.of(
+            options.get("timeout"),
+            options.get("retries", 0),
+            options.get("retry_on", ()),
+            options.get("errors", "raise"),
         )
-        if lists or not registered:
+        if failures is None and not lists:
+            failures = []
+        guarded = policy.guard(func, self._setup)
+
+        def run(items: Iterable[Any]) -> Iterator[list[Any]]:
+            return self._contract_call(
+                guarded,
+                items,
+                ordered=ordered,
+                chunksize=chunksize,
+                progress=progress,
+                stop=stop,
+                policy=policy,
+                failures=failures,
+            )
+
+        if journal is not None:
+            from glimpse.pools.contract.journal import journaled
+
+            results = journaled(run, func, iterable, path=journal, key=key, ordered=ordered)
+        else:
+            results = run(iterable)
+        if lists:
             return results
-        call = _CallResults.of(results)  # type: ignore[arg-type]  # iterate is a generator
+        call = _CallResults.of(results)
+        call.failures = failures
         self._calls.add(call)
         return call
 
@@ -192,7 +260,8 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
             return self._tasks_queue
 
     def _run_tasks(self, func: Callable[..., Any], feed: Feed) -> Iterator[list[Any]]:
-        return self._contract_call(func, feed, ordered=False)  # runs on after close(): no state check
+        guarded = PLAIN.guard(func, self._setup)
+        return self._contract_call(guarded, feed, ordered=False)  # runs on after close(): no state check
 
     def _contract_call(
         self,
@@ -203,6 +272,8 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         chunksize: int | None = None,
         progress: bool = False,
         stop: threading.Event | None = None,
+        policy: CallPolicy = PLAIN,
+        failures: list[Failure] | None = None,
     ) -> Iterator[list[Any]]:
         """The contract's generator of one call on this pool's shared backend, counted as running."""
         return iterate(
@@ -217,6 +288,8 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
             on_end=self._call_ended,
             stop=stop,
             terminated=self._terminated,
+            policy=policy,
+            failures=failures,
         )
 
     def _in_background(self, work: Callable[[], R], name: str) -> Future[R]:
@@ -257,6 +330,14 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         self._backend.close()
 
 
+class Results(list):  # type: ignore[type-arg]  # a list of any results
+    """What ``map(..., errors="skip")`` returns: the results, and ``failures``, the items left out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: list[Failure] = []
+
+
 class _CallResults(itertools.chain[Any]):
     """The iterator of one call; it keeps the results if :meth:`Pool.join` runs the call to its end.
 
@@ -266,6 +347,8 @@ class _CallResults(itertools.chain[Any]):
 
     _results: GeneratorType[list[Any], None, None]
     _kept: _Kept
+    #: The items ``errors="skip"`` left out, so far.
+    failures: list[Failure] | None
 
     @classmethod
     def of(cls, results: GeneratorType[list[Any], None, None]) -> _CallResults:

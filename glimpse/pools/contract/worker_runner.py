@@ -20,6 +20,7 @@ from itertools import islice
 import cloudpickle
 
 from glimpse.pools.contract import pickling
+from glimpse.pools.contract.worker_policy import Guarded
 from glimpse.pools.errors import RemoteError, SerializationError
 
 _FUNCTION_CACHE_SIZE = 4
@@ -28,7 +29,7 @@ _unpickling = threading.RLock()  # re-entrant: code run by unpickling a function
 
 
 @dataclass
-class Failure:
+class ItemError:
     """An exception raised by the function (or by pickling) at item ``index`` of the call."""
 
     index: int
@@ -46,7 +47,7 @@ class ChunkOutcome:
     """
 
     values: list = field(default_factory=list)
-    failure: Failure | None = None
+    failure: ItemError | None = None
     seconds: float = 0.0
 
     def wire(self) -> tuple:
@@ -80,12 +81,14 @@ def execute_chunk(func, items, start: int, catch=Exception) -> ChunkOutcome:
     values: list = []
     began = time.perf_counter()
     try:
-        if type(items) is ProbeItems:
+        if type(func) is Guarded and func.timeout is not None:
+            func.run_items(items, start, values)
+        elif type(items) is ProbeItems:
             _run_within_budget(func, items, values, began)
         else:
             values.extend(map(func, items))  # the loop runs in C; on an error, the values before it stay
     except catch as exc:
-        return ChunkOutcome(values, Failure(start + len(values), exc), time.perf_counter() - began)
+        return ChunkOutcome(values, ItemError(start + len(values), exc), time.perf_counter() - began)
     return ChunkOutcome(values, None, time.perf_counter() - began)
 
 
@@ -118,7 +121,7 @@ def run_chunk(call_id: str, function: PickledFunction, payload, start: int, dump
         func = _function_for(call_id, function)
         items = payload.load() if hasattr(payload, "load") else cloudpickle.loads(payload)
     except BaseException as exc:
-        outcome = ChunkOutcome(failure=Failure(start, exc))
+        outcome = ChunkOutcome(failure=ItemError(start, exc))
     else:
         outcome = execute_chunk(func, items, start, catch=BaseException)
         replace = getattr(func, "replace_unpicklable", None)
@@ -176,7 +179,7 @@ def _outcome_up_to_unpicklable_value(outcome: ChunkOutcome, start: int) -> Chunk
         try:
             cloudpickle.dumps(value)
         except Exception as exc:
-            failure = portable_failure(Failure(start + offset, _unpicklable_result(start + offset, value, exc)))
+            failure = portable_failure(ItemError(start + offset, _unpicklable_result(start + offset, value, exc)))
             return ChunkOutcome(outcome.values[:offset], failure, outcome.seconds)
     raise AssertionError("an outcome that fails to pickle has an unpicklable value")
 
@@ -188,7 +191,7 @@ def _unpicklable_result(index: int, value, exc: Exception) -> SerializationError
     )
 
 
-def portable_failure(failure: Failure) -> Failure:
+def portable_failure(failure: ItemError) -> ItemError:
     """Format the traceback here, and make sure the exception survives a pickle round trip."""
     exc = failure.exception
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -200,7 +203,7 @@ def portable_failure(failure: Failure) -> Failure:
     exc.__context__ = None
     exc.__cause__ = None
     where = f"pid {os.getpid()} on {socket.gethostname()}"
-    return Failure(failure.index, exc, text, where)
+    return ItemError(failure.index, exc, text, where)
 
 
 def short_repr(value, limit: int = 80) -> str:

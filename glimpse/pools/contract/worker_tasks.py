@@ -15,7 +15,7 @@ from typing import Any
 
 import cloudpickle
 
-from glimpse.pools.contract.worker_runner import Failure, portable_failure, short_repr
+from glimpse.pools.contract.worker_runner import ItemError, portable_failure, short_repr
 from glimpse.pools.errors import SerializationError
 
 _FUNCTION_CACHE_SIZE = 16
@@ -24,7 +24,7 @@ _functions_lock = threading.Lock()
 
 #: A task on the wire: ``(task id, pickled function, pickled (args, kwargs))``.
 TaskItem = tuple[int, bytes, bytes]
-#: A task's outcome on the wire: ``(task id, True, value)`` or ``(task id, False, Failure)``.
+#: A task's outcome on the wire: ``(task id, True, value)`` or ``(task id, False, ItemError)``.
 TaskOutcome = tuple[int, bool, Any]
 
 
@@ -36,12 +36,12 @@ def run_task(item: TaskItem) -> TaskOutcome:
         args, kwargs = cloudpickle.loads(arguments)
         return task_id, True, func(*args, **kwargs)
     except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit ends only this task
-        return task_id, False, portable_failure(Failure(-1, exc))
+        return task_id, False, portable_failure(ItemError(-1, exc))
 
 
 def _unpicklable_result(outcome: TaskOutcome, error: Exception) -> TaskOutcome:
     message = f"the result could not be pickled: {type(error).__name__}: {error} (result was {short_repr(outcome[2])})"
-    return outcome[0], False, portable_failure(Failure(-1, SerializationError(message)))
+    return outcome[0], False, portable_failure(ItemError(-1, SerializationError(message)))
 
 
 #: How ``run_chunk`` reports a result that cannot be pickled: as that task's failure alone.

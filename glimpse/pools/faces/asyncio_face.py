@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from typing_extensions import Unpack
+
+    from glimpse.pools.contract.policy import CallOptions
     from glimpse.pools.faces.pool_calls import PoolCalls as _Base
 else:
     _Base = object
@@ -37,22 +40,38 @@ _POLL_SECONDS = 0.1
 class AsyncioFace(_Base):
     """``amap``, ``aimap``, ``aimap_unordered`` and ``asubmit`` on every pool."""
 
-    async def amap(self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None) -> list[R]:
+    async def amap(
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None = None,
+        **options: Unpack[CallOptions],
+    ) -> list[R]:
         """:meth:`map` for a coroutine: ``await`` the list of results, in input order."""
         results: list[R] = []
-        async for values in _chunks(self, func, iterable, chunksize, ordered=True):
+        async for values in _chunks(self, func, iterable, chunksize, ordered=True, **options):
             results.extend(values)
         return results
 
-    def aimap(self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None) -> AsyncIterator[R]:
+    def aimap(
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None = None,
+        **options: Unpack[CallOptions],
+    ) -> AsyncIterator[R]:
         """:meth:`imap` for ``async for``: results in input order, the input read lazily."""
-        return _items(_chunks(self, func, iterable, chunksize, ordered=True))
+        return _items(_chunks(self, func, iterable, chunksize, ordered=True, **options))
 
     def aimap_unordered(
-        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None = None,
+        **options: Unpack[CallOptions],
     ) -> AsyncIterator[R]:
         """:meth:`imap_unordered` for ``async for``: results as they finish."""
-        return _items(_chunks(self, func, iterable, chunksize, ordered=False))
+        return _items(_chunks(self, func, iterable, chunksize, ordered=False, **options))
 
     async def asubmit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """:meth:`submit` for a coroutine: ``await`` the result of ``fn(*args, **kwargs)``."""
@@ -76,12 +95,18 @@ async def _items(chunks: AsyncGenerator[list[R], None]) -> AsyncIterator[R]:
 
 
 async def _chunks(
-    pool: AsyncioFace, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None, *, ordered: bool
+    pool: AsyncioFace,
+    func: Callable[[T], R],
+    iterable: Iterable[T],
+    chunksize: int | None,
+    *,
+    ordered: bool,
+    **options: Unpack[CallOptions],
 ) -> AsyncGenerator[list[R], None]:
     """The call's lists of results (one per chunk), produced by a thread of the pool."""
     loop = asyncio.get_running_loop()
     stop = threading.Event()
-    results = pool._call(func, iterable, chunksize, False, ordered=ordered, lists=True, stop=stop)
+    results = pool._call(func, iterable, chunksize, False, ordered=ordered, lists=True, stop=stop, **options)
     arrived: asyncio.Queue[list[R] | Future[None]] = asyncio.Queue()
     room = threading.Semaphore(CHUNKS_AHEAD)
 

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from glimpse.pools.contract.worker_tasks import Star
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from glimpse.pools.contract.policy import CallOptions
     from glimpse.pools.faces.pool_calls import PoolCalls as _Base
 else:
     _Base = object
@@ -105,9 +108,10 @@ class MultiprocessingFace(_Base):
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
         progress: bool = False,
+        **options: Unpack[CallOptions],
     ) -> list[R]:
         """Like :meth:`map`, calling ``func(*args)`` for each tuple ``args`` of ``iterable``."""
-        return self.map(_star(func), iterable, chunksize, progress)
+        return self.map(_star(func), iterable, chunksize, progress, **options)
 
     def istarmap(
         self,
@@ -115,9 +119,10 @@ class MultiprocessingFace(_Base):
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
         progress: bool = False,
+        **options: Unpack[CallOptions],
     ) -> Iterator[R]:
         """Like :meth:`imap` (lazy, in input order), calling ``func(*args)`` for each tuple ``args``."""
-        return self.imap(_star(func), iterable, chunksize, progress)
+        return self.imap(_star(func), iterable, chunksize, progress, **options)
 
     def istarmap_unordered(
         self,
@@ -125,9 +130,10 @@ class MultiprocessingFace(_Base):
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
         progress: bool = False,
+        **options: Unpack[CallOptions],
     ) -> Iterator[R]:
         """Like :meth:`imap_unordered`, calling ``func(*args)`` for each tuple ``args``."""
-        return self.imap_unordered(_star(func), iterable, chunksize, progress)
+        return self.imap_unordered(_star(func), iterable, chunksize, progress, **options)
 
     def apply(self, func: Callable[..., R], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None) -> R:
         """``func(*args, **kwds)`` run by a worker; waits for and returns its result."""
@@ -153,9 +159,10 @@ class MultiprocessingFace(_Base):
         chunksize: int | None = None,
         callback: Callable[[list[R]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        **options: Unpack[CallOptions],
     ) -> AsyncResult[list[R]]:
         """:meth:`map` run in the background; its :class:`AsyncResult` holds the list of results."""
-        results = self._call(func, iterable, chunksize, False, ordered=True, lists=True)
+        results = self._call(func, iterable, chunksize, False, ordered=True, lists=True, **options)
         future = self._in_background(lambda: [value for values in results for value in values], "map_async")
         return AsyncResult(future, callback, error_callback)
 
@@ -166,9 +173,10 @@ class MultiprocessingFace(_Base):
         chunksize: int | None = None,
         callback: Callable[[list[R]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        **options: Unpack[CallOptions],
     ) -> AsyncResult[list[R]]:
         """:meth:`starmap` run in the background, as :meth:`map_async`."""
-        return self.map_async(_star(func), iterable, chunksize, callback, error_callback)
+        return self.map_async(_star(func), iterable, chunksize, callback, error_callback, **options)
 
 
 def _require_callable(func: object) -> None:

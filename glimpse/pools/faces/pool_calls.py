@@ -14,6 +14,9 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from glimpse.pools.contract.policy import CallOptions
     from glimpse.pools.contract.tasks import TaskQueue
 
 P = ParamSpec("P")
@@ -25,15 +28,30 @@ class PoolCalls(Protocol):
     """The calls of :class:`~glimpse.pools.contract.pool.Pool` the faces use."""
 
     def map(
-        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None, progress: bool = False
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None = None,
+        progress: bool = False,
+        **options: Unpack[CallOptions],
     ) -> list[R]: ...
 
     def imap(
-        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None, progress: bool = False
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None = None,
+        progress: bool = False,
+        **options: Unpack[CallOptions],
     ) -> Iterator[R]: ...
 
     def imap_unordered(
-        self, func: Callable[[T], R], iterable: Iterable[T], chunksize: int | None = None, progress: bool = False
+        self,
+        func: Callable[[T], R],
+        iterable: Iterable[T],
+        chunksize: int | None = None,
+        progress: bool = False,
+        **options: Unpack[CallOptions],
     ) -> Iterator[R]: ...
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]: ...
@@ -49,9 +67,9 @@ class PoolCalls(Protocol):
         progress: bool,
         *,
         ordered: bool,
-        registered: bool = True,
         lists: bool = False,
         stop: threading.Event | None = None,
+        **options: Unpack[CallOptions],
     ) -> Any: ...
 
     def _in_background(self, work: Callable[[], R], name: str) -> Future[R]: ...

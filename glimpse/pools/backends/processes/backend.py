@@ -21,6 +21,7 @@ import cloudpickle
 
 from glimpse.pools.backends.processes import shared_memory
 from glimpse.pools.backends.processes.child_process import ChildProcess, skipped_token
+from glimpse.pools.backends.processes.frames import RETIRING
 from glimpse.pools.contract.backend import Backend, Call, Chunk, TrackedChunk
 
 _EXIT_GRACE_SECONDS = 5.0
@@ -237,6 +238,9 @@ class ProcessBackend(Backend):
             return
         results = 0
         for frame in frames:
+            if frame == RETIRING:
+                self._replace_retiring(worker)
+                return
             token = skipped_token(frame)
             if token is not None:
                 job = next((job for job in worker.jobs if job.token == token), None)
@@ -300,6 +304,14 @@ class ProcessBackend(Backend):
         running, *waiting = worker.jobs
         running.lost = f"worker {worker.describe_death()} {how} {running.chunk.describe()}"
         self._requeue(waiting)
+        self._retire(worker, kill=True)
+
+    def _replace_retiring(self, worker: _Worker) -> None:
+        """The worker left an item's thread running: its queued chunks go to others, and it is killed."""
+        self._requeue(list(worker.jobs))
+        worker.jobs.clear()
+        worker.unanswered_bytes = 0
+        self._idle(worker)
         self._retire(worker, kill=True)
 
     def _idle(self, worker: _Worker) -> None:

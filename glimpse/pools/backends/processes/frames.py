@@ -12,6 +12,9 @@ import os
 import socket
 import struct
 
+#: What a worker sends after a chunk in which an item timed out and left its thread running: it
+#: starts nothing more, and the pool gives its queued chunks to others and replaces it.
+RETIRING = b"R"
 _HEADER = struct.Struct("!Q")
 _BLOCK = 256 * 1024
 #: A frame at least this large is read into a buffer of its own instead of through the block buffer.

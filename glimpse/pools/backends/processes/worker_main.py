@@ -24,9 +24,10 @@ import cloudpickle
 
 from glimpse.pools.backends.processes import shared_memory
 from glimpse.pools.backends.processes.child_process import SKIPPED
-from glimpse.pools.backends.processes.frames import FrameReader
+from glimpse.pools.backends.processes.frames import RETIRING, FrameReader
 from glimpse.pools.contract import pickling
-from glimpse.pools.contract.worker_runner import ChunkOutcome, Failure, dumps_outcome, run_chunk
+from glimpse.pools.contract.worker_policy import abandoned_work
+from glimpse.pools.contract.worker_runner import ChunkOutcome, ItemError, dumps_outcome, run_chunk
 from glimpse.pools.subprocesses import when_orphaned
 
 
@@ -51,9 +52,11 @@ def main(read_fd: int, write_fd: int, control_fd: int, fds_fd: int) -> None:
             if setup_error is None:
                 result = run_chunk(call_id, func_blob, payload, start, dumps)
             else:
-                result = dumps_outcome(ChunkOutcome(failure=Failure(start, setup_error)), start, dumps)
+                result = dumps_outcome(ChunkOutcome(failure=ItemError(start, setup_error)), start, dumps)
             del message, payload  # unmap the chunk's shared buffers before waiting for the next
             chunks.send(*shared_memory.outgoing(result))
+            if abandoned_work():
+                chunks.retire()
 
 
 class _Chunks:
@@ -111,6 +114,13 @@ class _Chunks:
         """Send one frame to the pool (after its memfd, if it has one)."""
         with self._sending:
             shared_memory.write(self._outbox, self._fds, [frame], [] if memfd is None else [memfd])
+
+    def retire(self) -> None:
+        """Start nothing more (an item's thread runs on here) and wait for the pool to end this process."""
+        with self._claims:
+            self._last_started = 1 << 62  # the chunks queued here are given back, not skipped
+            self.send(RETIRING)
+        threading.Event().wait()
 
     def answer_skips(self, control_fd: int) -> None:
         """The skip thread: drop each chunk the pool takes back unless it started, and say so."""

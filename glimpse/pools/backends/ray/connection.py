@@ -19,6 +19,8 @@ GCS_SECONDS = 15.0
 PROG = "glimpse-cluster --type ray"
 #: Where a head node serves Ray Client (``ray://``) unless told otherwise.
 CLIENT_PORT = 10001
+#: How many more times to connect when a head's Ray Client server could not start our session.
+CLIENT_INIT_RETRIES = 2
 _TOKEN_HINT = (
     "If the cluster uses token authentication, copy the head node's ~/.ray/auth_token (`ray get-auth-token` "
     "on the head prints it) to ~/.ray/auth_token on this machine, or set $RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH."
@@ -46,12 +48,25 @@ def connect(address: str, source: str, init_kwargs: dict) -> None:
         probe(address, source, as_driver=True)
     try:
         with compat.loopback_kept() if local else contextlib.nullcontext():
-            ray.init(address=address, **init_kwargs)
+            _init(address, init_kwargs)
     except (ConnectionError, RuntimeError, TimeoutError, ray.exceptions.RayError) as exc:
         raise ClusterConnectionError(
             f"could not connect to the Ray cluster at {address} (from {source}): {type(exc).__name__}: {exc}. "
             f"{_TOKEN_HINT}"
         ) from None
+
+
+def _init(address: str, init_kwargs: dict) -> None:
+    """``ray.init``, tried again when a head's Ray Client server lost the process it started for us:
+    it sometimes dies as it starts (ray-project/ray#63202), and a second one starts cleanly."""
+    for attempt in range(1 + CLIENT_INIT_RETRIES):
+        try:
+            ray.init(address=address, **init_kwargs)
+            return
+        except ConnectionAbortedError as exc:
+            started_badly = address.startswith("ray://") and "Initialization failure from server" in str(exc)
+            if not started_badly or attempt == CLIENT_INIT_RETRIES:
+                raise
 
 
 def probe(address: str, source: str, as_driver: bool = False) -> None:
