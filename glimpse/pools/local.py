@@ -14,13 +14,16 @@ class SinglecorePool(Pool):
     """A fall-back pool that runs everything in the caller's process, one item at a time.
 
     Nothing is pickled, so it is the pool to debug with: exceptions carry their local traceback.
+    ``initializer(*initargs)`` runs once, in the caller's process, before the first item, as
+    multiprocessing's does in each worker process.
     """
 
-    def __init__(self) -> None:
-        super().__init__(InlineBackend())
+    def __init__(self, initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = ()) -> None:
+        self._args = (initializer, tuple(initargs))
+        super().__init__(InlineBackend(), initializer=initializer, initargs=initargs)
 
-    def __reduce__(self) -> tuple[type[SinglecorePool], tuple[()]]:
-        return (SinglecorePool, ())
+    def __reduce__(self) -> tuple[type[SinglecorePool], tuple[Any, ...]]:
+        return (SinglecorePool, self._args)
 
 
 class MulticorePool(Pool):

@@ -71,7 +71,9 @@ def MakePool(kind: str | None = None, **kwargs: Any) -> Pool:
 
     ``kind`` is ``singlecore``, ``multicore`` or a cluster type (``dask``, ``ray``, ``ipython``, ``zmq``, ``gearman``),
     so a script moves from a laptop to a cluster by setting ``GLIMPSE_POOL``. Keyword arguments
-    go to the pool's constructor (for a cluster type, to its module's ``MakePool``).
+    go to the pool's constructor (for a cluster type, to its module's ``MakePool``); every kind takes
+    ``initializer=`` and ``initargs=`` (run once in each worker process before its first item, as
+    multiprocessing's).
     """
     kind = (kind or os.environ.get("GLIMPSE_POOL") or DEFAULT_POOL).strip().lower()
     if kind == "singlecore":

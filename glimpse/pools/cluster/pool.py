@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from glimpse.pools.contract import Backend, Pool
@@ -17,11 +17,23 @@ class ClusterPool(Pool):
     cluster and never stops one it did not start. A pool that started an embedded engine ends it
     on :meth:`close`; if ``end_when_dropped``, also when the pool is garbage-collected unclosed
     (at interpreter exit each engine's own exit hooks, and the embedded processes' watch on their
-    parent, end what is left).
+    parent, end what is left). ``initializer(*initargs)`` runs once in each worker process before
+    its first item, as multiprocessing's; a copy unpickled elsewhere runs none.
     """
 
-    def __init__(self, backend: Backend, address: Any, end_when_dropped: bool = True):
-        super().__init__(backend)
+    def __init__(
+        self,
+        backend: Backend,
+        address: Any,
+        end_when_dropped: bool = True,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+    ):
+        try:
+            super().__init__(backend, initializer=initializer, initargs=initargs)
+        except BaseException:
+            backend.terminate()  # a bad initializer leaves no embedded cluster behind
+            raise
         self.address = address
         if end_when_dropped:
             weakref.finalize(self, backend.terminate).atexit = False

@@ -4,7 +4,8 @@ and how it pickles without it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from glimpse.pools.cluster.pool import ClusterPool, resolve_address
 from glimpse.pools.contract import Backend
@@ -24,7 +25,8 @@ class SignedClusterPool(ClusterPool):
     ``insecure`` signs nothing (every peer must be started with ``--insecure``).
 
     It pickles to its address and the ``key_file`` it was given (else it finds its key by the usual
-    sources where it is unpickled), never to the key.
+    sources where it is unpickled), never to the key. ``initializer(*initargs)`` runs once in each
+    worker process before its first item, as multiprocessing's.
     """
 
     ADDRESS_VARIABLE: str
@@ -37,6 +39,8 @@ class SignedClusterPool(ClusterPool):
         key: str | bytes | None = None,
         key_file: str | None = None,
         insecure: bool = False,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
     ):
         address, source = resolve_address(address, self.ADDRESS_VARIABLE, self.normalize_address)
         if insecure and (key is not None or key_file is not None):
@@ -63,7 +67,7 @@ class SignedClusterPool(ClusterPool):
             backend = self.connect(address, chosen, source)
         self.cluster = backend.cluster
         self.key: ClusterKey = backend.key
-        super().__init__(backend, backend.address)
+        super().__init__(backend, backend.address, initializer=initializer, initargs=initargs)
 
     def __reduce__(self):
         # A key file given as an argument is named; a key found by the usual sources (environment,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import dask
 from distributed import Client, LocalCluster, Security
@@ -26,10 +28,16 @@ CONNECT_SECONDS = 5.0
 
 
 def MakePool(
-    address: str | None = None, client: Client | None = None, security: Security | bool | None = None, **kwargs
+    address: str | None = None,
+    client: Client | None = None,
+    security: Security | bool | None = None,
+    *,
+    initializer: Callable[..., object] | None = None,
+    initargs: Iterable[Any] = (),
+    **kwargs,
 ) -> DaskPool:
     """Return a :class:`DaskPool`; see it for the arguments."""
-    return DaskPool(address, client, security, **kwargs)
+    return DaskPool(address, client, security, initializer=initializer, initargs=initargs, **kwargs)
 
 
 class DaskPool(ClusterPool):
@@ -45,6 +53,8 @@ class DaskPool(ClusterPool):
             key files of the cluster (``tls://`` addresses); ``True`` on an embedded cluster makes
             temporary credentials (``Security.temporary()``, needs ``pip install cryptography``).
             Without it, Dask's ``distributed.comm.tls`` settings apply.
+        initializer, initargs: ``initializer(*initargs)`` runs once in each worker process before its
+            first item, as multiprocessing's.
         **kwargs: Passed to ``LocalCluster`` for an embedded cluster, else to ``Client``.
 
     A pool pickles to its scheduler's address: a copy unpickled in another process or in a
@@ -62,13 +72,16 @@ class DaskPool(ClusterPool):
         address: str | None = None,
         client: Client | None = None,
         security: Security | bool | None = None,
+        *,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
         **kwargs,
     ):
         if security is not None:
             kwargs["security"] = security
         backend = _backend(address, client, kwargs)
         self.cluster: LocalCluster | None = backend.cluster
-        super().__init__(backend, backend.address)
+        super().__init__(backend, backend.address, initializer=initializer, initargs=initargs)
 
 
 def connect(address: str, source: str, **kwargs) -> Client:

@@ -9,6 +9,9 @@ before they unpickle anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from glimpse.pools.backends.gearman import protocol as g
 from glimpse.pools.backends.gearman.backend import GearmanBackend
 from glimpse.pools.backends.gearman.server import find_gearmand
@@ -26,9 +29,11 @@ def MakePool(
     key: str | bytes | None = None,
     key_file: str | None = None,
     insecure: bool = False,
+    initializer: Callable[..., object] | None = None,
+    initargs: Iterable[Any] = (),
 ) -> GearmanPool:
     """Return a :class:`GearmanPool`; see it for the arguments."""
-    return GearmanPool(address, workers, key, key_file, insecure)
+    return GearmanPool(address, workers, key, key_file, insecure, initializer, initargs)
 
 
 def _normalize(address: str) -> str:
@@ -48,6 +53,8 @@ class GearmanPool(SignedClusterPool):
             ``$GLIMPSE_CLUSTER_KEY``, ``$GLIMPSE_CLUSTER_KEY_FILE``, then ``~/.config/glimpse/cluster.key``.
             An embedded cluster makes a random key.
         insecure: Sign nothing (workers must run ``--insecure`` too). For measurements only.
+        initializer, initargs: ``initializer(*initargs)`` runs once in each worker process before its
+            first item, as multiprocessing's.
 
     A pool pickles to its servers' address and its key file, never to the key.
     """

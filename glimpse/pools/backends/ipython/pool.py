@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from glimpse.pools.backends.ipython.backend import IPythonBackend
 from glimpse.pools.backends.ipython.connection import ENVIRONMENT as _VARIABLES
@@ -31,19 +33,24 @@ def MakePool(
     cluster_id: str | None = None,
     url_file: str | None = None,
     client=None,
+    *,
+    initializer: Callable[..., object] | None = None,
+    initargs: Iterable[Any] = (),
     **client_kwargs,
 ) -> IPythonPool:
     """Return a pool on an IPython parallel cluster, chosen as the module docstring says.
 
     Keyword arguments other than these go to ``ipyparallel.Client``. A cluster that is named
     but does not answer raises ``ClusterConnectionError`` within 30 seconds.
+    ``initializer(*initargs)`` runs once in each worker process before its first item, as multiprocessing's.
     """
+    setup = {"initializer": initializer, "initargs": initargs}
     if client is not None:
-        return IPythonPool(client=client)
+        return IPythonPool(client=client, **setup)
     named = Connection(profile, profile_dir, cluster_id, url_file)
     if any((profile, profile_dir, cluster_id, url_file, client_kwargs)):
-        return IPythonPool(named, **client_kwargs)
-    return IPythonPool()
+        return IPythonPool(named, **setup, **client_kwargs)
+    return IPythonPool(**setup)
 
 
 class IPythonPool(ClusterPool):
@@ -54,12 +61,22 @@ class IPythonPool(ClusterPool):
         connection: The controller to connect to; without one, chosen as the module docstring says.
         client: An ``ipyparallel.Client`` to use instead; the pool never closes it.
         **client_kwargs: Passed to ``ipyparallel.Client``.
+        initializer, initargs: ``initializer(*initargs)`` runs once in each worker process before its
+            first item, as multiprocessing's.
 
     It pickles to its connection: a copy unpickled elsewhere connects to the same controller,
     and closing it closes only its own client, never a cluster it did not start.
     """
 
-    def __init__(self, connection: Connection | None = None, client=None, **client_kwargs):
+    def __init__(
+        self,
+        connection: Connection | None = None,
+        client=None,
+        *,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        **client_kwargs,
+    ):
         cluster = None
         owns_client = client is None
         if client is not None:
@@ -70,7 +87,8 @@ class IPythonPool(ClusterPool):
             connection, client, cluster = _find_or_start()
         self.client = client
         self.cluster: EmbeddedIPythonCluster | None = cluster
-        super().__init__(IPythonBackend(client, owns_client, cluster), connection)
+        backend = IPythonBackend(client, owns_client, cluster)
+        super().__init__(backend, connection, initializer=initializer, initargs=initargs)
 
     @property
     def connection(self) -> Connection:

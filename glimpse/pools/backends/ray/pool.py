@@ -8,6 +8,8 @@ else an embedded Ray on 127.0.0.1 that the pool starts and shuts down on ``close
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import ray
 
@@ -21,9 +23,15 @@ ADDRESS_VARIABLE = "RAY_ADDRESS"
 ENVIRONMENT = (ADDRESS_VARIABLE,)
 
 
-def MakePool(address: str | None = None, **init_kwargs) -> RayPool:
+def MakePool(
+    address: str | None = None,
+    *,
+    initializer: Callable[..., object] | None = None,
+    initargs: Iterable[Any] = (),
+    **init_kwargs,
+) -> RayPool:
     """Return a :class:`RayPool`; see it for the arguments."""
-    return RayPool(address, **init_kwargs)
+    return RayPool(address, initializer=initializer, initargs=initargs, **init_kwargs)
 
 
 class RayPool(ClusterPool):
@@ -35,6 +43,8 @@ class RayPool(ClusterPool):
             Defaults to ``$RAY_ADDRESS``, then to the Ray this process already initialized; without
             any, the pool starts Ray here (one CPU per core, on 127.0.0.1, no dashboard, usage
             stats off) and shuts it down on :meth:`close`. An address never starts a new Ray.
+        initializer, initargs: ``initializer(*initargs)`` runs once in each worker process before its
+            first item, as multiprocessing's.
         **init_kwargs: Passed to ``ray.init`` (``runtime_env``, ``namespace``, ``_temp_dir``, ...).
 
     Workers must be able to import ``glimpse.pools`` (install ``glimpse-pools`` on every node).
@@ -44,13 +54,20 @@ class RayPool(ClusterPool):
 
     cluster = None
 
-    def __init__(self, address: str | None = None, **init_kwargs):
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        **init_kwargs,
+    ):
         address, owns_ray = _join_ray(address, init_kwargs)
         # Not ended when dropped: Ray is one per process, and a later pool may be using it.
         client = address.startswith("ray://")
         probed = "" if address == "auto" else address.removeprefix("ray://")
         backend = RayBackend(owns_ray=owns_ray, address=probed, client=client)
-        super().__init__(backend, address, end_when_dropped=False)
+        super().__init__(backend, address, end_when_dropped=False, initializer=initializer, initargs=initargs)
 
 
 def _join_ray(address: str | None, init_kwargs: dict) -> tuple[str, bool]:

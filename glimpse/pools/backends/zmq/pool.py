@@ -9,6 +9,9 @@ signed with the cluster key (``glimpse.pools.security``); an embedded cluster ma
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from glimpse.pools.backends.zmq.backend import ZmqBackend
 from glimpse.pools.backends.zmq.protocol import normalize_address
 from glimpse.pools.cluster.embedded import STARTUP_SECONDS, EmbeddedCluster
@@ -25,9 +28,11 @@ def MakePool(
     key: str | bytes | None = None,
     key_file: str | None = None,
     insecure: bool = False,
+    initializer: Callable[..., object] | None = None,
+    initargs: Iterable[Any] = (),
 ) -> ZmqPool:
     """Return a :class:`ZmqPool`; see it for the arguments."""
-    return ZmqPool(address, workers, key, key_file, insecure)
+    return ZmqPool(address, workers, key, key_file, insecure, initializer, initargs)
 
 
 class ZmqPool(SignedClusterPool):
@@ -43,6 +48,8 @@ class ZmqPool(SignedClusterPool):
             created, ``~/.config/glimpse/cluster.key``. An embedded cluster makes a random key.
         insecure: Do not sign messages (the broker and workers must run ``--insecure`` too):
             anyone who reaches the broker can run code on its workers. For measurements only.
+        initializer, initargs: ``initializer(*initargs)`` runs once in each worker process before its
+            first item, as multiprocessing's.
 
     A pool pickles to its broker's address and its key file (never the key): a copy unpickled in
     another process or in a task connects to the same broker, with the key file it names or the
