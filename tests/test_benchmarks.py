@@ -37,3 +37,12 @@ def test_bench_faces_quick_prints_a_positive_ratio_for_every_row():
     # Four rows of times (a ratio of the best times and one of the median times): three of
     # concurrent.futures, one of Dask; then four asyncio ways, each against aimap.
     assert len(ratios) == 4 * 2 + 4 and all(ratio > 0 for ratio in ratios), output
+
+
+def test_bench_threads_quick_prints_a_positive_ratio_for_capped_and_uncapped_workers():
+    pytest.importorskip("numpy")
+    pytest.importorskip("threadpoolctl")
+    ratios, output = quick_ratios("bench_threads.py", "--processes", "2")
+    # One row: a ratio of the best times and one of the median times.
+    assert len(ratios) == 2 and all(ratio > 0 for ratio in ratios), output
+    assert "capped [" in output and "uncapped [" in output, output
