@@ -45,7 +45,7 @@ _FORMAT = 1
 
 
 def journaled(
-    run: Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[list[Any]]],
+    run: Callable[[Iterable[Any], Callable[[Any], Any]], Iterator[list[Any]]],
     func: Callable[[Any], Any],
     iterable: Iterable[Any],
     *,
@@ -56,11 +56,12 @@ def journaled(
 ) -> Iterator[list[Any]]:
     """The lists of results of ``func`` over the whole of ``iterable``, recorded in the journal at ``path``.
 
-    ``run(function, items)`` is the contract call over the items not finished yet; it yields one
-    list of results per chunk, in the order of the items it was given when ``ordered``, else in
-    completion order. The journal gives it ``func`` wrapped to carry each item's index and the items
-    as ``(index, item)`` pairs, so every result is recorded under its own index whatever the order
-    and whichever items ``errors="skip"`` leaves out. ``failures`` (the call's list of items left
+    ``run(items, function)`` is the contract call of ``function`` (to be guarded by the call's
+    policy as ``func`` would be) over the items not finished yet; it yields one list of results
+    per chunk, in the order of the items it was given when ``ordered``, else in completion order.
+    The journal gives it ``func`` wrapped to carry each item's index (:class:`Indexed`) and the
+    items as ``(index, item)`` pairs, so every result is recorded under its own index whatever
+    the order and whichever items ``errors="skip"`` leaves out. ``failures`` (the call's list of items left
     out) gets its failures' ``index`` and ``item`` back as the input's.
 
     Results recorded by an earlier run are read from the file as they are due, never all at
@@ -113,7 +114,7 @@ def _replay(run, func, iterable, path, fingerprint, description, ordered, failur
     walk = _Walk(journal, iterable)
     calls = None
     try:
-        calls = run(Indexed(func), walk.pairs())
+        calls = run(walk.pairs(), Indexed(func))
         restored = len(failures) if failures is not None else 0
         for values in calls:
             fresh = journal.record_fresh(values)
