@@ -156,3 +156,41 @@ def host_variable_after(item):
     themselves to one hostname still differ here)."""
     time.sleep(item)
     return os.environ.get("HOSTNAME", "")
+
+
+def stuck_at(item):
+    """Item ``(x, stuck)`` sleeps for ever when ``x == stuck``; otherwise returns ``x * 10``."""
+    x, stuck = item
+    if x == stuck:
+        time.sleep(10**9)
+    return x * 10
+
+
+def fails_first_attempts(item):
+    """Item ``(x, directory, failures)`` raises ``OSError`` on its first ``failures`` attempts,
+    counted in a file of ``directory`` (so attempts on any worker of this machine count)."""
+    x, directory, failures = item
+    with open(os.path.join(directory, str(x)), "a") as attempts:
+        attempts.write(".")
+        attempts.flush()
+        count = os.fstat(attempts.fileno()).st_size
+    if count <= failures:
+        raise OSError(f"attempt {count} of item {x} failed")
+    return x
+
+
+def remember_setup(name, value):
+    """An initializer: keeps ``value`` under ``name`` in this worker process (in its environment,
+    which no pickling of these functions can duplicate)."""
+    os.environ[f"GLIMPSE_TEST_SETUP_{name}"] = f"{value}@{os.getpid()}"
+
+
+def refuse_setup(name):
+    """An initializer that raises."""
+    raise LookupError(f"no model named {name}")
+
+
+def setup_seen(name):
+    """What :func:`remember_setup` kept under ``name`` in this process, if it ran in this process."""
+    value, _, pid = os.environ.get(f"GLIMPSE_TEST_SETUP_{name}", "@").rpartition("@")
+    return value if pid == str(os.getpid()) else None

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from glimpse.pools.backends.gearman import jobs
 from glimpse.pools.backends.gearman import protocol as g
 from glimpse.pools.backends.processes.child_process import ChildProcess
+from glimpse.pools.backends.processes.frames import RETIRING
 from glimpse.pools.security import ClusterKey, MessageSigner, Rejected
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class RunningJob:
     unique: bytes
     call: bytes = b""
     beat_at: float = 0.0
+    #: What was sent to the task process, to send again to a fresh one if that one retires first.
+    sent: tuple | None = None
 
 
 class Slot:
@@ -274,6 +277,7 @@ class Slot:
             self.finish(g.WORK_FAIL)  # its pool left the call: gearmand handed it out before it heard
             return
         self.job.call = call
+        self.job.sent = (call_id, blob, payload, start)
         if self.process.last_call == call_id:
             blob = None
         if not self.process.send_chunk(call_id, blob, payload, start):
@@ -286,13 +290,29 @@ class Slot:
     def collect(self) -> None:
         """Send the finished chunk's signed outcome; fail the job if the task process died."""
         try:
-            outcome = self.process.receive()
+            frames = self.process.receive_all()
         except (EOFError, OSError):
             log.warning("the task process of %s %s", self.id, self.process.describe_death())
             self.replace_process()
             self.finish(g.WORK_FAIL)
             return
-        self.finish(g.WORK_COMPLETE, jobs.seal(self.signer, jobs.POOL, [self.job.unique, outcome]))
+        for frame in frames:
+            if frame == RETIRING:
+                self.replace_retiring_process()
+            elif self.job is not None:
+                self.finish(g.WORK_COMPLETE, jobs.seal(self.signer, jobs.POOL, [self.job.unique, frame]))
+
+    def replace_retiring_process(self) -> None:
+        """The task process left an item's thread running: a fresh one takes over the job it did not start."""
+        self.replace_process()
+        if self.job is not None and self.job.sent is not None:
+            call_id = self.job.sent[0]
+            if not self.process.send_chunk(*self.job.sent):
+                log.warning("the task process of %s %s", self.id, self.process.describe_death())
+                self.replace_process()
+                self.finish(g.WORK_FAIL)
+                return
+            self.process.last_call = call_id
 
     def finish(self, kind: int, result: bytes | None = None) -> None:
         job, self.job = self.job, None

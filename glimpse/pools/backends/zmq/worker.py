@@ -22,6 +22,7 @@ import zmq
 
 from glimpse.pools.backends.processes import shared_memory
 from glimpse.pools.backends.processes.child_process import ChildProcess, skipped_token
+from glimpse.pools.backends.processes.frames import RETIRING
 from glimpse.pools.backends.processes.shared_memory import SharedPayload
 from glimpse.pools.backends.zmq import protocol as p
 from glimpse.pools.backends.zmq.signed_socket import PeerSocket
@@ -274,6 +275,9 @@ class Slot:
             self.child_died()
             return
         for frame in frames:
+            if frame == RETIRING:  # an item's thread runs on there: the chunks it holds go to a fresh one
+                self.replace_process()
+                return
             token = skipped_token(frame)
             if token is not None:
                 job = next((job for job in self.jobs if job.token == token), None)
