@@ -46,3 +46,10 @@ def test_bench_threads_quick_prints_a_positive_ratio_for_capped_and_uncapped_wor
     # One row: a ratio of the best times and one of the median times.
     assert len(ratios) == 2 and all(ratio > 0 for ratio in ratios), output
     assert "capped [" in output and "uncapped [" in output, output
+
+
+def test_bench_journal_quick_prints_a_positive_ratio_for_every_row():
+    pytest.importorskip("numpy")
+    ratios, output = quick_ratios("bench_journal.py", "--processes", "2")
+    # Two rows of the journal's cost (of the best times and of the median times), one of resuming.
+    assert len(ratios) == 3 * 2 and all(ratio > 0 for ratio in ratios), output
