@@ -6,7 +6,9 @@ Rows: 1 ms items (CPU spin) with small results (goal: time ratio journal / none 
 returning a 1 MiB numpy array each, and a run over a finished journal (every result read from the
 file) beside the run that wrote it. Each journalled run starts from a fresh file. Times are the best and the
 median of interleaved runs; ``bytes/item`` is the journal file's size over its items (after the
-run: SQLite folds its write-ahead log into the file when the last connection closes).
+run: SQLite folds its write-ahead log into the file when the last connection closes). The 1 MiB
+row is bound by how fast the disk takes writes: SQLite writes each result twice (its log, then
+the database).
 """
 
 from __future__ import annotations

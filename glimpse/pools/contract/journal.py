@@ -2,17 +2,20 @@
 call run again skips the items recorded and delivers their results from the file.
 
 The journal is an SQLite database (the standard library's ``sqlite3``, WAL mode) holding one row
-per finished item: its index in the input and its result pickled with protocol 5 as a BLOB, so a
+per finished item: its index in the input and its result pickled with protocol 5 as a BLOB. A
 result takes on disk about what its pickle takes (a 1 MiB numpy array about 1 MiB: arrays are
-stored whole, in the row). Each list of results the contract delivers is recorded in one
-transaction before the consumer sees it, so a crash, Ctrl-C, ``kill -9`` or a time limit loses at
-most the chunks in flight. Items that failed (a :class:`~glimpse.pools.Failure`) are not recorded
-and run again. Several processes may share a journal: SQLite locks it, and a writer waits for
-another's commit.
+stored whole, in their row), and writing it costs about twice the time of writing its bytes to a
+file (SQLite writes it to its write-ahead log, then into the database): a function that returns
+megabytes in a few milliseconds is slowed down by its journal, one that computes for longer
+hardly. Each list of results the contract delivers is recorded in one transaction before the
+consumer sees it, so a crash, Ctrl-C, ``kill -9`` or a time limit loses at most the chunks in
+flight. Items that failed (a :class:`~glimpse.pools.Failure`) are not recorded and run again.
+Several processes may share a journal: SQLite locks it, and a writer waits for another's commit.
 
-A journal belongs to one call: its fingerprint is a SHA-256 of the function's pickle (cloudpickle,
-by value or by reference as the workers get it) and the ``key=`` the user gives. Only the item's
-index ties a row to its item, so a call over another input must give another ``key=`` (or path).
+A journal belongs to one call: its fingerprint is a SHA-256 of the function's pickle (cloudpickle:
+the code and the globals it uses for a function pickled by value, the name for one the workers
+import) and the ``key=`` the user gives. Only its index ties a row to its item, so a call over
+another input, or of an imported function whose code changed, must give another ``key=`` or path.
 """
 
 from __future__ import annotations
