@@ -6,13 +6,14 @@ Journals (``journal=``) have their own suite, tests/test_journal.py.
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 import uuid
 
 import pytest
 
 from glimpse.pools import Failure, InitializerError, TaskTimeoutError
-from glimpse.pools.contract.worker_policy import WorkerSetup
+from glimpse.pools.contract.worker_policy import WorkerSetup, parse_where
 from tests import helpers
 
 TIMEOUT = 3.0
@@ -41,6 +42,27 @@ def test_a_stuck_item_raises_task_timeout_error_naming_it_after_every_earlier_re
             seen.append(value)
     assert time.monotonic() - began < HANG_BOUND
     assert seen == [x * 10 for x in range(7)]
+
+
+def test_the_worker_process_an_item_timed_out_in_is_replaced_where_glimpse_may(pool, limits):
+    if "keeps_timed_out_threads" in limits:
+        pytest.skip("this pool leaves an item that timed out running: glimpse does not own its workers")
+    results = pool.map(helpers.stuck_at, [(x, 2) for x in range(4)], chunksize=1, timeout=TIMEOUT, errors="return")
+    pid, host = parse_where(results[2].where)
+    assert host == socket.gethostname() and pid is not None
+    deadline = time.monotonic() + 60
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(pid), f"worker process {pid} still runs the item that timed out"
+    assert pool.map(helpers.times_ten, range(40), chunksize=1) == [x * 10 for x in range(40)]
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_the_timeout_counts_running_time_not_time_queued(pool, limits):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -43,3 +44,18 @@ def signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def kill_worker_here(pid: int | None, host: str, command_contains: str) -> bool:
+    """SIGKILL the worker process ``pid`` if it runs on this machine (``host``) and its command line
+    contains ``command_contains`` (so a pid reused by another program is never hit)."""
+    if pid is None or host != socket.gethostname():
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            if command_contains.encode() not in cmdline.read():
+                return False
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return False
+    return True

@@ -12,7 +12,7 @@ from tests.engines._processes import free_port, start_process, stop_process_grou
 
 POOLS = {"dask-embedded": "dask_embedded_pool", "dask-external": "dask_external_pool"}
 # Dask cannot interrupt a running task, and glimpse never restarts the workers of a cluster it does not own.
-LIMITS: dict[str, set[str]] = {"dask-external": {"finishes_cancelled_chunks"}}
+LIMITS: dict[str, set[str]] = {"dask-external": {"finishes_cancelled_chunks", "keeps_timed_out_threads"}}
 
 STARTUP_SECONDS = 60.0
 # Without a dashboard Dask still serves /health on the dashboard address, all interfaces by default.

@@ -19,7 +19,7 @@ import pytest
 from tests.engines._processes import start_process, stop_process_group
 
 POOLS = {"ipython-embedded": "ipython_embedded_pool", "ipython-external": "ipython_external_pool"}
-LIMITS = {"ipython-external": {"no_worker_replacement"}}
+LIMITS = {"ipython-external": {"no_worker_replacement", "keeps_timed_out_threads"}}
 
 _START_SECONDS = 90.0
 _GUARD = [sys.executable, "-m", "glimpse.pools.backends.ipython.guard"]

@@ -5,7 +5,7 @@ import pytest
 from glimpse.pools import MulticorePool, SinglecorePool
 
 POOLS = {"singlecore": "singlecore_pool", "multicore": "multicore_pool"}
-LIMITS = {"singlecore": {"in_process", "sequential"}}
+LIMITS = {"singlecore": {"in_process", "sequential", "keeps_timed_out_threads"}}
 
 
 @pytest.fixture(scope="session")

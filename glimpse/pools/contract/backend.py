@@ -219,6 +219,12 @@ class Backend(ABC):
         """
         return None
 
+    def reclaim(self, where: str) -> None:
+        """An item timed out in the worker process ``where`` (``"pid N on host"``) and its thread runs
+        on there. A backend that owns that process replaces it (restarts its worker); one that
+        does not leaves it. Called once per item that timed out, after its chunk's outcome arrived;
+        it must not wait for the replacement."""
+
     def close(self) -> None:
         """Accept no more work; release what this backend owns once running work finishes."""
 

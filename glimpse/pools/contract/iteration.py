@@ -21,8 +21,15 @@ from glimpse.pools.contract.policy import PLAIN, CallPolicy
 from glimpse.pools.contract.reader import ChunkReader
 from glimpse.pools.contract.sizing import AdaptiveSize, FixedSize, window_bytes
 from glimpse.pools.contract.watch import CallWatch
+from glimpse.pools.contract.worker_policy import Failure
 from glimpse.pools.contract.worker_runner import ChunkOutcome, ItemError
-from glimpse.pools.errors import ClusterLostError, RemoteTraceback, SerializationError, WorkerLostError
+from glimpse.pools.errors import (
+    ClusterLostError,
+    RemoteTraceback,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +119,8 @@ def iterate(
                 outcome, nbytes = _outcome_or_resubmit(backend, call, chunk, handle, window)
                 if outcome is None:
                     continue
+                if policy.timeout is not None:
+                    _reclaim_timed_out(backend, outcome, policy)
                 count = len(outcome.values)
                 sizes.observe(count + (outcome.failure is not None), outcome.seconds)
                 bar.update(count)
@@ -237,6 +246,24 @@ def _outcome_or_resubmit(backend, call, chunk, handle, window: _Window) -> tuple
     if not backend.serializes:
         return raw, 0
     return _decode(raw, chunk), len(raw)
+
+
+def _reclaim_timed_out(backend: Backend, outcome: ChunkOutcome, policy: CallPolicy) -> None:
+    """Tell the backend which worker processes items that timed out left their threads in."""
+    timed_out = []
+    if outcome.failure is not None and isinstance(outcome.failure.exception, TaskTimeoutError):
+        timed_out.append(outcome.failure.where)
+    if policy.keeps_failures:
+        timed_out += [
+            value.where
+            for value in outcome.values
+            if type(value) is Failure and isinstance(value.exception, TaskTimeoutError)
+        ]
+    for where in timed_out:
+        try:
+            backend.reclaim(where)
+        except Exception as exc:  # the item's failure is reported all the same
+            log.warning("could not replace the worker process %s: %s: %s", where, type(exc).__name__, exc)
 
 
 def _decode(raw, chunk: Chunk) -> ChunkOutcome:

@@ -221,11 +221,10 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         )
         if failures is None and not lists:
             failures = []
-        guarded = policy.guard(func, self._setup)
 
-        def run(items: Iterable[Any]) -> Iterator[list[Any]]:
+        def run(items: Iterable[Any], function: Callable[..., Any] = func) -> Iterator[list[Any]]:
             return self._contract_call(
-                guarded,
+                policy.guard(function, self._setup),
                 items,
                 ordered=ordered,
                 chunksize=chunksize,
@@ -238,7 +237,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         if journal is not None:
             from glimpse.pools.contract.journal import journaled
 
-            results = journaled(run, func, iterable, path=journal, key=key, ordered=ordered)
+            results = journaled(run, func, iterable, path=journal, key=key, ordered=ordered, failures=failures)
         else:
             results = run(iterable)
         if lists:

@@ -69,6 +69,17 @@ def abandoned_work() -> bool:
     return _abandoned_threads > 0
 
 
+def worker_where() -> str:
+    """How a failure names the worker process it happened in."""
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+def parse_where(where: str) -> tuple[int | None, str]:
+    """The pid and host of a :func:`worker_where` text (pid ``None`` if it is not one)."""
+    pid, _, host = where.removeprefix("pid ").partition(" on ")
+    return (int(pid) if pid.isdigit() else None), host
+
+
 class Guarded:
     """The user's function as a call's policy runs it on the workers (pickled as the call's function)."""
 
@@ -204,8 +215,7 @@ def _run_setup(setup: WorkerSetup) -> InitializerError | None:
 
 def _failure(exc: BaseException, item, index: int, attempts: int) -> Failure:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    where = f"pid {os.getpid()} on {socket.gethostname()}"
-    return Failure(_portable(exc), text, item, index, attempts, where)
+    return Failure(_portable(exc), text, item, index, attempts, worker_where())
 
 
 def _portable(exc: BaseException) -> BaseException:

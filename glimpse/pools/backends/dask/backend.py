@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 import warnings
@@ -28,6 +29,7 @@ from glimpse.pools.cluster.reachability import PROBE_SECONDS, head_silent, tcp_a
 from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, ClusterLost, Health
 from glimpse.pools.contract.backend import INLINE_FUNCTION_BYTES
 from glimpse.pools.contract.out_of_band import unpickled_if_large
+from glimpse.pools.contract.worker_policy import parse_where
 from glimpse.pools.contract.worker_runner import run_chunk
 from glimpse.pools.errors import ClusterConnectionError
 
@@ -231,6 +233,18 @@ class DaskBackend(Backend):
             busy = self._workers_running(keys)
         if busy:
             log.info("restarting Dask workers %s to stop cancelled chunks", ", ".join(busy))
+            self._restarting = threading.Thread(target=self._restart, args=(busy,), daemon=True)
+            self._restarting.start()
+
+    def reclaim(self, where: str) -> None:
+        """Restart the worker an item's thread was left running in, on the cluster the pool owns."""
+        if self.cluster is None:
+            return  # not our cluster: its workers may run other clients' tasks
+        pid, _ = parse_where(where)
+        pids = self.client.run(os.getpid, on_error="ignore")
+        busy = [address for address, worker_pid in pids.items() if worker_pid == pid]
+        if busy:
+            log.info("restarting Dask worker %s: an item that timed out left its thread running there", busy[0])
             self._restarting = threading.Thread(target=self._restart, args=(busy,), daemon=True)
             self._restarting.start()
 

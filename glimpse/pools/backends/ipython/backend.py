@@ -35,8 +35,10 @@ from glimpse.pools.backends.ipython.booking import EngineBooking
 from glimpse.pools.cluster.reachability import head_silent, tcp_answers
 from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, Health
 from glimpse.pools.contract.out_of_band import Unpickled
+from glimpse.pools.contract.worker_policy import parse_where
 from glimpse.pools.contract.worker_runner import run_chunk
 from glimpse.pools.errors import RemoteError, RemoteTraceback
+from glimpse.pools.subprocesses import kill_worker_here
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +205,12 @@ class IPythonBackend(Backend):
         deadline = time.monotonic() + LOCATE_SECONDS
         while self._interrupt_cancelled() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def reclaim(self, where: str) -> None:
+        """Kill the engine an item's thread was left running in, on the cluster the pool owns (which
+        replaces dead engines); never an engine of a cluster someone else runs."""
+        if self.cluster is not None and kill_worker_here(*parse_where(where), "ipyparallel.engine"):
+            log.info("killed IPython engine %s: an item that timed out left its thread running there", where)
 
     def close(self) -> None:
         if not self._owns_client:  # the engines go on serving others: leave nothing of ours there

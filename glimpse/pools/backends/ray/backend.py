@@ -24,8 +24,10 @@ from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, ClusterLost,
 from glimpse.pools.contract.backend import INLINE_FUNCTION_BYTES
 from glimpse.pools.contract.out_of_band import unpickled_if_large
 from glimpse.pools.contract.watch import silence_timeout
+from glimpse.pools.contract.worker_policy import parse_where
 from glimpse.pools.contract.worker_runner import run_chunk
 from glimpse.pools.errors import ClusterLostError, RemoteTraceback
+from glimpse.pools.subprocesses import kill_worker_here
 
 #: Ray runs a task again itself this many times when its worker dies; a function that always
 #: kills its worker is then lost ``(RETRIES + 1) * RayBackend.max_attempts`` times in all.
@@ -282,6 +284,12 @@ class RayBackend(Backend):
                 len(self._cancelled),
                 now - self._cancelled_at,
             )
+
+    def reclaim(self, where: str) -> None:
+        """Kill the Ray worker process an item's thread was left running in, if this pool started Ray
+        (Ray starts another); never a worker of a cluster someone else runs."""
+        if self._owns_ray and kill_worker_here(*parse_where(where), "ray::"):
+            log.info("killed Ray worker %s: an item that timed out left its thread running there", where)
 
     def close(self) -> None:
         if self._nodes is not None:
