@@ -38,13 +38,16 @@ class EmbeddedCluster:
         self._processes = [process for process in (workers, broker) if process is not None]
 
     @classmethod
-    def start(cls, cluster_type: str, nworkers: int, key: ClusterKey, in_broker: bool = False) -> EmbeddedCluster:
+    def start(
+        cls, cluster_type: str, nworkers: int, key: ClusterKey, in_broker: bool = False, max_chunks: int | None = None
+    ) -> EmbeddedCluster:
         """Start a ``cluster_type`` broker on a free port of 127.0.0.1 (it writes its address to a pipe
-        given as ``--ready-fd``) and ``nworkers`` workers connected to it, sharing ``key``; with
-        ``in_broker``, the broker runs the workers itself (``LaunchBroker --nworkers``), and the pool
-        talks to it through a socket pair (:attr:`pool_end`; the broker's end is ``--pool-fd``)."""
+        given as ``--ready-fd``) and ``nworkers`` workers connected to it, sharing ``key``, each task
+        process running at most ``max_chunks`` chunks; with ``in_broker``, the broker runs the workers
+        itself (``LaunchBroker --nworkers``), and the pool talks to it through a socket pair
+        (:attr:`pool_end`; the broker's end is ``--pool-fd``)."""
         ready_r, ready_w = os.pipe()
-        slots = ["--nworkers", str(nworkers)]
+        slots = ["--nworkers", str(nworkers), *(["--maxtasksperchild", str(max_chunks)] if max_chunks else [])]
         broker_args = ["LaunchBroker", "--host", "127.0.0.1", "--port", "0", "--ready-fd", str(ready_w)]
         pool_end = broker_end = None
         passed = [ready_w]

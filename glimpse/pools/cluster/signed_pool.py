@@ -26,7 +26,9 @@ class SignedClusterPool(ClusterPool):
 
     It pickles to its address and the ``key_file`` it was given (else it finds its key by the usual
     sources where it is unpickled), never to the key. ``initializer(*initargs)`` runs once in each
-    worker process before its first item, as multiprocessing's.
+    worker process before its first item, as multiprocessing's; after ``maxtasksperchild`` chunks
+    a task process of an embedded cluster is replaced by a fresh one (``LaunchWorker
+    --maxtasksperchild`` for a cluster of your own).
     """
 
     ADDRESS_VARIABLE: str
@@ -41,8 +43,13 @@ class SignedClusterPool(ClusterPool):
         insecure: bool = False,
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
     ):
         address, source = resolve_address(address, self.ADDRESS_VARIABLE, self.normalize_address)
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int) or isinstance(maxtasksperchild, bool) or maxtasksperchild < 1
+        ):
+            raise ValueError(f"maxtasksperchild must be a positive int or None, not {maxtasksperchild!r}")
         if insecure and (key is not None or key_file is not None):
             raise TypeError("insecure=True means no key; do not give key= or key_file= with it")
         if address is None:
@@ -53,10 +60,13 @@ class SignedClusterPool(ClusterPool):
                 raise ValueError(f"workers must be at least 1, not {nworkers}")
             what = f"an embedded {self.TYPE} cluster"
             chosen = insecure_key(what) if insecure else generate_key(f"the key of {what}")
-            backend = self.embedded_backend(nworkers, chosen)
+            backend = self.embedded_backend(nworkers, chosen, maxtasksperchild)
             _EMBEDDED_KEYS[backend.address] = chosen
-        elif workers is not None:
-            raise TypeError(f"workers= sizes an embedded cluster; the pool connects to {address} (from {source})")
+        elif workers is not None or maxtasksperchild is not None:
+            raise TypeError(
+                "workers= and maxtasksperchild= set up an embedded cluster (a cluster of your own takes LaunchWorker "
+                f"--nworkers and --maxtasksperchild); the pool connects to {address} (from {source})"
+            )
         else:
             if insecure:
                 chosen = insecure_key(f"a {self.TYPE} pool")
@@ -81,6 +91,7 @@ class SignedClusterPool(ClusterPool):
         """The backend of a pool on the cluster at ``address``."""
         raise NotImplementedError
 
-    def embedded_backend(self, nworkers: int, key: ClusterKey) -> Backend:
-        """The backend of a pool that starts its own cluster of ``nworkers`` workers sharing ``key``."""
+    def embedded_backend(self, nworkers: int, key: ClusterKey, max_chunks: int | None = None) -> Backend:
+        """The backend of a pool that starts its own cluster of ``nworkers`` workers sharing ``key``,
+        whose task processes run at most ``max_chunks`` chunks each."""
         raise NotImplementedError

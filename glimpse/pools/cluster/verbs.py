@@ -119,9 +119,27 @@ def foreground_options(parser: argparse.ArgumentParser) -> None:
 
 
 def worker_slot_options(parser: argparse.ArgumentParser) -> None:
-    """``--nworkers`` and :func:`foreground_options`, for ``LaunchWorker`` of a transport of our own."""
+    """``--nworkers``, :func:`max_chunks_option` and :func:`foreground_options`, for ``LaunchWorker``
+    of a transport of our own."""
     parser.add_argument("--nworkers", type=int, default=os.cpu_count() or 1, help="worker slots (default: cores)")
+    max_chunks_option(parser)
     foreground_options(parser)
+
+
+def max_chunks_option(parser: argparse.ArgumentParser) -> None:
+    """``--maxtasksperchild N``: how many chunks a slot's task process runs before a fresh one replaces it."""
+    parser.add_argument(
+        "--maxtasksperchild",
+        type=_positive_int,
+        help="chunks each task process runs before a fresh one replaces it, as multiprocessing's (default: no limit)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def embedded_broker_options(parser: argparse.ArgumentParser) -> None:

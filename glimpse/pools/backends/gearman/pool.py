@@ -31,9 +31,10 @@ def MakePool(
     insecure: bool = False,
     initializer: Callable[..., object] | None = None,
     initargs: Iterable[Any] = (),
+    maxtasksperchild: int | None = None,
 ) -> GearmanPool:
     """Return a :class:`GearmanPool`; see it for the arguments."""
-    return GearmanPool(address, workers, key, key_file, insecure, initializer, initargs)
+    return GearmanPool(address, workers, key, key_file, insecure, initializer, initargs, maxtasksperchild)
 
 
 def _normalize(address: str) -> str:
@@ -55,6 +56,9 @@ class GearmanPool(SignedClusterPool):
         insecure: Sign nothing (workers must run ``--insecure`` too). For measurements only.
         initializer, initargs: ``initializer(*initargs)`` runs once in each worker process before its
             first item, as multiprocessing's.
+        maxtasksperchild: How many chunks a task process of an embedded cluster runs before a fresh one
+            replaces it, as multiprocessing's (default: no limit); for a cluster of your own,
+            ``LaunchWorker --maxtasksperchild``.
 
     A pool pickles to its servers' address and its key file, never to the key.
     """
@@ -66,9 +70,9 @@ class GearmanPool(SignedClusterPool):
     def connect(self, address: str, key: ClusterKey, source: str) -> GearmanBackend:
         return GearmanBackend(g.parse_servers(address), key, source)
 
-    def embedded_backend(self, nworkers: int, key: ClusterKey) -> GearmanBackend:
+    def embedded_backend(self, nworkers: int, key: ClusterKey, max_chunks: int | None = None) -> GearmanBackend:
         find_gearmand()
-        cluster = EmbeddedCluster.start("gearman", nworkers, key)
+        cluster = EmbeddedCluster.start("gearman", nworkers, key, max_chunks=max_chunks)
         try:
             backend = GearmanBackend(g.parse_servers(cluster.address), key, "the embedded cluster", cluster=cluster)
             connected = backend.wait_for_workers(nworkers, STARTUP_SECONDS)

@@ -74,7 +74,8 @@ def _launch_worker(args: argparse.Namespace) -> int:
     key = verb_key(args, for_broker=True)
     prepare_foreground(args)
     log.info("cluster key: %s", key.source)
-    return until_stopped(lambda: gearman_worker.serve(g.parse_servers(address), args.nworkers, key))
+    servers = g.parse_servers(address)
+    return until_stopped(lambda: gearman_worker.serve(servers, args.nworkers, key, args.maxtasksperchild))
 
 
 def _ping_workers(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from glimpse.pools.backends.gearman import jobs
 from glimpse.pools.backends.gearman import protocol as g
-from glimpse.pools.backends.processes.child_process import ChildProcess
+from glimpse.pools.backends.processes.child_process import TaskProcesses
 from glimpse.pools.backends.processes.frames import RETIRING
 from glimpse.pools.security import ClusterKey, MessageSigner, Rejected
 
@@ -37,12 +37,14 @@ _CONNECT_SECONDS = 2.0
 _CANCELLED_CALLS_KEPT = 256
 
 
-def serve(servers: list[tuple[str, int]], nworkers: int, key: ClusterKey) -> None:
-    """Run ``nworkers`` slots for the gearman servers until interrupted or told to exit."""
+def serve(servers: list[tuple[str, int]], nworkers: int, key: ClusterKey, max_chunks: int | None = None) -> None:
+    """Run ``nworkers`` slots for the gearman servers until interrupted or told to exit; each task
+    process runs at most ``max_chunks`` chunks, then a fresh one takes over."""
     signer = MessageSigner(key, jobs.WORKER, ordered=False)
     # Machines (containers) may share a hostname and a pid: a random token keeps the slot ids apart.
     names = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-    slots = [Slot(servers, f"{names}:{index}", key, signer, nworkers) for index in range(nworkers)]
+    processes = TaskProcesses(nworkers, max_chunks)
+    slots = [Slot(servers, f"{names}:{index}", key, signer, processes) for index in range(nworkers)]
     log.info(
         "%d gearman workers (pid %d) serving %s for %s",
         nworkers,
@@ -92,15 +94,20 @@ class Slot:
     """One worker: connections to the servers and a task process that runs its chunks."""
 
     def __init__(
-        self, servers: list[tuple[str, int]], slot_id: str, key: ClusterKey, signer: MessageSigner, workers_here: int
+        self,
+        servers: list[tuple[str, int]],
+        slot_id: str,
+        key: ClusterKey,
+        signer: MessageSigner,
+        processes: TaskProcesses,
     ):
         self.id = slot_id
-        #: How many slots (task processes) this machine runs: they share its cores.
-        self.workers_here = workers_here
+        #: How its task processes start.
+        self.processes = processes
         self.servers, self.key, self.signer = servers, key, signer
         self.work: dict[tuple[str, int], g.Connection | None] = dict.fromkeys(servers)
         self.control: dict[tuple[str, int], g.Connection | None] = dict.fromkeys(servers)
-        self.process = ChildProcess.start(workers_here, outcomes="bytes")
+        self.process = processes.start(outcomes="bytes")
         self.job: RunningJob | None = None
         self.grabbing: g.Connection | None = None
         self.woken: list[g.Connection] = []
@@ -330,7 +337,7 @@ class Slot:
 
     def replace_process(self) -> None:
         self.process.stop()
-        self.process = ChildProcess.start(self.workers_here, outcomes="bytes")
+        self.process = self.processes.start(outcomes="bytes")
 
     def close(self) -> None:
         self.process.stop()

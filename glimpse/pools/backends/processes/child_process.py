@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 
 from glimpse.pools.backends.processes import shared_memory
 from glimpse.pools.backends.processes.frames import FrameReader, frame_views, write_available, write_frames
@@ -42,10 +43,16 @@ class ChildProcess:
 
     @classmethod
     def start(
-        cls, workers_here: int, initializer: bytes | None = None, outcomes: str = "buffers", blocking: bool = True
+        cls,
+        workers_here: int,
+        initializer: bytes | None = None,
+        outcomes: str = "buffers",
+        blocking: bool = True,
+        max_chunks: int | None = None,
     ):
         """Start a worker, one of ``workers_here`` on this machine (they share its cores: see
         ``thread_caps``); ``initializer`` is the pickled ``(initializer, initargs)`` it runs first.
+        After ``max_chunks`` chunks it retires (see ``worker_main``), to be replaced by a fresh one.
 
         ``outcomes`` says how the worker sends them: ``"buffers"``, large result buffers through
         shared memory (such outcomes are ``SharedPayload`` objects); ``"pickles"``, a large
@@ -75,7 +82,7 @@ class ChildProcess:
         if not blocking:
             os.set_blocking(to_child_w, False)
             worker._unsent = []
-        worker.send(("setup", initializer, outcomes))
+        worker.send(("setup", initializer, outcomes, max_chunks))
         return worker
 
     @property
@@ -185,6 +192,18 @@ class ChildProcess:
             for fd in (self.inbox, self.outbox, self.control):
                 os.close(fd)
             self.fds.close()
+
+
+@dataclass(frozen=True)
+class TaskProcesses:
+    """How a zmq or gearman worker slot starts its task processes: ``workers_here`` slots share this
+    machine, and each process runs at most ``max_chunks`` chunks (multiprocessing's ``maxtasksperchild``)."""
+
+    workers_here: int
+    max_chunks: int | None = None
+
+    def start(self, outcomes: str, blocking: bool = True) -> ChildProcess:
+        return ChildProcess.start(self.workers_here, outcomes=outcomes, blocking=blocking, max_chunks=self.max_chunks)
 
 
 def skipped_token(frame) -> int | None:

@@ -39,6 +39,7 @@ def main(read_fd: int, write_fd: int, control_fd: int, fds_fd: int) -> None:
     threading.Thread(target=chunks.answer_skips, args=(control_fd,), name="glimpse-skips", daemon=True).start()
     setup_error: BaseException | None = None
     dumps = pickling.dumps
+    chunks_left = -1  # no limit
     while True:
         message = chunks.take()
         kind = message[0]
@@ -47,6 +48,7 @@ def main(read_fd: int, write_fd: int, control_fd: int, fds_fd: int) -> None:
         if kind == "setup":
             setup_error = _run_initializer(message[1])
             dumps = _OUTCOME_PICKLERS[message[2]]
+            chunks_left = message[3] or -1
         elif kind == "chunk":
             _, _, call_id, func_blob, start, payload = message
             if setup_error is None:
@@ -55,7 +57,8 @@ def main(read_fd: int, write_fd: int, control_fd: int, fds_fd: int) -> None:
                 result = dumps_outcome(ChunkOutcome(failure=ItemError(start, setup_error)), start, dumps)
             del message, payload  # unmap the chunk's shared buffers before waiting for the next
             chunks.send(*shared_memory.outgoing(result))
-            if abandoned_work():
+            chunks_left -= 1
+            if abandoned_work() or chunks_left == 0:
                 chunks.retire()
 
 

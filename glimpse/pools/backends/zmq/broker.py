@@ -34,14 +34,21 @@ _POLL_SECONDS = 0.5
 
 
 def serve(
-    host: str, port: int, key: ClusterKey, ready_fd: int | None = None, nworkers: int = 0, pool_fd: int | None = None
+    host: str,
+    port: int,
+    key: ClusterKey,
+    ready_fd: int | None = None,
+    nworkers: int = 0,
+    pool_fd: int | None = None,
+    max_chunks: int | None = None,
 ) -> None:
     """Bind ``tcp://host:port`` (port 0 picks a free one) and run the broker until interrupted.
 
     Only messages signed with ``key`` are acted on. When ``ready_fd`` is given, the bound
     address is written to it and it is closed. ``nworkers`` worker slots run in the broker's own
-    process (see ``local_slots.py``), beside any that connect. ``pool_fd`` is a socket the pool
-    that started this broker talks through (see ``pool_pipe.py``).
+    process (see ``local_slots.py``), beside any that connect, each task process running at most
+    ``max_chunks`` chunks. ``pool_fd`` is a socket the pool that started this broker talks through
+    (see ``pool_pipe.py``).
     """
     context = zmq.Context()
     socket = context.socket(zmq.ROUTER)
@@ -65,7 +72,7 @@ def serve(
             "the data, so keep it to a private network",
             address,
         )
-    broker = Broker(BrokerSocket(socket, MessageSigner(key, BROKER)), nworkers, pool_fd)
+    broker = Broker(BrokerSocket(socket, MessageSigner(key, BROKER)), nworkers, pool_fd, max_chunks)
     if ready_fd is not None:
         with os.fdopen(ready_fd, "w") as ready:
             ready.write(address + "\n")
@@ -110,9 +117,11 @@ class Worker:
 class Broker:
     """The broker's state and its message handlers; :meth:`run` is the event loop."""
 
-    def __init__(self, socket: BrokerSocket, local_workers: int = 0, pool_fd: int | None = None):
+    def __init__(
+        self, socket: BrokerSocket, local_workers: int = 0, pool_fd: int | None = None, max_chunks: int | None = None
+    ):
         self.socket = socket
-        self.local = LocalSlots(local_workers, socket.signer) if local_workers else None
+        self.local = LocalSlots(local_workers, socket.signer, max_chunks) if local_workers else None
         self.pipe = PipeClient(pool_fd, socket.signer) if pool_fd is not None else None
         self.id = uuid.uuid4().hex.encode()
         self.workers: OrderedDict[bytes, Worker] = OrderedDict()

@@ -15,6 +15,7 @@ from collections import OrderedDict, deque
 
 import zmq
 
+from glimpse.pools.backends.processes.child_process import TaskProcesses
 from glimpse.pools.backends.zmq import protocol as p
 from glimpse.pools.backends.zmq.worker import Slot, slot_name
 from glimpse.pools.security import MessageSigner
@@ -43,15 +44,16 @@ class LocalSlots:
     :meth:`watch` and :meth:`serve`, and calls :meth:`heartbeat` once a heartbeat period.
     """
 
-    def __init__(self, count: int, signer: MessageSigner):
+    def __init__(self, count: int, signer: MessageSigner, max_chunks: int | None = None):
         self.signer = signer
         self.inbox: deque[tuple[bytes, list]] = deque()
         self._outbox: deque[tuple[bytes, bytes, tuple]] = deque()
         functions: OrderedDict[bytes, bytes] = OrderedDict()
+        processes = TaskProcesses(count, max_chunks)
         self.slots: dict[bytes, Slot] = {}
         for index in range(count):
             name = slot_name(index)
-            self.slots[name] = Slot(name, LocalLink(self.inbox, name), functions, count)
+            self.slots[name] = Slot(name, LocalLink(self.inbox, name), functions, processes)
 
     def __contains__(self, name: bytes) -> bool:
         return name in self.slots

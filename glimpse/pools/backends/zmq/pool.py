@@ -30,9 +30,10 @@ def MakePool(
     insecure: bool = False,
     initializer: Callable[..., object] | None = None,
     initargs: Iterable[Any] = (),
+    maxtasksperchild: int | None = None,
 ) -> ZmqPool:
     """Return a :class:`ZmqPool`; see it for the arguments."""
-    return ZmqPool(address, workers, key, key_file, insecure, initializer, initargs)
+    return ZmqPool(address, workers, key, key_file, insecure, initializer, initargs, maxtasksperchild)
 
 
 class ZmqPool(SignedClusterPool):
@@ -50,6 +51,9 @@ class ZmqPool(SignedClusterPool):
             anyone who reaches the broker can run code on its workers. For measurements only.
         initializer, initargs: ``initializer(*initargs)`` runs once in each worker process before its
             first item, as multiprocessing's.
+        maxtasksperchild: How many chunks a task process of an embedded cluster runs before a fresh one
+            replaces it, as multiprocessing's (default: no limit); for a cluster of your own,
+            ``LaunchWorker --maxtasksperchild``.
 
     A pool pickles to its broker's address and its key file (never the key): a copy unpickled in
     another process or in a task connects to the same broker, with the key file it names or the
@@ -63,8 +67,8 @@ class ZmqPool(SignedClusterPool):
     def connect(self, address: str, key: ClusterKey, source: str) -> ZmqBackend:
         return ZmqBackend(address, key, source)
 
-    def embedded_backend(self, nworkers: int, key: ClusterKey) -> ZmqBackend:
-        cluster = EmbeddedCluster.start("zmq", nworkers, key, in_broker=True)
+    def embedded_backend(self, nworkers: int, key: ClusterKey, max_chunks: int | None = None) -> ZmqBackend:
+        cluster = EmbeddedCluster.start("zmq", nworkers, key, in_broker=True, max_chunks=max_chunks)
         try:
             backend = ZmqBackend(cluster.address, key, "the embedded cluster", cluster=cluster)
             connected = backend.wait_for_workers(nworkers, STARTUP_SECONDS)

@@ -17,6 +17,7 @@ from glimpse.pools.cluster.verbs import (
     embedded_broker_options,
     key_options,
     listen_options,
+    max_chunks_option,
     prepare_foreground,
     required_address,
     run_verbs,
@@ -46,6 +47,7 @@ def _broker_options(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="worker slots to run in the broker's own process, beside those that connect (default 0)",
     )
+    max_chunks_option(parser)
     parser.add_argument("--pool-fd", type=int, help=argparse.SUPPRESS)  # the embedded cluster's pool's socket
     embedded_broker_options(parser)
 
@@ -61,7 +63,9 @@ def _launch_broker(args: argparse.Namespace) -> int:
     key = verb_key(args, for_broker=True)
     prepare_foreground(args)
     return until_stopped(
-        lambda: zmq_broker.serve(args.host, args.port, key, args.ready_fd, args.nworkers, args.pool_fd)
+        lambda: zmq_broker.serve(
+            args.host, args.port, key, args.ready_fd, args.nworkers, args.pool_fd, args.maxtasksperchild
+        )
     )
 
 
@@ -71,7 +75,7 @@ def _launch_worker(args: argparse.Namespace) -> int:
     address, _ = _required_address(args)
     key = verb_key(args)
     prepare_foreground(args)
-    return until_stopped(lambda: zmq_worker.serve(address, args.nworkers, key))
+    return until_stopped(lambda: zmq_worker.serve(address, args.nworkers, key, args.maxtasksperchild))
 
 
 def _ping_workers(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import zmq
 
 from glimpse.pools.backends.processes import shared_memory
-from glimpse.pools.backends.processes.child_process import ChildProcess, skipped_token
+from glimpse.pools.backends.processes.child_process import ChildProcess, TaskProcesses, skipped_token
 from glimpse.pools.backends.processes.frames import RETIRING
 from glimpse.pools.backends.processes.shared_memory import SharedPayload
 from glimpse.pools.backends.zmq import protocol as p
@@ -35,20 +35,22 @@ _CLOSE_LINGER_MS = 500
 _PROCESS_TOKEN = secrets.token_hex(4)
 
 
-def _start_child(workers_here: int) -> ChildProcess:
+def _start_child(processes: TaskProcesses) -> ChildProcess:
     # Large chunks and outcomes go whole through shared memory and small ones through a pipe that
     # never blocks the loop serving every slot: a child waits for no slot to be scheduled.
-    return ChildProcess.start(workers_here, outcomes="pickles", blocking=False)
+    return processes.start(outcomes="pickles", blocking=False)
 
 
-def serve(address: str, nworkers: int, key: ClusterKey) -> None:
-    """Run ``nworkers`` worker slots for the broker at ``address`` until interrupted or told to exit.
+def serve(address: str, nworkers: int, key: ClusterKey, max_chunks: int | None = None) -> None:
+    """Run ``nworkers`` worker slots for the broker at ``address`` until interrupted or told to exit;
+    each task process runs at most ``max_chunks`` chunks, then a fresh one takes over.
 
     Messages are signed with ``key``; a broker that refuses it ends the workers with an ``AuthenticationError``.
     """
     context = zmq.Context()
     functions: OrderedDict[bytes, bytes] = OrderedDict()
-    slots = [Slot.connect(context, address, index, functions, key, nworkers) for index in range(nworkers)]
+    processes = TaskProcesses(nworkers, max_chunks)
+    slots = [Slot.connect(context, address, index, functions, key, processes) for index in range(nworkers)]
     log.info("%d zmq workers (pid %d) connecting to %s", nworkers, os.getpid(), address)
     next_heartbeat = 0.0
     warn_at = time.monotonic() + p.CONNECT_SECONDS
@@ -108,14 +110,14 @@ class Slot:
     started (``worker_main`` decides, once per chunk).
     """
 
-    def __init__(self, name: bytes, link, functions: OrderedDict[bytes, bytes], workers_here: int):
+    def __init__(self, name: bytes, link, functions: OrderedDict[bytes, bytes], processes: TaskProcesses):
         self.id = name
-        #: How many slots (task processes) this machine runs: they share its cores.
-        self.workers_here = workers_here
+        #: How its task processes start.
+        self.processes = processes
         #: What it sends with: a signed socket to the broker, or a ``LocalLink`` inside the broker's process.
         self.socket = link
         self.functions = functions
-        self.process = _start_child(workers_here)
+        self.process = _start_child(processes)
         self.jobs: list[SlotChunk] = []
         self.tokens = itertools.count()
         self.chunks = 0
@@ -130,13 +132,12 @@ class Slot:
         index: int,
         functions: OrderedDict[bytes, bytes],
         key: ClusterKey,
-        workers_here: int,
+        processes: TaskProcesses,
     ) -> Slot:
-        """Slot ``index`` of the ``workers_here`` of this process, connected to the broker at ``address``;
-        it says READY at once."""
+        """Slot ``index`` of this process, connected to the broker at ``address``; it says READY at once."""
         name = slot_name(index)
         link = PeerSocket(p.dealer(context, address, name), MessageSigner(key, name), address)
-        return cls(name, link, functions, workers_here)
+        return cls(name, link, functions, processes)
 
     @property
     def running(self) -> bool:
@@ -330,7 +331,7 @@ class Slot:
     def replace_process(self) -> None:
         """Start a fresh child; the chunks the old one held are sent again, except those that are leaving."""
         self.process.stop()
-        self.process = _start_child(self.workers_here)
+        self.process = _start_child(self.processes)
         for job in [job for job in self.jobs if job.token is not None]:
             job.token = None
             if job.cancelled or job.giving_back:
