@@ -26,6 +26,7 @@ import logging
 import os
 import pickle
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -158,8 +159,7 @@ class _Journal:
 
     def _check_or_create(self, fingerprint: str, description: str) -> None:
         if self._stored_call() is None:
-            self.db.execute(f"PRAGMA page_size={_PAGE_BYTES}")  # before WAL mode, which fixes it
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA page_size={_PAGE_BYTES}")  # takes effect in an empty database only
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 if self._stored_call() is None:  # no other process created it meanwhile
@@ -178,7 +178,19 @@ class _Journal:
                 "start again, or pass the key= of the call that wrote it (with the same function: one "
                 "pickled by value changes with its code and the globals it uses)."
             )
+        self._use_write_ahead_log()
         self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def _use_write_ahead_log(self) -> None:
+        """Switch the file to WAL mode (once, for good), waiting for other connections to let it."""
+        deadline = time.monotonic() + _LOCK_SECONDS
+        while self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:  # SQLite does not wait by itself while another connection reads
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _stored_call(self) -> tuple[str, str] | None:
         """The journal's (fingerprint, call) or ``None`` for an empty file; anything else is a mismatch."""
