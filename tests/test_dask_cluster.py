@@ -22,6 +22,7 @@ from distributed import Client  # noqa: E402
 
 from glimpse.pools import ClusterConnectionError, ClusterLostError, NoWorkersError, WorkerLostError  # noqa: E402
 from glimpse.pools.dask_cluster import ADDRESS_VARIABLE, MakePool, RunMain  # noqa: E402
+from glimpse.pools.thread_caps import threads_per_worker  # noqa: E402
 from tests import helpers  # noqa: E402
 from tests.engines._processes import free_port, start_process, stop_process_group, wait_for_port  # noqa: E402
 from tests.engines.dask import start_dask_cluster  # noqa: E402
@@ -275,6 +276,11 @@ def test_launched_cluster_restarts_and_kills_its_workers(tmp_path, capsys):
         worker = start_process([*command, "LaunchWorker", "--nworkers", "1", "--address", address], tmp_path / "w.log")
         with Client(address, set_as_default=False, timeout=STARTUP_SECONDS) as client:
             client.wait_for_workers(1, timeout=STARTUP_SECONDS)
+            # Dask's nanny caps OMP at 1; LaunchWorker adds the caps it leaves unset (one worker: every core).
+            caps = client.run(lambda: (os.environ.get("OMP_NUM_THREADS"), os.environ.get("NUMEXPR_NUM_THREADS")))
+            cores = str(threads_per_worker(1))
+            expected = (os.environ.get("OMP_NUM_THREADS") or "1", os.environ.get("NUMEXPR_NUM_THREADS") or cores)
+            assert list(caps.values()) == [expected], f"the worker's (OMP, numexpr) threads: {caps}"
         listening = _listening_hosts([broker.pid, worker.pid])
         assert listening == {"127.0.0.1"}, f"LaunchBroker and LaunchWorker listen on {listening}"
         assert RunMain(["RestartWorkers", "--address", address]) == 0

@@ -28,6 +28,7 @@ from glimpse.pools import (  # noqa: E402
 )
 from glimpse.pools.backends.ipython import compat  # noqa: E402
 from glimpse.pools.ipython_cluster import MakePool, RunMain  # noqa: E402
+from glimpse.pools.thread_caps import threads_per_worker  # noqa: E402
 from tests import helpers  # noqa: E402
 from tests.engines._processes import free_port, start_process, stop_process_group  # noqa: E402
 from tests.engines.ipython import isolated_ipython_dir, running_ipcluster  # noqa: E402
@@ -254,6 +255,9 @@ def test_launch_broker_and_worker_make_a_working_cluster(tmp_path, capsys):
     with _cluster_of_verbs(tmp_path, "verbs", capsys) as (options, broker, worker):
         pool = MakePool(profile_dir=str(tmp_path / "profile"), cluster_id="verbs")
         assert pool.map(helpers.times_ten, [1, 2]) == [10, 20]
+        # LaunchWorker caps the BLAS threads of its engines (one here: every core) unless the user set them.
+        blas_threads = pool.map(lambda _: os.environ.get("OPENBLAS_NUM_THREADS"), [0])
+        assert blas_threads == [os.environ.get("OPENBLAS_NUM_THREADS") or str(threads_per_worker(1))]
         _closed(pool)
         assert RunMain(["KillWorkers", *options]) == 0
         worker.wait(timeout=60)  # LaunchWorker ends when its engines stop

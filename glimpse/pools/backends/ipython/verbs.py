@@ -22,6 +22,7 @@ from glimpse.pools.backends.ipython.connection import (
     unreachable,
 )
 from glimpse.pools.cluster.verbs import Verb, run_verbs
+from glimpse.pools.thread_caps import capped_environment
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,8 @@ def _run_engines(connection: Connection, count: int) -> int:
     command = [sys.executable, "-m", "glimpse.pools.backends.ipython.engine", *_options(connection)]
     command += heartbeat.engine_options()
     log.info("running %d engine(s) for %s", count, connection.describe())
-    return _run_foreground([command] * count, restart=lambda code, again: _cut_off(connection, code, again))
+    env = capped_environment(os.environ, count)
+    return _run_foreground([command] * count, lambda code, again: _cut_off(connection, code, again), env)
 
 
 def _cut_off(connection: Connection, code: int, rejoining: bool) -> str | None:
@@ -199,11 +201,14 @@ def _refused(address: str) -> bool:
         return False
 
 
-def _run_foreground(commands: list[list[str]], restart=lambda code, rejoining: None) -> int:
-    """Run commands in this process group until they all exit; pass SIGTERM and SIGHUP on to them.
-    A command that exits for a reason ``restart(code, whether it was started again before)`` gives,
-    unless this process was told to stop, runs again."""
-    children = [subprocess.Popen(command) for command in commands]
+def _run_foreground(
+    commands: list[list[str]], restart=lambda code, rejoining: None, env: dict[str, str] | None = None
+) -> int:
+    """Run commands (in ``env``, else this process's environment) in this process group until they
+    all exit; pass SIGTERM and SIGHUP on to them. A command that exits for a reason
+    ``restart(code, whether it was started again before)`` gives, unless this process was told to
+    stop, runs again."""
+    children = [subprocess.Popen(command, env=env) for command in commands]
     rejoining = [False] * len(children)
     stopping = False
 
@@ -229,7 +234,7 @@ def _run_foreground(commands: list[list[str]], restart=lambda code, rejoining: N
                 if reason is None or stopping:
                     codes[slot] = code
                     continue
-                children[slot], rejoining[slot] = subprocess.Popen(commands[slot]), True
+                children[slot], rejoining[slot] = subprocess.Popen(commands[slot], env=env), True
             time.sleep(_POLL_SECONDS)
         return max((abs(code) for code in codes.values()), default=0)
     except KeyboardInterrupt:
