@@ -23,7 +23,6 @@ import time
 from workloads import interleaved_times
 
 from glimpse.pools import MulticorePool
-from glimpse.pools.contract.journal import journaled
 
 
 def one_ms(x):
@@ -41,14 +40,6 @@ def one_mib(x):
     return np.full(2**17, float(x))
 
 
-def journalled_map(pool, func, data, path) -> list:
-    """``pool.map(func, data, journal=path)``: the journal around the pool's contract call."""
-    calls = journaled(
-        lambda items, function: pool._contract_call(function, items, ordered=True), func, data, path=path, ordered=True
-    )
-    return [value for values in calls for value in values]
-
-
 def fresh(path: str) -> None:
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
@@ -60,7 +51,7 @@ def measure(pool, func, data, path: str, repeats: int) -> tuple[list[float], lis
 
     def with_journal():
         fresh(path)
-        journalled_map(pool, func, data, path)
+        pool.map(func, data, journal=path)
 
     plain, journalled = interleaved_times(repeats, lambda: pool.map(func, data), with_journal)
     return plain, journalled, os.path.getsize(path)
@@ -72,10 +63,10 @@ def measure_resume(pool, func, data, path: str, repeats: int) -> tuple[list[floa
     for _ in range(repeats):
         fresh(path)
         started = time.perf_counter()
-        journalled_map(pool, func, data, path)
+        pool.map(func, data, journal=path)
         first.append(time.perf_counter() - started)
         started = time.perf_counter()
-        journalled_map(pool, func, data, path)
+        pool.map(func, data, journal=path)
         resumed.append(time.perf_counter() - started)
     return first, resumed
 

@@ -17,8 +17,6 @@ import cloudpickle
 import pytest
 
 from glimpse.pools import JournalMismatchError
-from glimpse.pools.contract.journal import journaled
-from glimpse.pools.contract.policy import CallPolicy
 
 # Workers of external clusters cannot import the test package: send its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -26,27 +24,17 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _journaled_iter(pool, f, xs, path, *, ordered=True, chunksize=None, key=None, errors="raise", failures=None):
-    """The results of one journalled call, flat: ``imap`` (``ordered``) or ``imap_unordered``."""
-    policy = CallPolicy.of(errors=errors)
-
-    def run(items, function):
-        return pool._contract_call(
-            policy.guard(function, pool._setup),
-            items,
-            ordered=ordered,
-            chunksize=chunksize,
-            policy=policy,
-            failures=failures,
-        )
-
-    calls = journaled(run, f, xs, path=path, key=key, ordered=ordered, failures=failures)
-    return (value for values in calls for value in values)
+def _journaled_iter(pool, f, xs, path, *, ordered=True, chunksize=None, **options):
+    """One journalled call's iterator: ``imap`` (``ordered``) or ``imap_unordered``."""
+    face = pool.imap if ordered else pool.imap_unordered
+    return face(f, xs, chunksize, journal=path, **options)
 
 
-def _journaled_map(pool, f, xs, path, **kw):
+def _journaled_map(pool, f, xs, path, *, ordered=True, **options):
     """``map`` with a journal (``ordered=False``: every result of ``imap_unordered``, as a list)."""
-    return list(_journaled_iter(pool, f, xs, path, **kw))
+    if ordered:
+        return pool.map(f, xs, journal=path, **options)
+    return list(_journaled_iter(pool, f, xs, path, ordered=False, **options))
 
 
 def logged_square(item):
@@ -234,11 +222,11 @@ def test_skipped_failures_name_their_item_in_the_input_and_run_again(pool, tmp_p
     n = 12
     journal = tmp_path / "run.journal"
     for run in ("first", "second"):
-        failures: list = []
         log = tmp_path / f"{run}.log"
-        results = _journaled_map(pool, logged_fail_on_three, items(n, log), journal, errors="skip", failures=failures)
+        results = _journaled_map(pool, logged_fail_on_three, items(n, log), journal, errors="skip")
         assert results == [x * x for x in range(n) if x != 3], f"{run} run"
-        assert [(f.index, f.item[0]) for f in failures] == [(3, 3)], f"{run} run: the failure names another item"
+        failures = [(f.index, f.item[0]) for f in results.failures]
+        assert failures == [(3, 3)], f"{run} run: the failure names another item"
     assert calls(tmp_path / "second.log") == 1, "only the skipped item should run again"
 
 
