@@ -218,6 +218,16 @@ def test_failures_are_not_recorded_and_run_again(pool, tmp_path):
     assert type(second[3]).__name__ == "Failure" and second[:3] + second[4:] == first[:3] + first[4:]
 
 
+def test_an_error_in_a_resumed_run_is_noted_with_the_items_index_in_the_input(pool, tmp_path):
+    journal = tmp_path / "run.journal"
+    assert _journaled_map(pool, logged_fail_on_three, items(2, tmp_path / "first.log"), journal) == [0, 1]
+    with pytest.raises(ValueError, match="bad item 3") as raised:
+        _journaled_map(pool, logged_fail_on_three, items(6, tmp_path / "second.log"), journal)
+    notes = getattr(raised.value, "__notes__", [])  # none where the function ran in the caller
+    assert all("item #3 " in note for note in notes if "raised by item" in note), notes
+    assert not hasattr(raised.value, "_glimpse_input_index")
+
+
 def test_skipped_failures_name_their_item_in_the_input_and_run_again(pool, tmp_path):
     n = 12
     journal = tmp_path / "run.journal"

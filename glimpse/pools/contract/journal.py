@@ -20,11 +20,13 @@ another input, or of an imported function whose code changed, must give another 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
 import pickle
+import re
 import sqlite3
 import time
 from collections import deque
@@ -109,7 +111,12 @@ class Indexed:
 
     def __call__(self, pair: tuple[int, Any]) -> tuple[int, Any]:
         index, item = pair
-        return index, self.func(item)
+        try:
+            return index, self.func(item)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):  # an exception that takes no attributes keeps its run's index
+                exc._glimpse_input_index = index  # type: ignore[attr-defined]
+            raise
 
     def __reduce__(self):
         return Indexed, (self.func,)
@@ -135,6 +142,9 @@ def _replay(run, func, iterable, path, fingerprint, description, ordered, failur
                     yield [value for _, value in fresh]
                 yield from walk.earlier()
         yield from walk.earlier()
+    except Exception as exc:
+        _name_the_input_item(exc)
+        raise
     finally:
         if calls is not None and hasattr(calls, "close"):
             calls.close()
@@ -351,6 +361,15 @@ class _Walk:
             self._run_start = None
 
 
+def _name_the_input_item(exc: BaseException) -> None:
+    """Make the note "raised by item #k" count ``k`` in the input, not among the items this run sent."""
+    index = exc.__dict__.pop("_glimpse_input_index", None) if hasattr(exc, "__dict__") else None
+    notes = getattr(exc, "__notes__", None)
+    if index is None or not isinstance(notes, list):
+        return
+    exc.__notes__ = [re.sub(r"^raised by item #\d+", f"raised by item #{index}", note) for note in notes]
+
+
 def _pickled(result: Any) -> bytes:
     """``result`` pickled for this machine's later runs: the standard pickle, cloudpickle for
     what it cannot pickle (a lambda, a local class)."""
@@ -369,6 +388,7 @@ def _restore_failure(failure: Any) -> int | None:
         failure.index, failure.item = pair
     except AttributeError:
         return None
+    getattr(getattr(failure, "exception", None), "__dict__", {}).pop("_glimpse_input_index", None)
     return pair[0]
 
 
