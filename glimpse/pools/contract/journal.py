@@ -69,8 +69,8 @@ def journaled(
     per chunk, in the order of the items it was given when ``ordered``, else in completion order.
     The journal gives it ``func`` wrapped to carry each item's index (:class:`Indexed`) and the
     items as ``(index, item)`` pairs, so every result is recorded under its own index whatever
-    the order and whichever items ``errors="skip"`` leaves out. ``failures`` (the call's list of items left
-    out) gets its failures' ``index`` and ``item`` back as the input's.
+    the order and whichever items ``errors="skip"`` leaves out. The failures that ``run`` adds to
+    ``failures`` (the call's list of items left out) get their ``index`` and ``item`` in the input.
 
     Results recorded by an earlier run are read from the file as they are due, never all at
     once; the input is walked once, lazily. A journal written by another call (another function
@@ -367,7 +367,7 @@ def _name_the_input_item(exc: BaseException) -> None:
     notes = getattr(exc, "__notes__", None)
     if index is None or not isinstance(notes, list):
         return
-    exc.__notes__ = [re.sub(r"^raised by item #\d+", f"raised by item #{index}", note) for note in notes]
+    notes[:] = [re.sub(r"^raised by item #\d+", f"raised by item #{index}", note) for note in notes]
 
 
 def _pickled(result: Any) -> bytes:
