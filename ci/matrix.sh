@@ -26,7 +26,8 @@ PYTHON=${PYTHON:-python3}
 # The suites every pool kind runs: the iteration contract, and the faces (multiprocessing's,
 # concurrent.futures', asyncio's, joblib's), with CPython's own tests of those APIs.
 CONTRACT_TESTS=(tests/test_contract.py tests/test_compat.py tests/test_faces.py tests/test_cpython_pool.py
-  tests/test_cpython_futures.py tests/test_joblib.py tests/test_journal.py tests/test_long_runs.py)
+  tests/test_cpython_futures.py tests/test_joblib.py tests/test_journal.py tests/test_long_runs.py
+  tests/test_initializer.py)
 
 install() {
   local extras=$1

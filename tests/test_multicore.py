@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from glimpse.pools import MulticorePool, WorkerLostError
+from glimpse.pools import InitializerError, MulticorePool, WorkerLostError
 from tests import helpers
 
 
@@ -76,7 +76,7 @@ def test_initializer_runs_in_every_worker_and_survives_pickling():
 
 def test_failing_initializer_is_reported_not_retried_forever():
     with MulticorePool(1, initializer=helpers.fail_on_three, initargs=(3,)) as pool:
-        with pytest.raises(ValueError, match="bad item 3"):
+        with pytest.raises(InitializerError, match="fail_on_three raised in worker pid .*ValueError: bad item 3"):
             pool.map(helpers.times_ten, [1])
 
 

@@ -192,17 +192,18 @@ def _ensure_setup(setup: WorkerSetup) -> None:
     if setup.token not in _setups_done:
         with _setup_lock:
             if setup.token not in _setups_done:
-                _setups_done[setup.token] = _run_setup(setup)
+                _setups_done[setup.token] = run_initializer(setup.initializer, setup.initargs)
     error = _setups_done[setup.token]
     if error is not None:
         raise error
 
 
-def _run_setup(setup: WorkerSetup) -> InitializerError | None:
+def run_initializer(initializer, initargs: tuple) -> InitializerError | None:
+    """Run a pool's initializer in this worker process; what it raised, as an :class:`InitializerError`."""
     try:
-        setup.initializer(*setup.initargs)
+        initializer(*initargs)
     except BaseException as exc:
-        name = getattr(setup.initializer, "__qualname__", repr(setup.initializer))
+        name = getattr(initializer, "__qualname__", repr(initializer))
         error = InitializerError(
             f"the pool's initializer {name} raised in worker pid {os.getpid()} on {socket.gethostname()}: "
             f"{type(exc).__name__}: {exc}. Every chunk on this worker fails with this error; fix the initializer "

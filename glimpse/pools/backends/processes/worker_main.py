@@ -26,7 +26,7 @@ from glimpse.pools.backends.processes import shared_memory
 from glimpse.pools.backends.processes.child_process import SKIPPED
 from glimpse.pools.backends.processes.frames import RETIRING, FrameReader
 from glimpse.pools.contract import pickling
-from glimpse.pools.contract.worker_policy import abandoned_work
+from glimpse.pools.contract.worker_policy import abandoned_work, run_initializer
 from glimpse.pools.contract.worker_runner import ChunkOutcome, ItemError, dumps_outcome, run_chunk
 from glimpse.pools.subprocesses import when_orphaned
 
@@ -156,10 +156,9 @@ def _run_initializer(blob: bytes | None) -> BaseException | None:
         return None
     try:
         initializer, initargs = cloudpickle.loads(blob)
-        initializer(*initargs)
     except BaseException as exc:
         return exc
-    return None
+    return run_initializer(initializer, initargs)
 
 
 if __name__ == "__main__":
