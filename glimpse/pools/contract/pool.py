@@ -242,7 +242,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
             results = run(iterable)
         if lists:
             return results
-        call = _CallResults.of(results)
+        call = _CallResults.of(results)  # type: ignore[arg-type]  # the contract and the journal are generators
         call.failures = failures
         self._calls.add(call)
         return call
