@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor, Future
 
-from glimpse.pools import MakePool, MulticorePool, Pool, SinglecorePool
+from glimpse.pools import Failure, MakePool, MulticorePool, Pool, SinglecorePool
 from glimpse.pools.faces.multiprocessing_face import AsyncResult
 from glimpse.pools.gearman_cluster import MakePool as MakeGearmanPool
 
@@ -49,6 +49,12 @@ ordered_wrong: Iterator[str] = pool.imap(length, ["a"])  # error
 unordered: Iterator[int] = pool.imap_unordered(length, ["a"])
 starred: list[int] = pool.starmap(add, [(1, 2)])
 starred_lazily: Iterator[int] = pool.istarmap(add, [(1, 2)])
+long_run: list[int] = pool.map(length, ["a"], timeout=60.0, retries=2, retry_on=OSError, errors="skip")
+journalled: Iterator[int] = pool.imap(length, ["a"], journal="run.journal", key="v1")
+errors_wrong = pool.map(length, ["a"], errors="ignore")  # error
+timeout_wrong = pool.map(length, ["a"], timeout="60")  # error
+option_wrong = pool.map(length, ["a"], timout=60)  # error
+set_up = MakeGearmanPool(workers=2, initializer=print, initargs=("ready",))
 
 future: Future[int] = pool.submit(add, 1, 2)
 future_wrong: Future[str] = pool.submit(add, 1, 2)  # error
@@ -62,6 +68,7 @@ mapped: AsyncResult[list[int]] = pool.map_async(length, ["a"])
 mapped_wrong: AsyncResult[list[str]] = pool.map_async(length, ["a"])  # error
 through_future: Future[list[int]] = pool.map_async(length, ["a"]).future()
 
+returned: list[int | Failure] = pool.map(length, ["a"], errors="return")
 executor: Executor = pool.executor()
 executor_results: Iterator[int] = executor.map(add, [1], [2])
 executor_future: Future[int] = pool.executor().submit(add, 1, 2)
