@@ -39,7 +39,7 @@ class ClusterPool(Pool):
             weakref.finalize(self, backend.terminate).atexit = False
 
     def __reduce__(self):
-        return (type(self), (self.address,))
+        return remade, (type(self), (self.address,), self._setup_arguments())
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.address} {self._state}>"
@@ -57,3 +57,8 @@ def resolve_address(
     if os.environ.get(variable):
         return normalize(os.environ[variable]), f"${variable}"
     return None, ""
+
+
+def remade(cls, args: tuple, kwargs: dict):
+    """A pool unpickled: ``cls(*args, **kwargs)`` (keyword arguments: its initializer, if any)."""
+    return cls(*args, **kwargs)

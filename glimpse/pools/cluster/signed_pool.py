@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from glimpse.pools.cluster.pool import ClusterPool, resolve_address
+from glimpse.pools.cluster.pool import ClusterPool, remade, resolve_address
 from glimpse.pools.contract import Backend
 from glimpse.pools.security import ClusterKey, generate_key, insecure_key, resolve_key
 from glimpse.pools.security.keys import KEY_FILE_ARGUMENT
@@ -83,7 +83,7 @@ class SignedClusterPool(ClusterPool):
         # A key file given as an argument is named; a key found by the usual sources (environment,
         # default key file) is found again by them where the pool is unpickled, on any machine.
         key_file = self.key.file if self.key.source.startswith(KEY_FILE_ARGUMENT) else None
-        return (type(self), (self.address, None, None, key_file, not self.key.secret))
+        return remade, (type(self), (self.address, None, None, key_file, not self.key.secret), self._setup_arguments())
 
     normalize_address: Callable[[str], str] = staticmethod(str.strip)
 

@@ -107,6 +107,12 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         """Yield ``func(x)`` for each ``x`` in the order the results finish (``failures`` as :meth:`imap`)."""
         return self._iterate(func, iterable, chunksize, progress, ordered=False, **options)
 
+    def _setup_arguments(self) -> dict[str, Any]:
+        """``initializer=`` and ``initargs=`` as given, for a pool pickled to an equivalent one."""
+        if self._setup is None:
+            return {}
+        return {"initializer": self._setup.initializer, "initargs": self._setup.initargs}
+
     def workers(self) -> int:
         """How many items the pool runs at once now: its worker processes, or the cluster's worker
         slots (threads or cores) connected now; at least 1."""
