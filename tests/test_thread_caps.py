@@ -35,6 +35,10 @@ def test_capped_environment_fills_what_is_unset_and_keeps_what_is_set():
     assert set(THREAD_VARIABLES) <= set(env)
 
 
+def test_numexpr_gets_no_more_threads_than_its_pool_holds():
+    assert capped_environment({"NUMEXPR_MAX_THREADS": "1"}, workers_here=1)["NUMEXPR_NUM_THREADS"] == "1"
+
+
 def test_threads_per_worker_shares_the_cores_and_is_at_least_one():
     cores = threads_per_worker(1)
     assert cores >= 1

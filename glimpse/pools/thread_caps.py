@@ -31,8 +31,11 @@ def capped_environment(env: Mapping[str, str], workers_here: int) -> dict[str, s
 def missing_caps(env: Mapping[str, str], workers_here: int) -> dict[str, str]:
     """The caps ``env`` lacks: each variable of :data:`THREAD_VARIABLES` it does not set (or sets
     empty), as :func:`threads_per_worker`."""
-    threads = str(threads_per_worker(workers_here))
-    return {name: threads for name in THREAD_VARIABLES if not env.get(name)}
+    threads = threads_per_worker(workers_here)
+    caps = {name: str(threads) for name in THREAD_VARIABLES if not env.get(name)}
+    if "NUMEXPR_NUM_THREADS" in caps:
+        caps["NUMEXPR_NUM_THREADS"] = str(min(threads, _numexpr_pool_size(env)))
+    return caps
 
 
 @contextlib.contextmanager
@@ -58,3 +61,11 @@ def available_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0)) or 1
     return os.cpu_count() or 1
+
+
+def _numexpr_pool_size(env: Mapping[str, str]) -> int:
+    """numexpr's largest thread count (it refuses more): ``$NUMEXPR_MAX_THREADS``, else 64."""
+    try:
+        return max(1, int(env.get("NUMEXPR_MAX_THREADS") or 64))
+    except ValueError:
+        return 64
