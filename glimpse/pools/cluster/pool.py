@@ -18,7 +18,7 @@ class ClusterPool(Pool):
     on :meth:`close`; if ``end_when_dropped``, also when the pool is garbage-collected unclosed
     (at interpreter exit each engine's own exit hooks, and the embedded processes' watch on their
     parent, end what is left). ``initializer(*initargs)`` runs once in each worker process before
-    its first item, as multiprocessing's; a copy unpickled elsewhere runs none.
+    its first item, as multiprocessing's; a copy unpickled elsewhere has it too.
     """
 
     def __init__(
