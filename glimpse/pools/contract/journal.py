@@ -121,6 +121,11 @@ class Indexed:
     def __reduce__(self):
         return Indexed, (self.func,)
 
+    @staticmethod
+    def input_of(pair: tuple[int, Any]) -> tuple[int, Any]:
+        """The index in the input and the item a pair sent to the workers stands for."""
+        return pair
+
 
 def _replay(run, func, iterable, path, fingerprint, description, ordered, failures) -> Iterator[list[Any]]:
     journal = _Journal(path, fingerprint, description)

@@ -141,9 +141,10 @@ class Guarded:
                 continue
             _abandoned_threads += 1
             item = items[index - start]
+            named, shown = self.func.input_of(item) if hasattr(self.func, "input_of") else (index, item)
             error = TaskTimeoutError(
-                f"item #{index} ran longer than timeout={self.timeout:g} s in worker pid {os.getpid()} on "
-                f"{socket.gethostname()}; its thread was left behind (item was {_short_repr(item)})"
+                f"item #{named} ran longer than timeout={self.timeout:g} s in worker pid {os.getpid()} on "
+                f"{socket.gethostname()}; its thread was left behind (item was {_short_repr(shown)})"
             )
             if not self.keep_failures:
                 raise error
