@@ -144,7 +144,7 @@ class Guarded:
             named, shown = self.func.input_of(item) if hasattr(self.func, "input_of") else (index, item)
             error = TaskTimeoutError(
                 f"item #{named} ran longer than timeout={self.timeout:g} s in worker pid {os.getpid()} on "
-                f"{socket.gethostname()}; its thread was left behind (item was {_short_repr(shown)})"
+                f"{socket.gethostname()}; its thread was left behind (item was {short_repr(shown)})"
             )
             if not self.keep_failures:
                 raise error
@@ -210,29 +210,33 @@ def run_initializer(initializer, initargs: tuple) -> InitializerError | None:
             f"{type(exc).__name__}: {exc}. Every chunk on this worker fails with this error; fix the initializer "
             "and make a new pool"
         )
-        error.__cause__ = _portable(exc)
+        error.__cause__ = exc
         return error
     return None
 
 
 def _failure(exc: BaseException, item, index: int, attempts: int) -> Failure:
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return Failure(_portable(exc), text, item, index, attempts, worker_where())
+    exc, text = portable_exception(exc)
+    return Failure(exc, text, item, index, attempts, worker_where())
 
 
-def _portable(exc: BaseException) -> BaseException:
+def portable_exception(exc: BaseException) -> tuple[BaseException, str]:
+    """The exception as it can travel to the caller (a :class:`RemoteError` if it does not survive
+    a pickle round trip), without its frames, and its traceback formatted here."""
     import cloudpickle
 
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         cloudpickle.loads(cloudpickle.dumps(exc))
     except Exception:
         exc = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
     exc.__traceback__ = None
     exc.__context__ = None
-    return exc
+    exc.__cause__ = None
+    return exc, text
 
 
-def _short_repr(value, limit: int = 80) -> str:
+def short_repr(value, limit: int = 80) -> str:
     try:
         text = repr(value)
     except Exception:

@@ -7,11 +7,8 @@ This module imports only the standard library and cloudpickle, so workers load i
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
-import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +17,8 @@ from itertools import islice
 import cloudpickle
 
 from glimpse.pools.contract import pickling
-from glimpse.pools.contract.worker_policy import Guarded
-from glimpse.pools.errors import RemoteError, SerializationError
+from glimpse.pools.contract.worker_policy import Guarded, portable_exception, short_repr, worker_where
+from glimpse.pools.errors import SerializationError
 
 _FUNCTION_CACHE_SIZE = 4
 _functions: OrderedDict[str, object] = OrderedDict()
@@ -193,22 +190,5 @@ def _unpicklable_result(index: int, value, exc: Exception) -> SerializationError
 
 def portable_failure(failure: ItemError) -> ItemError:
     """Format the traceback here, and make sure the exception survives a pickle round trip."""
-    exc = failure.exception
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        cloudpickle.loads(cloudpickle.dumps(exc))
-    except Exception:
-        exc = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-    exc.__traceback__ = None
-    exc.__context__ = None
-    exc.__cause__ = None
-    where = f"pid {os.getpid()} on {socket.gethostname()}"
-    return ItemError(failure.index, exc, text, where)
-
-
-def short_repr(value, limit: int = 80) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    exc, text = portable_exception(failure.exception)
+    return ItemError(failure.index, exc, text, worker_where())
