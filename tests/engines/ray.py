@@ -20,7 +20,6 @@ import pytest
 from tests.engines._processes import free_port, start_process, stop_process_group, wait_for_port
 
 POOLS = {"ray-embedded": "ray_embedded_pool", "ray-external": "ray_external_pool"}
-LIMITS = {"ray-external": {"keeps_timed_out_threads"}}
 
 #: Environment of Ray processes started by tests: usage stats off, and a node address of
 #: 127.0.0.1 kept as it is (Ray otherwise swaps in the machine's network address).

@@ -9,6 +9,7 @@ hands workers the bytes, not the caller.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Collection
@@ -43,6 +44,7 @@ _LOST = (
 )
 log = logging.getLogger(__name__)
 _remote_chunk = None
+_remote_kill = None
 _CPUS_TTL_SECONDS = 1.0
 _RECANCEL_SECONDS = 3.0
 _CANCEL_GRACE_SECONDS = 1.0
@@ -286,10 +288,16 @@ class RayBackend(Backend):
             )
 
     def reclaim(self, where: str) -> None:
-        """Kill the Ray worker process an item's thread was left running in, if this pool started Ray
-        (Ray starts another); never a worker of a cluster someone else runs."""
-        if self._owns_ray and kill_worker_here(*parse_where(where), "ray::"):
-            log.info("killed Ray worker %s: an item that timed out left its thread running there", where)
+        """End the Ray worker process an item's thread was left running in, as ``ray.cancel(force=True)``
+        ends a task's: Ray's worker processes serve one job, ours, and Ray starts another. A task
+        pinned to the worker's node kills it there (never waited for)."""
+        pid, host = parse_where(where)
+        node = next((n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerHostname"] == host), None)
+        if pid is None or node is None:
+            return
+        strategy = NodeAffinitySchedulingStrategy(node, soft=False)
+        _kill_task().options(scheduling_strategy=strategy).remote(pid)
+        log.info("ending Ray worker %s: an item that timed out left its thread running there", where)
 
     def close(self) -> None:
         if self._nodes is not None:
@@ -327,6 +335,19 @@ def _chunk_task():
             num_cpus=1, max_retries=RETRIES, retry_exceptions=False, scheduling_strategy="SPREAD"
         )(run_chunk_in_ray)
     return _remote_chunk
+
+
+def kill_worker_on_this_node(pid: int) -> bool:
+    """On a Ray worker: SIGKILL the Ray worker process ``pid`` of this node."""
+    return kill_worker_here(pid, socket.gethostname(), "ray::")
+
+
+def _kill_task():
+    """:func:`kill_worker_on_this_node` as a Ray remote function, made once per process."""
+    global _remote_kill
+    if _remote_kill is None:
+        _remote_kill = ray.remote(num_cpus=0, max_retries=0)(kill_worker_on_this_node)
+    return _remote_kill
 
 
 def _cancel(handle: ray.ObjectRef) -> None:
