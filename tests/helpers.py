@@ -180,9 +180,10 @@ def fails_first_attempts(item):
 
 
 def remember_setup(name, value):
-    """An initializer: keeps ``value`` under ``name`` in this worker process (in its environment,
-    which no pickling of these functions can duplicate)."""
-    os.environ[f"GLIMPSE_TEST_SETUP_{name}"] = f"{value}@{os.getpid()}"
+    """An initializer: keeps ``value`` under ``name`` in this worker process's state."""
+    from glimpse.pools import worker_state
+
+    worker_state()[name] = (value, os.getpid())
 
 
 def refuse_setup(name):
@@ -191,6 +192,8 @@ def refuse_setup(name):
 
 
 def setup_seen(name):
-    """What :func:`remember_setup` kept under ``name`` in this process, if it ran in this process."""
-    value, _, pid = os.environ.get(f"GLIMPSE_TEST_SETUP_{name}", "@").rpartition("@")
-    return value if pid == str(os.getpid()) else None
+    """What :func:`remember_setup` kept under ``name``, if it ran in this process."""
+    from glimpse.pools import worker_state
+
+    value, pid = worker_state().get(name, (None, None))
+    return value if pid == os.getpid() else None

@@ -1,4 +1,4 @@
-"""Every ``python`` example of docs/faces.md and of the README's Faces section runs, as the script it is.
+"""Every ``python`` example of docs/faces.md, docs/long-runs.md and the README's Faces section runs as a script.
 
 Each example runs in a fresh interpreter, as a user who copies it would run it, on the default
 ``MakePool()`` (``GLIMPSE_POOL`` unset); an example that imports a package not installed is skipped.
@@ -49,7 +49,11 @@ def examples_in(path: Path, section: str | None = None) -> list[Example]:
     ]
 
 
-EXAMPLES = examples_in(ROOT / "docs" / "faces.md") + examples_in(ROOT / "README.md", "Faces")
+EXAMPLES = (
+    examples_in(ROOT / "docs" / "faces.md")
+    + examples_in(ROOT / "docs" / "long-runs.md")
+    + examples_in(ROOT / "README.md", "Faces")
+)
 
 
 def test_the_docs_have_examples():

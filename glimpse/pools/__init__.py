@@ -8,7 +8,7 @@
 """
 
 from glimpse.pools.contract import Pool
-from glimpse.pools.contract.worker_policy import Failure
+from glimpse.pools.contract.worker_policy import Failure, worker_state
 from glimpse.pools.errors import (
     AuthenticationError,
     ClusterConnectionError,
@@ -43,4 +43,5 @@ __all__ = [
     "SinglecorePool",
     "TaskTimeoutError",
     "WorkerLostError",
+    "worker_state",
 ]

@@ -58,6 +58,20 @@ class WorkerSetup:
         return WorkerSetup, (self.initializer, self.initargs, self.token)
 
 
+_worker_state: dict[str, Any] = {}
+
+
+def worker_state() -> dict[str, Any]:
+    """A dict of this worker process, for what a pool's initializer loads (a model, a table) and its
+    items use.
+
+    A function defined in your script (``__main__``) travels by value, and each call unpickles its
+    own copy of the globals it uses: a global that an initializer sets is not the one a later call
+    reads. This dict is the same for every call in the process, on every engine.
+    """
+    return _worker_state
+
+
 _setups_done: dict[str, InitializerError | None] = {}
 _setup_lock = threading.Lock()
 _abandoned_threads = 0
