@@ -28,11 +28,23 @@ def thread_settings(_item) -> dict[str, str | None]:
 
 
 def test_capped_environment_fills_what_is_unset_and_keeps_what_is_set():
-    env = capped_environment({"OMP_NUM_THREADS": "7", "MKL_NUM_THREADS": "", "PATH": "/bin"}, workers_here=1)
-    assert env["OMP_NUM_THREADS"] == "7", "a value the user set must be kept"
+    env = capped_environment({"OPENBLAS_NUM_THREADS": "7", "MKL_NUM_THREADS": "", "PATH": "/bin"}, workers_here=1)
+    assert env["OPENBLAS_NUM_THREADS"] == "7", "a value the user set must be kept"
     assert env["MKL_NUM_THREADS"] == str(threads_per_worker(1)), "an empty value counts as unset"
+    assert env["OMP_NUM_THREADS"] == str(threads_per_worker(1))
     assert env["PATH"] == "/bin"
     assert set(THREAD_VARIABLES) <= set(env)
+
+
+def test_a_count_set_in_omp_num_threads_alone_is_the_count_of_every_library():
+    env = capped_environment({"OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "3"}, workers_here=64)
+    assert {name: env[name] for name in THREAD_VARIABLES} == {
+        "OMP_NUM_THREADS": "8",
+        "OPENBLAS_NUM_THREADS": "8",
+        "MKL_NUM_THREADS": "3",
+        "VECLIB_MAXIMUM_THREADS": "8",
+        "NUMEXPR_NUM_THREADS": "8",
+    }
 
 
 def test_numexpr_gets_no_more_threads_than_its_pool_holds():
@@ -60,12 +72,17 @@ def test_workers_run_with_thread_caps(pool, pool_kind, limits):
 
 @pytest.mark.parametrize("kind", ["multicore", "zmq-embedded"])
 def test_a_thread_setting_of_the_user_is_kept(kind, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    for name in set(THREAD_VARIABLES) - {"OPENBLAS_NUM_THREADS"}:
+        monkeypatch.delenv(name, raising=False)
     with _new_pool(kind, monkeypatch) as pool:
         seen = pool.map(thread_settings, range(4), chunksize=1)
-    assert all(s["OMP_NUM_THREADS"] == "3" for s in seen), f"the user's OMP_NUM_THREADS=3 was not kept: {seen}"
+    assert all(s["OPENBLAS_NUM_THREADS"] == "3" for s in seen), f"OPENBLAS_NUM_THREADS=3 was not kept: {seen}"
     assert all(s["MKL_NUM_THREADS"] == str(threads_per_worker(2)) for s in seen), f"MKL is not capped: {seen}"
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    with _new_pool(kind, monkeypatch) as pool:
+        seen = pool.map(thread_settings, range(4), chunksize=1)
+    assert all(s["MKL_NUM_THREADS"] == "5" for s in seen), f"the user's OMP_NUM_THREADS=5 was not followed: {seen}"
 
 
 def _new_pool(kind: str, monkeypatch):

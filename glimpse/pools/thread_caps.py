@@ -4,7 +4,8 @@ Left alone, each of N worker processes doing numpy work starts one BLAS thread p
 on N cores, which then wait for each other. So every worker process glimpse starts gets
 ``cores ÷ worker processes on that machine`` threads (at least 1) in each variable below, as Dask's
 nanny (``distributed.nanny.pre-spawn-environ``) and Ray (``OMP_NUM_THREADS`` = a task's CPUs) do.
-A variable the user has set is kept as it is.
+A variable the user has set is kept as it is, and a count set in ``OMP_NUM_THREADS`` alone is
+the count of the others too.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ def capped_environment(env: Mapping[str, str], workers_here: int) -> dict[str, s
 
 def missing_caps(env: Mapping[str, str], workers_here: int) -> dict[str, str]:
     """The caps ``env`` lacks: each variable of :data:`THREAD_VARIABLES` it does not set (or sets
-    empty), as :func:`threads_per_worker`."""
-    threads = threads_per_worker(workers_here)
+    empty), as :func:`threads_per_worker`; or, if the user set ``OMP_NUM_THREADS``, that count
+    (OpenBLAS and MKL read their own variable first, and would not follow it)."""
+    chosen = env.get("OMP_NUM_THREADS", "")
+    threads = int(chosen) if chosen.isdigit() and int(chosen) > 0 else threads_per_worker(workers_here)
     caps = {name: str(threads) for name in THREAD_VARIABLES if not env.get(name)}
     if "NUMEXPR_NUM_THREADS" in caps:
         caps["NUMEXPR_NUM_THREADS"] = str(min(threads, _numexpr_pool_size(env)))
