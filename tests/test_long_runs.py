@@ -25,7 +25,8 @@ def test_a_stuck_item_among_a_thousand_is_a_timeout_and_every_other_result_arriv
     items = [(x, 500) for x in range(1000)]
     began = time.monotonic()
     results = pool.map(helpers.stuck_at, items, timeout=TIMEOUT, errors="return")
-    assert time.monotonic() - began < HANG_BOUND
+    # Every item but the stuck one takes microseconds: the call lasts the timeout and a few round trips.
+    assert time.monotonic() - began < TIMEOUT + 10
     failure = results[500]
     assert isinstance(failure, Failure), failure
     assert isinstance(failure.exception, TaskTimeoutError)
