@@ -1,9 +1,10 @@
 """Runs on the workers: a call's policy for items that fail or hang, and the pool's initializer.
 
 A call with ``timeout=``, ``retries=``, ``errors=`` other than ``"raise"``, or on a pool with an
-``initializer``, sends its function wrapped in a :class:`Guarded`; ``worker_runner`` hands it the
-chunk's items (:meth:`Guarded.run_items`). Like ``worker_runner``, this imports only the standard
-library and cloudpickle.
+``initializer``, sends its function wrapped in a :class:`Guarded`. ``worker_runner`` calls it on
+each item as it would the function, or, for a call with a timeout, hands it the chunk's items
+(:meth:`Guarded.run_items`). Like ``worker_runner``, this imports only the standard library and
+cloudpickle.
 """
 
 from __future__ import annotations
@@ -113,15 +114,10 @@ class Guarded:
         return self._attempts(item, -1)
 
     def run_items(self, items, start: int, values: list) -> None:
-        """Append each item's value to ``values``; an exception ends the chunk at ``start + len(values)``."""
+        """Run a chunk's items, each on the clock of the call's timeout, appending their values to
+        ``values``; an exception raised here ends the chunk at item ``start + len(values)``."""
         if self.setup is not None:
             _ensure_setup(self.setup)
-        if self.timeout is None:
-            if self.retries or self.keep_failures:
-                values.extend(self._attempts(item, start + offset) for offset, item in enumerate(items))
-            else:
-                values.extend(map(self.func, items))
-            return
         position = 0
         items = list(items)
         while position < len(items):
