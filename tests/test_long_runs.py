@@ -5,6 +5,7 @@ Journals (``journal=``) have their own suite, tests/test_journal.py.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
@@ -110,9 +111,14 @@ def test_errors_skip_leaves_failures_out_and_lists_them(pool):
 
 
 def test_the_faces_take_the_same_options(pool):
-    assert pool.starmap(pow, [(2, 3), (2, -1), ("x", 2)], errors="skip") == [8, 0.5]
+    starred = pool.starmap(pow, [(2, 3), (2, -1), ("x", 2)], errors="skip")
+    assert starred == [8, 0.5] and [f.index for f in starred.failures] == [2]
     results = pool.map_async(helpers.fail_on_three, range(5), errors="return").get(timeout=60)
     assert isinstance(results[3], Failure)
+    skipped = pool.map_async(helpers.fail_on_three, range(5), errors="skip").get(timeout=60)
+    assert skipped == [0, 1, 2, 4] and [f.index for f in skipped.failures] == [3]
+    awaited = asyncio.run(pool.amap(helpers.fail_on_three, range(5), errors="skip", timeout=60))
+    assert awaited == [0, 1, 2, 4] and [f.index for f in awaited.failures] == [3]
 
 
 def test_bad_options_are_clear_errors_before_anything_runs(pool):

@@ -100,5 +100,18 @@ class CallPolicy:
         return kept if self.errors == "skip" else values
 
 
+class Results(list[Any]):
+    """What ``map(..., errors="skip")`` returns: the results, and ``failures``, the items left out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: list[Failure] = []
+
+
+def results_list(options: CallOptions) -> list[Any]:
+    """The list a whole call's results go in: a :class:`Results` for ``errors="skip"``."""
+    return Results() if options.get("errors") == "skip" else []
+
+
 #: A call without any of the options: today's behaviour.
 PLAIN = CallPolicy()

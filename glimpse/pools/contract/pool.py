@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from glimpse.pools.contract.backend import Backend
 from glimpse.pools.contract.feed import Feed
 from glimpse.pools.contract.iteration import iterate
-from glimpse.pools.contract.policy import PLAIN, CallOptions, CallPolicy
+from glimpse.pools.contract.policy import PLAIN, CallOptions, CallPolicy, results_list
 from glimpse.pools.contract.shared_backend import SharedBackend
 from glimpse.pools.contract.tasks import TaskQueue
 from glimpse.pools.contract.worker_policy import Failure, WorkerSetup
@@ -76,7 +76,7 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
         """Return ``[func(x) for x in iterable]``, computed by the workers, in input order.
 
         With ``errors="skip"`` the list has an attribute ``failures``: the items left out."""
-        results: list[R] = Results() if options.get("errors") == "skip" else []
+        results: list[R] = results_list(options)
         failures = getattr(results, "failures", None)
         calls = self._call(func, iterable, chunksize, progress, ordered=True, lists=True, failures=failures, **options)
         for values in calls:
@@ -333,14 +333,6 @@ class Pool(MultiprocessingFace, FuturesFace, AsyncioFace):
                 return
             self._backend_closed = True
         self._backend.close()
-
-
-class Results(list):  # type: ignore[type-arg]  # a list of any results
-    """What ``map(..., errors="skip")`` returns: the results, and ``failures``, the items left out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failures: list[Failure] = []
 
 
 class _CallResults(itertools.chain[Any]):

@@ -16,12 +16,15 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from glimpse.pools.contract.policy import results_list
+
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from typing_extensions import Unpack
 
     from glimpse.pools.contract.policy import CallOptions
+    from glimpse.pools.contract.worker_policy import Failure
     from glimpse.pools.faces.pool_calls import PoolCalls as _Base
 else:
     _Base = object
@@ -48,8 +51,9 @@ class AsyncioFace(_Base):
         **options: Unpack[CallOptions],
     ) -> list[R]:
         """:meth:`map` for a coroutine: ``await`` the list of results, in input order."""
-        results: list[R] = []
-        async for values in _chunks(self, func, iterable, chunksize, ordered=True, **options):
+        results: list[R] = results_list(options)
+        failures = getattr(results, "failures", None)
+        async for values in _chunks(self, func, iterable, chunksize, ordered=True, failures=failures, **options):
             results.extend(values)
         return results
 
@@ -101,12 +105,15 @@ async def _chunks(
     chunksize: int | None,
     *,
     ordered: bool,
+    failures: list[Failure] | None = None,
     **options: Unpack[CallOptions],
 ) -> AsyncGenerator[list[R], None]:
     """The call's lists of results (one per chunk), produced by a thread of the pool."""
     loop = asyncio.get_running_loop()
     stop = threading.Event()
-    results = pool._call(func, iterable, chunksize, False, ordered=ordered, lists=True, stop=stop, **options)
+    results = pool._call(
+        func, iterable, chunksize, False, ordered=ordered, lists=True, stop=stop, failures=failures, **options
+    )
     arrived: asyncio.Queue[list[R] | Future[None]] = asyncio.Queue()
     room = threading.Semaphore(CHUNKS_AHEAD)
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from glimpse.pools.contract.policy import results_list
 from glimpse.pools.contract.worker_tasks import Star
 
 if TYPE_CHECKING:
@@ -162,8 +163,16 @@ class MultiprocessingFace(_Base):
         **options: Unpack[CallOptions],
     ) -> AsyncResult[list[R]]:
         """:meth:`map` run in the background; its :class:`AsyncResult` holds the list of results."""
-        results = self._call(func, iterable, chunksize, False, ordered=True, lists=True, **options)
-        future = self._in_background(lambda: [value for values in results for value in values], "map_async")
+        collected: list[R] = results_list(options)
+        failures = getattr(collected, "failures", None)
+        results = self._call(func, iterable, chunksize, False, ordered=True, lists=True, failures=failures, **options)
+
+        def gather() -> list[R]:
+            for values in results:
+                collected.extend(values)
+            return collected
+
+        future = self._in_background(gather, "map_async")
         return AsyncResult(future, callback, error_callback)
 
     def starmap_async(

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from glimpse.pools.contract.policy import CallOptions
     from glimpse.pools.contract.tasks import TaskQueue
+    from glimpse.pools.contract.worker_policy import Failure
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -69,6 +70,7 @@ class PoolCalls(Protocol):
         ordered: bool,
         lists: bool = False,
         stop: threading.Event | None = None,
+        failures: list[Failure] | None = None,
         **options: Unpack[CallOptions],
     ) -> Any: ...
 
