@@ -13,6 +13,8 @@ import socket
 import threading
 import time
 from collections.abc import Collection
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import ray
 import ray.exceptions
@@ -54,6 +56,8 @@ _PROBE_SECONDS = 1.0
 _SILENCE_MARGIN = 1.0
 #: How much longer than asked a Ray Client's wait may take before it counts as stuck.
 _CLIENT_GRACE_SECONDS = 2.0
+#: How long a Ray Client's get waits before the caller asks whether the head node still answers.
+_GET_SLICE_SECONDS = 2.0
 _READ_SECONDS = 2.0
 _SHUTDOWN_SECONDS = 15.0
 
@@ -232,7 +236,7 @@ class RayBackend(Backend):
         if handle in self._lost:
             raise ChunkLost(self._lost.pop(handle))
         try:
-            return ray.get(handle)
+            return self._get(handle)
         except ray.exceptions.RayTaskError as error:
             # run_chunk never raises, so this is Ray's own failure around the task.
             if isinstance(error, _LOST) or isinstance(error.cause, _LOST):
@@ -242,6 +246,34 @@ class RayBackend(Backend):
             raise error.cause from RemoteTraceback(str(error))
         except _LOST as error:
             raise ChunkLost(_describe_loss(error)) from None
+        except ConnectionError as error:  # Ray Client gave up on its connection to the head node
+            raise ClusterLost(f"Ray Client lost its connection to the head node at {self._address}: {error}") from None
+
+    def _get(self, handle: ray.ObjectRef):
+        """``ray.get(handle)``; for a Ray Client, in a thread, for as long as the head node answers
+        (Ray Client's get waits a minute and more for a head that fell silent after its wait)."""
+        if self._bounded is None:
+            return ray.get(handle)
+        result: Future = Future()
+
+        def get() -> None:
+            try:
+                result.set_result(ray.get(handle))
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        in_background(get, "glimpse-ray-get")
+        while True:
+            try:
+                return result.result(timeout=_GET_SLICE_SECONDS)
+            except FutureTimeout:
+                pass
+            health = self.health()
+            if health.lost:
+                raise ClusterLost(health.lost)
+            silent_for = time.monotonic() - self._heard_at
+            if health.silent and silent_for >= silence_timeout():
+                raise ClusterLost(f"{health.silent} for {silent_for:.0f} s")
 
     def cancel(self, handles: Collection[ray.ObjectRef]) -> None:
         # Not at once: Ray's driver aborts when a cancel races with the task's completion (RAY_CHECK
