@@ -9,9 +9,7 @@ tasks that must stay unfinished wait for a file the test creates when it is done
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import io
 import itertools
 import os
 import sys
@@ -24,9 +22,9 @@ from operator import add
 import cloudpickle
 import pytest
 
-from glimpse.pools import RemoteTraceback, SerializationError
+from glimpse.pools import SerializationError
 from glimpse.pools.contract.tasks import IDLE_SECONDS
-from tests import helpers
+from tests import checks, helpers
 
 # Workers of external clusters cannot import the test package: send this module's functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -546,20 +544,7 @@ def test_traceback(executor):
     exc = caught.value
     assert type(exc) is RuntimeError
     assert exc.args == (123,)
-    # cloudpickle sends this module's functions by value, naming their file "<dynamic-code>": the
-    # worker's traceback names the function and the line of the raise, without its source text.
-    raise_line = f"line {raise_with_comment.__code__.co_firstlineno + 1}, in raise_with_comment"
-    cause = exc.__cause__
-    assert type(cause) is RemoteTraceback  # ProcessPoolExecutor's is _RemoteTraceback, text in ``.tb``
-    assert raise_line in cause.text
-
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
-        try:
-            raise exc
-        except RuntimeError:
-            sys.excepthook(*sys.exc_info())
-    assert raise_line in stderr.getvalue()
+    checks.assert_worker_traceback_names_the_raise(exc, raise_with_comment)
 
 
 def test_exception_is_the_one_raised(executor):

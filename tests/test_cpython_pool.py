@@ -8,9 +8,7 @@ copy of the session pool (a pickled pool is a new pool of the same kind, on the 
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import io
 import itertools
 import multiprocessing
 import pickle
@@ -22,9 +20,9 @@ import weakref
 import cloudpickle
 import pytest
 
-from glimpse.pools import MulticorePool, RemoteTraceback, SerializationError
+from glimpse.pools import MulticorePool, SerializationError
 from glimpse.pools.contract.tasks import IDLE_SECONDS
-from tests import helpers
+from tests import checks, helpers
 
 # Workers of external clusters cannot import the test package: send this module's functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -348,20 +346,7 @@ def test_traceback(pool):
     exc = caught.value
     assert type(exc) is RuntimeError
     assert exc.args == (123,)
-    # cloudpickle sends this module's functions by value, naming their file "<dynamic-code>": the
-    # worker's traceback names the function and the line of the raise, without its source text.
-    raise_line = f"line {raise_with_comment.__code__.co_firstlineno + 1}, in raise_with_comment"
-    cause = exc.__cause__
-    assert type(cause) is RemoteTraceback
-    assert raise_line in cause.text  # multiprocessing's RemoteTraceback holds the text in ``.tb``
-
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
-        try:
-            raise exc
-        except RuntimeError:
-            sys.excepthook(*sys.exc_info())
-    assert raise_line in stderr.getvalue()
+    checks.assert_worker_traceback_names_the_raise(exc, raise_with_comment)
 
     # an error of the input iterable is raised as it is, not as a remote exception
     with _copy(pool) as p:

@@ -15,7 +15,8 @@ from typing import Any
 
 import cloudpickle
 
-from glimpse.pools.contract.worker_runner import ItemError, portable_failure, short_repr
+from glimpse.pools.contract.worker_policy import short_repr
+from glimpse.pools.contract.worker_runner import ItemError, portable_failure
 from glimpse.pools.errors import SerializationError
 
 _FUNCTION_CACHE_SIZE = 16

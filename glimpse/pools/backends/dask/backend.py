@@ -233,8 +233,7 @@ class DaskBackend(Backend):
             busy = self._workers_running(keys)
         if busy:
             log.info("restarting Dask workers %s to stop cancelled chunks", ", ".join(busy))
-            self._restarting = threading.Thread(target=self._restart, args=(busy,), daemon=True)
-            self._restarting.start()
+            self._restart_in_background(busy)
 
     def reclaim(self, where: str) -> None:
         """Restart the worker an item's thread was left running in, on the cluster the pool owns."""
@@ -245,8 +244,7 @@ class DaskBackend(Backend):
         busy = [address for address, worker_pid in pids.items() if worker_pid == pid]
         if busy:
             log.info("restarting Dask worker %s: an item that timed out left its thread running there", busy[0])
-            self._restarting = threading.Thread(target=self._restart, args=(busy,), daemon=True)
-            self._restarting.start()
+            self._restart_in_background(busy)
 
     def close(self) -> None:
         if self._restarting is not None:
@@ -255,6 +253,11 @@ class DaskBackend(Backend):
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+    def _restart_in_background(self, workers: list[str]) -> None:
+        """Restart ``workers`` through their nannies, in a thread (:meth:`close` waits for it a while)."""
+        self._restarting = threading.Thread(target=self._restart, args=(workers,), daemon=True)
+        self._restarting.start()
 
     def _restart(self, workers: list[str]) -> None:
         try:
