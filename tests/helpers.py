@@ -197,3 +197,14 @@ def setup_seen(name):
 
     value, pid = worker_state().get(name, (None, None))
     return value if pid == os.getpid() else None
+
+
+def slurm_job_after(item):
+    """``(index, SLURM job id, step id, host)`` of the worker that ran ``item = (index, seconds)``."""
+    import os
+    import socket
+    import time
+
+    index, seconds = item
+    time.sleep(seconds)
+    return index, os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID"), socket.gethostname()

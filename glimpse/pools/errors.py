@@ -95,3 +95,8 @@ class JournalMismatchError(ValueError):
     The message names the file and what to do: give the call another path, delete the file to
     start again, or pass the ``key=`` of the call that wrote it.
     """
+
+
+class JobSubmitError(RuntimeError):
+    """A batch system (SLURM) refused the pool's worker jobs; the message is the scheduler's own
+    (``sbatch: error: ...``) and says which of the pool's arguments to change."""

@@ -40,6 +40,8 @@ CLUSTER_TYPES: dict[str, ClusterType] = {
     "zmq": ClusterType("zmq", ("zmq",)),
     # The protocol client is the package's own; gearmand (apt: gearman-job-server) runs the queue.
     "gearman": ClusterType("gearman", (), programs=("gearmand",)),
+    # Dask workers as SLURM jobs (dask-jobqueue); SLURM's commands come with the cluster (apt: slurm-client).
+    "slurm": ClusterType("slurm", ("dask", "distributed", "dask_jobqueue", "cryptography"), programs=("sbatch",)),
 }
 LOCAL_POOLS = ("singlecore", "multicore")
 DEFAULT_CLUSTER_TYPE = "ipython"
@@ -69,7 +71,8 @@ def GetClusterPackage(cluster_type: str | None = None) -> ModuleType:
 def MakePool(kind: str | None = None, **kwargs: Any) -> Pool:
     """Return a new pool: ``multicore`` unless ``kind`` or ``$GLIMPSE_POOL`` names another.
 
-    ``kind`` is ``singlecore``, ``multicore`` or a cluster type (``dask``, ``ray``, ``ipython``, ``zmq``, ``gearman``),
+    ``kind`` is ``singlecore``, ``multicore`` or a cluster type (``dask``, ``ray``, ``ipython``, ``zmq``, ``gearman``,
+    ``slurm``),
     so a script moves from a laptop to a cluster by setting ``GLIMPSE_POOL``. Keyword arguments
     go to the pool's constructor (for a cluster type, to its module's ``MakePool``); every kind takes
     ``initializer=`` and ``initargs=`` (run once in each worker process before its first item, as

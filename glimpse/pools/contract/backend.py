@@ -51,6 +51,8 @@ class Health:
     #: Where the cluster is and the command that starts a worker there, for the no-workers message.
     address: str = ""
     start_workers: str = ""
+    #: Why no worker has connected yet, when the cluster knows (worker jobs pending in a queue, and why).
+    waiting: str = ""
 
 
 @dataclass

@@ -110,6 +110,8 @@ class CallWatch:
         waited = now - self._progress_at
         where = f"the cluster at {health.address}" if health.address else "the cluster"
         hint = f"; start one with `{health.start_workers}`" if health.start_workers else ""
+        if health.waiting:
+            hint = f": {health.waiting}{hint}"
         if not self._warned and waited >= NO_WORKERS_WARNING_SECONDS:
             self._warned = True
             limit = f"up to {self._timeout:g} s" if self._timeout else "until one connects"

@@ -1,0 +1,157 @@
+"""The slurm pool on a real SLURM of two simulated hosts (tests/slurm_lab.py): chunks run inside
+SLURM jobs, jobs adapt to the work, outlive nothing, survive their time limit and a ``scancel``,
+and the waits and refusals say what SLURM said."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+
+import pytest
+
+from glimpse.pools import JobSubmitError, NoWorkersError
+from glimpse.pools.cluster.reachability import tcp_answers
+from tests import helpers
+
+pytest.importorskip("dask_jobqueue")
+
+from glimpse.pools.slurm_cluster import MakePool  # noqa: E402
+
+pytestmark = pytest.mark.timeout(900)
+#: SLURM's smallest time limit: a worker takes chunks for 40 s of it (the 20 s margin).
+SHORTEST_WALLTIME = "00:01:00"
+#: The worker lifetime SHORTEST_WALLTIME leaves, at most (40 s and its 5 s stagger).
+LIFETIME_SECONDS = 45.0
+
+
+def _items(count: int, seconds: float) -> list[tuple[int, float]]:
+    return [(i, seconds) for i in range(count)]
+
+
+def _wait_until_gone(lab, job_ids: list[str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not {job for job, _, _ in lab.jobs()} & set(job_ids):
+            return
+        time.sleep(1)
+    raise AssertionError(f"jobs {job_ids} still in squeue after {timeout:.0f} s: {lab.jobs()}")
+
+
+def test_chunks_run_in_the_jobs_of_the_pool_over_tls(slurm_lab, slurm_pool):
+    results = slurm_pool.map(helpers.slurm_job_after, _items(40, 0.05))
+    assert [r[0] for r in results] == list(range(40))
+    assert {r[1] for r in results} <= set(slurm_pool.job_ids)
+    assert all(r[1] for r in results)
+    # TLS by default, and the scheduler listens on the caller's address on the nodes' network only.
+    assert slurm_pool.address.startswith(f"tls://{slurm_lab.hosts.caller_address}:")
+
+
+def test_worker_jobs_land_on_both_hosts(slurm_lab):
+    with MakePool(jobs=2, cores=2, memory="1GB", walltime="00:05:00") as pool:
+        hosts = {r[3] for r in pool.map(helpers.slurm_job_after, _items(40, 0.2))}
+        ids = pool.job_ids
+    assert hosts == {"node1", "node2"}
+    _wait_until_gone(slurm_lab, ids)
+
+
+def test_adapts_up_from_zero_jobs_and_back_to_zero(slurm_lab):
+    with MakePool(max_jobs=2, memory="1GB", walltime="00:05:00") as pool:
+        assert pool.job_ids == []
+        results = pool.map(helpers.slurm_job_after, _items(30, 0.1))
+        assert [r[0] for r in results] == list(range(30))
+        assert 1 <= len(pool.job_ids) <= 2
+        _wait_until_gone(slurm_lab, pool.job_ids)  # the call ended: the jobs end while the pool is open
+        assert pool.map(helpers.times_ten, [1, 2]) == [10, 20]  # and come back for the next call
+        address = pool.address
+    _wait_until_gone(slurm_lab, pool.job_ids)
+    assert not tcp_answers(address), f"the closed pool's scheduler still listens at {address}"
+
+
+def test_a_call_across_five_job_lifetimes_loses_nothing(slurm_lab):
+    """Workers retire before SLURM's time limit; new jobs take over, and every item comes back once, in order."""
+    item_seconds = 0.5
+    count = int(5 * LIFETIME_SECONDS * 2 / item_seconds)  # two workers busy for five lifetimes
+    started = time.monotonic()
+    with MakePool(jobs=2, memory="1GB", walltime=SHORTEST_WALLTIME) as pool:
+        indexes, jobs = [], set()
+        for index, job, _, _ in pool.imap(helpers.slurm_job_after, _items(count, item_seconds)):
+            indexes.append(index)
+            jobs.add(job)
+        ids = pool.job_ids
+    assert indexes == list(range(count))
+    assert time.monotonic() - started > 5 * LIFETIME_SECONDS
+    assert len(jobs) >= 6, f"results came from jobs {sorted(jobs)} only"
+    states = slurm_lab.run(["scontrol", "-o", "show", "job"]).stdout
+    assert "JobState=TIMEOUT" not in states, "a worker job reached its time limit instead of retiring before it"
+    _wait_until_gone(slurm_lab, ids)
+
+
+def test_a_cancelled_worker_job_loses_nothing(slurm_lab):
+    with MakePool(jobs=2, memory="1GB", walltime="00:05:00") as pool:
+        seen, victim = [], None
+        for index, job, _, _ in pool.imap(helpers.slurm_job_after, _items(60, 0.2)):
+            seen.append(index)
+            if victim is None and len(seen) == 10:
+                victim = job
+                slurm_lab.run(["scancel", victim])
+        assert seen == list(range(60))
+        assert len(pool.job_ids) >= 3, f"no job replaced the cancelled job {victim}: {pool.job_ids}"
+        ids = pool.job_ids
+    _wait_until_gone(slurm_lab, ids)
+
+
+def test_no_workers_error_names_the_pending_job_and_slurms_reason(slurm_lab, monkeypatch):
+    monkeypatch.setenv("GLIMPSE_NO_WORKERS_TIMEOUT", "15")
+    # Longer than the partition's MaxTime: SLURM accepts the job and leaves it pending.
+    with MakePool(jobs=1, memory="1GB", walltime="00:20:00") as pool:
+        with pytest.raises(NoWorkersError) as raised:
+            pool.map(helpers.times_ten, range(4))
+        ids = pool.job_ids
+    assert ids and f"job {ids[0]} PENDING (PartitionTimeLimit)" in str(raised.value)
+    _wait_until_gone(slurm_lab, ids)
+
+
+def test_a_job_slurm_refuses_fails_at_once_with_sbatchs_message(slurm_lab):
+    with pytest.raises(JobSubmitError, match="Requested node configuration is not available"):
+        MakePool(jobs=1, memory="50GB")
+    assert slurm_lab.jobs() == []
+
+
+def test_inside_an_sbatch_script_workers_start_with_srun(slurm_lab):
+    output = slurm_lab.shared / "in-allocation.out"
+    script = slurm_lab.shared / "in-allocation.sh"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/bin/sh
+            #SBATCH -n 2 -N 1 -o {output}
+            exec {sys.executable} - <<'EOF'
+            import os
+            import cloudpickle
+            from tests import helpers
+            cloudpickle.register_pickle_by_value(helpers)
+            from glimpse.pools import MakePool
+            with MakePool("slurm") as pool:
+                results = pool.map(helpers.slurm_job_after, [(i, 0.05) for i in range(20)])
+            print("indexes", [r[0] for r in results] == list(range(20)))
+            print("jobs", sorted({{r[1] for r in results}}), "mine", os.environ["SLURM_JOB_ID"])
+            print("steps", sorted({{r[2] for r in results}}))
+            EOF
+            """
+        )
+    )
+    submitted = slurm_lab.run(["sbatch", "--parsable", "--chdir", str(_repository()), str(script)])
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    _wait_until_gone(slurm_lab, [job], timeout=180)
+    text = output.read_text()
+    assert "indexes True" in text, text
+    assert f"jobs ['{job}'] mine {job}" in text, text
+    assert "steps ['0']" in text, text
+
+
+def _repository():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent
