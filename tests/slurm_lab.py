@@ -119,8 +119,11 @@ class SlurmLab:
                     pass
 
     def _cancel_all(self) -> None:
-        """scancel each job by id (never by user) and wait for the queue to empty; a dead controller
-        only makes this give up, since ending the hosts ends every job step anyway."""
+        """scancel each job by id (never by user) and wait for the queue to empty, partitioned hosts
+        healed first so that every slurmd hears of it; a dead controller only makes this give up,
+        since ending the hosts ends every job step anyway."""
+        for host in self.hosts.hosts:
+            self.hosts.heal(host)
         deadline = time.monotonic() + _DRAIN_SECONDS
         try:
             ids = [job for job, _, _ in self.jobs()]
@@ -134,7 +137,7 @@ class SlurmLab:
 
 def start_slurm_lab(base: Path, nodes: int = 1, cpus: int = 2, memory_mb: int = 4000) -> SlurmLab:
     """A SLURM cluster under ``base``: a controller host ``ctl`` and ``nodes`` node hosts ``node1..nodeN``,
-    each with ``CPUs=cpus RealMemory=memory_mb``, in partitions ``debug`` (the default, MaxTime=10:00) and
+    each with ``CPUs=cpus RealMemory=memory_mb``, in partitions ``debug`` (the default, MaxTime=60:00) and
     ``short`` (MaxTime=1), plus a munged of the caller's own. Returns once ``sinfo`` shows every node idle;
     a RuntimeError with the daemons' logs if that takes more than a minute.
 
@@ -144,21 +147,26 @@ def start_slurm_lab(base: Path, nodes: int = 1, cpus: int = 2, memory_mb: int = 
     """
     base.mkdir(parents=True, exist_ok=True)
     hosts = Hosts(base)
+    try:
+        controller = hosts.add("ctl")
+        node_hosts = [hosts.add(f"node{number}") for number in range(1, nodes + 1)]
+    except BaseException:
+        hosts.close()
+        raise
     shared = base / "shared"
-    shared.mkdir(mode=0o755, exist_ok=True)
+    shared.mkdir(exist_ok=True)
     shared.chmod(0o755)
     caller_dir = base / "caller"
     caller_dir.mkdir(exist_ok=True)
     lab = SlurmLab(
         hosts=hosts,
-        controller=hosts.add("ctl"),
-        nodes=[],
+        controller=controller,
+        nodes=node_hosts,
         conf=caller_dir / "slurm.conf",
         env={"SLURM_CONF": str(caller_dir / "slurm.conf")},
         shared=shared,
     )
     try:
-        lab.nodes = [hosts.add(f"node{number}") for number in range(1, nodes + 1)]
         _start(lab, caller_dir, cpus, memory_mb)
     except BaseException:
         lab.close()
@@ -216,7 +224,7 @@ def _start(lab: SlurmLab, caller_dir: Path, cpus: int, memory_mb: int) -> None:
     _wait(lambda: lab.run(["scontrol", "ping"], timeout=15).returncode == 0, deadline, lab, "slurmctld answers")
     for node in lab.nodes:
         node.start(["slurmd", "-D"], logs / f"{node.name}-slurmd.out", env=host_env)
-    _wait(lambda: _idle_nodes(lab) == len(lab.nodes), deadline, lab, "every node is idle")
+    _wait(lambda: _every_node_idle(lab), deadline, lab, "every node is idle")
 
 
 def _slurm_conf(controller: Host, nodes: list[Host], cpus: int, memory_mb: int) -> str:
@@ -250,7 +258,7 @@ SchedulerParameters=batch_sched_delay=0
 ReturnToService=2
 KillWait=5
 MinJobAge=60
-{node_lines}PartitionName=debug Nodes={names} Default=YES MaxTime=10:00 State=UP
+{node_lines}PartitionName=debug Nodes={names} Default=YES MaxTime=60:00 State=UP
 PartitionName=short Nodes={names} MaxTime=1 State=UP
 """
 
@@ -289,20 +297,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _idle_nodes(lab: SlurmLab) -> int:
-    result = lab.run(["sinfo", "-h", "-N", "-p", "debug", "-t", "idle", "-o", "%N"], timeout=15)
-    return len(result.stdout.split()) if result.returncode == 0 else 0
+def _every_node_idle(lab: SlurmLab) -> bool:
+    """Whether every node is idle; a node that SLURM set aside (drained, with a reason such as
+    "Low socket*core*thread count") ends the wait at once."""
+    result = lab.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N|%T|%E"], timeout=15)
+    if result.returncode != 0:
+        return False
+    nodes = [line.split("|", 2) for line in result.stdout.splitlines() if line.strip()]
+    set_aside = [f"{name} {state}: {reason}" for name, state, reason in nodes if reason != "none"]
+    if set_aside:
+        raise _NotStarting(f"SLURM set nodes aside: {'; '.join(set_aside)}")
+    return len(nodes) == len(lab.nodes) and all(state == "idle" for _, state, _ in nodes)
+
+
+class _NotStarting(Exception):
+    """The lab will not start, whatever the wait."""
 
 
 def _wait(ready, deadline: float, lab: SlurmLab, what: str) -> None:
+    why = f"not true within {_READY_SECONDS} s that {what}"
     while time.monotonic() < deadline:
         try:
             if ready():
                 return
         except subprocess.TimeoutExpired:
             pass
+        except _NotStarting as error:
+            why = str(error)
+            break
         time.sleep(0.2)
-    raise RuntimeError(f"the SLURM lab did not start: not true within {_READY_SECONDS} s that {what}\n{_report(lab)}")
+    raise RuntimeError(f"the SLURM lab did not start: {why}\n{_report(lab)}")
 
 
 def _report(lab: SlurmLab) -> str:
