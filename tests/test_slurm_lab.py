@@ -90,7 +90,7 @@ def _traces(lab: SlurmLab) -> dict:
         "netns": f"glimpse-{hosts.tag}-",
         "links": (f"gpb{hosts.tag}", f"gp{hosts.tag}"),
         "pid namespaces": {os.readlink(f"/proc/{host.entry_pid}/ns/pid") for host in hosts.hosts},
-        "groups": groups | {lab._munged.pid},
+        "groups": groups | ({lab._munged.pid} if lab._munged else set()),
     }
 
 
