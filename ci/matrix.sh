@@ -3,18 +3,19 @@
 # pools plus its own tests. The pytest fixtures start each engine on 127.0.0.1 in its own process
 # group and end it by that group's id.
 #
-#   bash ci/matrix.sh all            # every leg: local dask ray ipython zmq gearman multihost
+#   bash ci/matrix.sh all            # every leg: local dask ray ipython zmq gearman slurm multihost
 #   bash ci/matrix.sh dask ray       # some of them
 #   bash ci/matrix.sh --full multihost   # with the longest partition scenarios too
 #
 # The multihost leg runs every cluster type across simulated hosts (Linux namespaces on a bridge,
-# tests/multihost.py): it needs root, and skips with the reason elsewhere.
+# tests/multihost.py): it needs root, and skips with the reason elsewhere. So does the slurm leg, which
+# runs a real SLURM (Debian's slurmctld, slurmd, munge) on those simulated hosts (tests/slurm_lab.py).
 #
 # Set GLIMPSE_CI_NO_INSTALL=1 to skip the pip installs (an environment that has them already).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_BACKENDS=(local dask ray ipython zmq gearman multihost)
+ALL_BACKENDS=(local dask ray ipython zmq gearman slurm multihost)
 FULL=()
 if [ "${1:-}" = --full ]; then FULL=(--full); shift; fi
 backends=("$@")
@@ -50,6 +51,17 @@ ensure_gearmand() {
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends gearman-job-server
 }
 
+# SLURM's daemons and commands, and munge, come from Debian's packages.
+ensure_slurm() {
+  if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
+    && command -v munged >/dev/null; then return 0; fi
+  [ "${GLIMPSE_CI_NO_INSTALL:-0}" = 1 ] && return 0  # the tests skip, saying what to install
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 0
+  echo "installing slurmctld slurmd slurm-client munge with apt-get"
+  apt-get update -qq && \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge
+}
+
 # The multihost leg's hosts are namespaces made with ip (iproute2), unshare and nsenter (util-linux).
 ensure_namespace_tools() {
   if command -v ip >/dev/null && command -v nsenter >/dev/null && command -v unshare >/dev/null; then return 0; fi
@@ -65,6 +77,11 @@ run_backend() {
       local ignored=()
       for engine in "${ALL_BACKENDS[@]:1}"; do ignored+=("--ignore-glob=tests/test_${engine}_*.py"); done
       "$PYTHON" -m pytest --pools local "${ignored[@]}" "${FULL[@]}" tests ;;
+    slurm)
+      install "test,joblib,slurm" || return 1
+      ensure_slurm || return 1
+      ensure_namespace_tools || return 1
+      "$PYTHON" -m pytest --pools slurm "${FULL[@]}" "${CONTRACT_TESTS[@]}" tests/test_slurm_*.py ;;
     dask|ray|ipython|zmq|gearman)
       install "test,joblib,${backend}" || return 1
       if [ "$backend" = gearman ]; then ensure_gearmand || return 1; fi

@@ -43,16 +43,9 @@ def test_chunks_run_in_the_jobs_of_the_pool_over_tls(slurm_lab, slurm_pool):
     assert [r[0] for r in results] == list(range(40))
     assert {r[1] for r in results} <= set(slurm_pool.job_ids)
     assert all(r[1] for r in results)
+    assert {r[3] for r in results} == {"node1", "node2"}  # the lab puts each job on its least loaded node
     # TLS by default, and the scheduler listens on the caller's address on the nodes' network only.
     assert slurm_pool.address.startswith(f"tls://{slurm_lab.hosts.caller_address}:")
-
-
-def test_worker_jobs_land_on_both_hosts(slurm_lab):
-    with MakePool(jobs=2, cores=2, memory="1GB", walltime="00:05:00") as pool:
-        hosts = {r[3] for r in pool.map(helpers.slurm_job_after, _items(40, 0.2))}
-        ids = pool.job_ids
-    assert hosts == {"node1", "node2"}
-    _wait_until_gone(slurm_lab, ids)
 
 
 def test_adapts_up_from_zero_jobs_and_back_to_zero(slurm_lab):
@@ -96,6 +89,9 @@ def test_a_cancelled_worker_job_loses_nothing(slurm_lab):
                 victim = job
                 slurm_lab.run(["scancel", victim])
         assert seen == list(range(60))
+        deadline = time.monotonic() + 60
+        while len(pool.job_ids) < 3 and time.monotonic() < deadline:
+            time.sleep(1)
         assert len(pool.job_ids) >= 3, f"no job replaced the cancelled job {victim}: {pool.job_ids}"
         ids = pool.job_ids
     _wait_until_gone(slurm_lab, ids)
@@ -104,7 +100,7 @@ def test_a_cancelled_worker_job_loses_nothing(slurm_lab):
 def test_no_workers_error_names_the_pending_job_and_slurms_reason(slurm_lab, monkeypatch):
     monkeypatch.setenv("GLIMPSE_NO_WORKERS_TIMEOUT", "15")
     # Longer than the partition's MaxTime: SLURM accepts the job and leaves it pending.
-    with MakePool(jobs=1, memory="1GB", walltime="00:20:00") as pool:
+    with MakePool(jobs=1, memory="1GB", walltime="02:00:00") as pool:
         with pytest.raises(NoWorkersError) as raised:
             pool.map(helpers.times_ten, range(4))
         ids = pool.job_ids
@@ -113,9 +109,10 @@ def test_no_workers_error_names_the_pending_job_and_slurms_reason(slurm_lab, mon
 
 
 def test_a_job_slurm_refuses_fails_at_once_with_sbatchs_message(slurm_lab):
+    before = slurm_lab.jobs()
     with pytest.raises(JobSubmitError, match="Requested node configuration is not available"):
         MakePool(jobs=1, memory="50GB")
-    assert slurm_lab.jobs() == []
+    assert slurm_lab.jobs() == before
 
 
 def test_inside_an_sbatch_script_workers_start_with_srun(slurm_lab):

@@ -14,7 +14,7 @@ from typing import Any
 from distributed import Client, LocalCluster, Security
 
 from glimpse.pools.backends.dask.pool import DaskPool
-from glimpse.pools.backends.slurm import queue
+from glimpse.pools.backends.slurm import queue, tls
 from glimpse.pools.backends.slurm.allocation import AllocationWorkers, allocation_nodes, in_allocation
 from glimpse.pools.backends.slurm.backend import SlurmBackend
 from glimpse.pools.backends.slurm.jobs import JobLedger, JobSpec, start_job_cluster
@@ -124,8 +124,8 @@ class SlurmPool(ClusterPool):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
         work_dir = _pool_directory(directory)
-        self.security = _security(security)
         try:
+            self.security = _security(security, work_dir)
             if in_allocation() if allocation is None else allocation:
                 backend = _allocation_backend(self.security, interface, work_dir)
             else:
@@ -187,19 +187,17 @@ def _allocation_backend(security: Security | None, interface: str | None, work_d
     cluster = LocalCluster(**options)
     try:
         client = Client(cluster, security=security, set_as_default=False)
-        workers = AllocationWorkers(
-            cluster.scheduler_address, _worker_tls_files(security, work_dir), work_dir / "workers.log"
-        )
+        workers = AllocationWorkers(cluster.scheduler_address, tls.worker_options(security), work_dir / "workers.log")
     except BaseException:
         cluster.close()
         raise
     return SlurmBackend(client, cluster, JobLedger(), work_dir, on_close=workers.stop, step_failure=workers.failure)
 
 
-def _security(security: Security | bool) -> Security | None:
+def _security(security: Security | bool, work_dir: Path) -> Security | None:
     if security is True:
         try:
-            return Security.temporary()
+            return tls.on_files(Security.temporary(), work_dir)
         except ImportError:
             raise ImportError(
                 "TLS between the scheduler and the worker jobs needs the cryptography package: "
@@ -208,25 +206,6 @@ def _security(security: Security | bool) -> Security | None:
     if security is False or security is None:
         return None
     return security
-
-
-def _worker_tls_files(security: Security | None, work_dir: Path) -> list[str]:
-    """``dask worker``'s TLS options, the PEMs written to files in ``work_dir`` (mode 0600)."""
-    if security is None:
-        return []
-    options = []
-    config = security.get_tls_config_for_role("worker")
-    for option, key in (("--tls-ca-file", "ca_file"), ("--tls-cert", "cert"), ("--tls-key", "key")):
-        value = config.get(key)
-        if not value:
-            continue
-        if "\n" in value:  # a PEM held in memory (Security.temporary())
-            path = work_dir / f"worker-{key}.pem"
-            path.touch(mode=0o600)
-            path.write_text(value)
-            value = str(path)
-        options += [option, value]
-    return options
 
 
 def _interface_address(interface: str) -> str:
