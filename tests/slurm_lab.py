@@ -137,9 +137,10 @@ class SlurmLab:
 
 def start_slurm_lab(base: Path, nodes: int = 1, cpus: int = 2, memory_mb: int = 4000) -> SlurmLab:
     """A SLURM cluster under ``base``: a controller host ``ctl`` and ``nodes`` node hosts ``node1..nodeN``,
-    each with ``CPUs=cpus RealMemory=memory_mb``, in partitions ``debug`` (the default, MaxTime=60:00, jobs on the least loaded node first) and
-    ``short`` (MaxTime=1), plus a munged of the caller's own. Returns once ``sinfo`` shows every node idle;
-    a RuntimeError with the daemons' logs if that takes more than a minute.
+    each with ``CPUs=cpus RealMemory=memory_mb``, in partitions ``debug`` (the default, MaxTime=60:00,
+    jobs on the least loaded node first) and ``short`` (MaxTime=1), plus a munged of the caller's own.
+    Returns once ``sinfo`` shows every node idle; a RuntimeError with the daemons' logs if that takes more
+    than a minute.
 
     ``cpus`` and ``memory_mb`` must not exceed the machine's (slurmd drains a node that has less than
     slurm.conf says). One lab at a time per process, and not alongside another :class:`Hosts`: the

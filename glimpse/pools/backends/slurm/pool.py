@@ -20,6 +20,7 @@ from glimpse.pools.backends.slurm.backend import SlurmBackend
 from glimpse.pools.backends.slurm.jobs import JobLedger, JobSpec, start_job_cluster
 from glimpse.pools.backends.slurm.lifetime import lifetime_within
 from glimpse.pools.backends.slurm.network import scheduler_host
+from glimpse.pools.backends.slurm.relay import Relay
 from glimpse.pools.cluster.pool import ClusterPool, remade
 
 DIRECTORY_VARIABLE = "GLIMPSE_SLURM_DIRECTORY"
@@ -169,14 +170,15 @@ def _job_backend(
     cluster = start_job_cluster(spec, host, security, ledger)
     try:
         client = Client(cluster, security=security, set_as_default=False)
-        if jobs is not None:
-            cluster.adapt(minimum=jobs, maximum=jobs)  # adapt, not scale: a job that ends is replaced
-        else:
+        if jobs is None:
             cluster.adapt(minimum=0, maximum=max_jobs or DEFAULT_MAX_JOBS)
+            return SlurmBackend(client, cluster, ledger, spec.directory)
+        adaptive = cluster.adapt(minimum=jobs, maximum=jobs)  # adapt, not scale: a job that ends is replaced
+        relay = Relay(client, adaptive, jobs, spec.lifetime)
     except BaseException:
         cluster.close()
         raise
-    return SlurmBackend(client, cluster, ledger, spec.directory)
+    return SlurmBackend(client, cluster, ledger, spec.directory, on_close=relay.stop)
 
 
 def _allocation_backend(security: Security | None, interface: str | None, work_dir: Path) -> SlurmBackend:
