@@ -59,7 +59,7 @@ def test_make_pool_rejects_unknown_kind_listing_known_ones():
 
 
 def test_import_loads_no_engine():
-    engines = ["dask", "distributed", "ray", "ipyparallel", "zmq", "gearman", "tqdm"]
+    engines = ["dask", "distributed", "dask_jobqueue", "ray", "ipyparallel", "zmq", "gearman", "tqdm"]
     code = f"import sys, glimpse.pools; print(','.join(m for m in {engines!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "", f"import glimpse.pools imported {loaded}"
