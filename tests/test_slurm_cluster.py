@@ -13,6 +13,7 @@ import pytest
 from glimpse.pools import JobSubmitError, NoWorkersError
 from glimpse.pools.cluster.reachability import tcp_answers
 from tests import helpers
+from tests.engines._processes import free_port, start_process, stop_process_group
 
 pytest.importorskip("dask_jobqueue")
 
@@ -126,6 +127,7 @@ def test_inside_an_sbatch_script_workers_start_with_srun(slurm_lab):
             import os
             import cloudpickle
             from tests import helpers
+from tests.engines._processes import free_port, start_process, stop_process_group
             cloudpickle.register_pickle_by_value(helpers)
             from glimpse.pools import MakePool
             with MakePool("slurm") as pool:
@@ -145,6 +147,37 @@ def test_inside_an_sbatch_script_workers_start_with_srun(slurm_lab):
     assert "indexes True" in text, text
     assert f"jobs ['{job}'] mine {job}" in text, text
     assert "steps ['0']" in text, text
+
+
+def test_a_pool_keeps_worker_jobs_for_a_scheduler_on_the_login_node(slurm_lab, tmp_path):
+    """``LaunchBroker`` picks the address the nodes reach; ``MakePool(address=...)`` submits jobs for it."""
+    from distributed import Security
+
+    from glimpse.pools.backends.slurm.tls import on_files
+
+    credentials = slurm_lab.shared / "login-node-tls"
+    credentials.mkdir()
+    security = on_files(Security.temporary(), credentials)
+    files = [security.tls_ca_file, security.tls_scheduler_cert, security.tls_scheduler_key]
+    port = free_port()
+    broker = start_process(
+        [sys.executable, "-m", "glimpse.pools.cli", "--type", "slurm", "LaunchBroker", "--port", str(port)]
+        + ["--tls-ca-file", files[0], "--tls-cert", files[1], "--tls-key", files[2]],
+        tmp_path / "broker.log",
+    )
+    try:
+        address = f"tls://{slurm_lab.hosts.caller_address}:{port}"
+        deadline = time.monotonic() + 60
+        while not tcp_answers(address) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with MakePool(jobs=2, address=address, security=security, memory="1GB", walltime="00:05:00") as pool:
+            results = pool.map(helpers.slurm_job_after, _items(20, 0.05))
+            ids = pool.job_ids
+        assert [r[0] for r in results] == list(range(20))
+        assert {r[1] for r in results} <= set(ids) and len(ids) >= 2
+        _wait_until_gone(slurm_lab, ids)
+    finally:
+        stop_process_group(broker)
 
 
 def _repository():

@@ -12,6 +12,7 @@ from distributed import Security
 
 from glimpse.pools.backends.slurm import queue
 from glimpse.pools.backends.slurm.jobs import JobLedger, JobSpec
+from glimpse.pools.errors import JobSubmitError
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,24 @@ class JobKeeper:
 
     def keep(self) -> None:
         """Submit jobs until ``count`` are queued or running; check again every few seconds until stopped.
-        A refused ``sbatch`` raises ``JobSubmitError`` with SLURM's message."""
+        A refused ``sbatch`` raises ``JobSubmitError`` with SLURM's message (and is in the ledger)."""
         while not self._stopped.is_set():
-            self.top_up()
+            try:
+                self.top_up()
+            except JobSubmitError as refused:
+                self.ledger.refuse(str(refused))
+                raise
             self._stopped.wait(CHECK_SECONDS)
+
+    def keep_in_background(self) -> None:
+        """:meth:`keep` in a thread of its own, until :meth:`stop`."""
+        threading.Thread(target=self._keep_quietly, name="glimpse-slurm-jobs", daemon=True).start()
+
+    def _keep_quietly(self) -> None:
+        try:
+            self.keep()
+        except Exception as exc:  # in the ledger (a refusal) or logged: the pool's health reports it
+            log.warning("stopped submitting worker jobs: %s", exc)
 
     def top_up(self) -> None:
         """Replace the jobs that ended since the last check."""

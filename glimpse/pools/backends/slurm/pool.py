@@ -13,11 +13,12 @@ from typing import Any
 
 from distributed import Client, LocalCluster, Security
 
-from glimpse.pools.backends.dask.pool import DaskPool
+from glimpse.pools.backends.dask.pool import DaskPool, connect
 from glimpse.pools.backends.slurm import queue, tls
 from glimpse.pools.backends.slurm.allocation import AllocationWorkers, allocation_nodes, in_allocation
 from glimpse.pools.backends.slurm.backend import SlurmBackend
-from glimpse.pools.backends.slurm.jobs import JobLedger, JobSpec, start_job_cluster
+from glimpse.pools.backends.slurm.jobs import JobLedger, JobSpec, check_job_script, start_job_cluster
+from glimpse.pools.backends.slurm.keeper import JobKeeper, worker_job_script
 from glimpse.pools.backends.slurm.lifetime import lifetime_within
 from glimpse.pools.backends.slurm.network import scheduler_host
 from glimpse.pools.backends.slurm.relay import Relay
@@ -39,6 +40,7 @@ def MakePool(
     jobs: int | None = None,
     max_jobs: int | None = None,
     job_extra: Iterable[str] = (),
+    address: str | None = None,
     security: Security | bool = True,
     interface: str | None = None,
     directory: str | os.PathLike[str] | None = None,
@@ -58,6 +60,7 @@ def MakePool(
         jobs,
         max_jobs,
         job_extra,
+        address,
         security,
         interface,
         directory,
@@ -82,6 +85,10 @@ class SlurmPool(ClusterPool):
         max_jobs: Adapt instead: submit jobs (up to this many) while a call has work, and end them when
             it has none. The default, without ``jobs``, adapts up to 4 jobs.
         job_extra: More ``#SBATCH`` options (``["--qos=long", "--constraint=avx2"]``).
+        address: A scheduler already running (``glimpse-cluster --type slurm LaunchBroker`` on the login
+            node) instead of one in this process: the pool keeps ``jobs`` worker jobs for it (default 1),
+            replacing each that ends; no adapting. Its TLS certificates go in ``security`` (files every
+            node sees).
         security: TLS between the scheduler and the workers: ``True`` (default) makes temporary
             credentials for this pool (other users share the cluster's network); a
             ``distributed.Security`` uses yours; ``False`` turns TLS off.
@@ -110,6 +117,7 @@ class SlurmPool(ClusterPool):
         jobs: int | None = None,
         max_jobs: int | None = None,
         job_extra: Iterable[str] = (),
+        address: str | None = None,
         security: Security | bool = True,
         interface: str | None = None,
         directory: str | os.PathLike[str] | None = None,
@@ -124,10 +132,14 @@ class SlurmPool(ClusterPool):
         for name, value in (("cores", cores), ("jobs", jobs), ("max_jobs", max_jobs)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+        if address is not None and max_jobs is not None:
+            raise ValueError(
+                "with address=, the pool keeps jobs= worker jobs; adapting (max_jobs=) needs its own scheduler"
+            )
         work_dir = _pool_directory(directory)
         try:
-            self.security = _security(security, work_dir)
-            if in_allocation() if allocation is None else allocation:
+            self.security = _security(security, work_dir) if address is None else _given_security(security, address)
+            if address is None and (in_allocation() if allocation is None else allocation):
                 backend = _allocation_backend(self.security, interface, work_dir)
             else:
                 spec = JobSpec(
@@ -140,7 +152,10 @@ class SlurmPool(ClusterPool):
                     lifetime=lifetime_within(queue_seconds(walltime), lifetime_margin),
                     directory=work_dir,
                 )
-                backend = _job_backend(spec, self.security, interface, jobs, max_jobs)
+                if address is None:
+                    backend = _job_backend(spec, self.security, interface, jobs, max_jobs)
+                else:
+                    backend = _address_backend(address, spec, self.security, jobs or 1)
         except BaseException:
             _remove(work_dir)
             raise
@@ -179,6 +194,33 @@ def _job_backend(
         cluster.close()
         raise
     return SlurmBackend(client, cluster, ledger, spec.directory, on_close=relay.stop)
+
+
+def _address_backend(address: str, spec: JobSpec, security: Security | None, jobs: int) -> SlurmBackend:
+    client = connect(address, "the address argument", security=security)
+    try:
+        script = worker_job_script(spec, client.scheduler.address, security)
+        check_job_script(script, spec.directory)
+        ledger = JobLedger()
+        keeper = JobKeeper(script, jobs, spec.directory, ledger)
+        keeper.keep_in_background()
+    except BaseException:
+        client.close()
+        raise
+    return SlurmBackend(client, None, ledger, spec.directory, on_close=keeper.stop)
+
+
+def _given_security(security: Security | bool, address: str) -> Security | None:
+    """The TLS of a scheduler the pool did not start: yours (``True`` cannot make it up)."""
+    if isinstance(security, Security):
+        return security
+    if address.startswith("tls://"):
+        raise ValueError(
+            f"the scheduler at {address} uses TLS: pass security=distributed.Security(tls_ca_file=..., "
+            "tls_client_cert=..., tls_client_key=..., tls_worker_cert=..., tls_worker_key=...) with the files it "
+            "was started with, on a filesystem every node sees"
+        )
+    return None
 
 
 def _allocation_backend(security: Security | None, interface: str | None, work_dir: Path) -> SlurmBackend:

@@ -27,7 +27,7 @@ def on_files(security: Security, directory: Path) -> Security:
             written[value] = str(path)
         return written[value]
 
-    fields["tls_ca_file"] = as_file("ca", security.tls_ca_file)
+    fields["tls_ca_file"] = as_file("ca", getattr(security, "tls_ca_file"))  # noqa: B009 (set dynamically)
     for role in _ROLES:
         fields[f"tls_{role}_cert"] = as_file(f"{role}-cert", getattr(security, f"tls_{role}_cert"))
         fields[f"tls_{role}_key"] = as_file(f"{role}-key", getattr(security, f"tls_{role}_key"))
