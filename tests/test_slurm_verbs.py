@@ -186,7 +186,7 @@ def test_launch_worker_replaces_a_cancelled_job(slurm_lab, launched):
 def test_kill_workers_retires_the_workers_and_cancels_their_jobs(slurm_lab, tls_files, broker, launched):
     with Client(broker, security=_client_security(tls_files), timeout=30, set_as_default=False) as client:
         client.wait_for_workers(JOBS, timeout=HANG_SECONDS)
-        serving = {j for j in client.run(_job_id).values() if j}
+        serving = {job for _, job, _, _ in client.run(helpers.slurm_job_after, (0, 0)).values() if job}
     assert len(serving) == JOBS
     killed = _verb(slurm_lab, "KillWorkers", "--address", broker, *_tls_options(tls_files))
     assert killed.returncode == 0, killed.stderr
@@ -196,15 +196,11 @@ def test_kill_workers_retires_the_workers_and_cancels_their_jobs(slurm_lab, tls_
 
 def test_stopping_launch_worker_cancels_every_job_it_submitted(slurm_lab, launched):
     process, log = launched
-    assert set(_queued(slurm_lab)) & set(_submitted(log)), (_submitted(log), slurm_lab.jobs())
+    _wait_for("a job of LaunchWorker in squeue", lambda: set(_queued(slurm_lab)) & set(_submitted(log)))
     stop_process_group(process)
     assert process.returncode == 0, log.read_text()
     ids = _submitted(log)
     _wait_for(f"every job of LaunchWorker {ids} left squeue", lambda: not set(_queued(slurm_lab)) & set(ids))
-
-
-def _job_id() -> str | None:
-    return os.environ.get("SLURM_JOB_ID")
 
 
 @pytest.mark.parametrize(
