@@ -122,5 +122,6 @@ def limits(pool_kind) -> set[str]:
     pickled), ``sequential`` (one item at a time), ``no_worker_replacement`` (a killed worker
     is not replaced, so worker-death tests would shrink the cluster), ``finishes_cancelled_chunks``
     (cancelled chunks already running are left to finish: a cluster the pool does not own),
-    ``keeps_timed_out_threads`` (an item that timed out is left running in its worker process)."""
+    ``keeps_timed_out_threads`` (an item that timed out is left running in its worker process),
+    ``workers_on_other_hosts`` (its worker processes are not this machine's to see)."""
     return POOL_LIMITS.get(pool_kind, set())

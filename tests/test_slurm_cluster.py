@@ -122,7 +122,7 @@ def test_inside_an_sbatch_script_workers_start_with_srun(slurm_lab):
         textwrap.dedent(
             f"""\
             #!/bin/sh
-            #SBATCH -n 2 -N 1 -o {output}
+            #SBATCH -n 2 -o {output}
             exec {sys.executable} - <<'EOF'
             import os
             import cloudpickle

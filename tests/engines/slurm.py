@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 POOLS = {"slurm": "slurm_pool"}
-LIMITS: dict[str, set[str]] = {}
+# Its workers run on the lab's node hosts, each with processes of its own (PID namespaces).
+LIMITS: dict[str, set[str]] = {"slurm": {"workers_on_other_hosts"}}
 
 #: Longer than the contract suite, so no worker retires for its job's time limit in the middle of it.
 SUITE_WALLTIME = "00:30:00"

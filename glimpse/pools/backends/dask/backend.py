@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import threading
 import time
 import warnings
@@ -29,7 +28,7 @@ from glimpse.pools.cluster.reachability import PROBE_SECONDS, head_silent, tcp_a
 from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, ClusterLost, Health
 from glimpse.pools.contract.backend import INLINE_FUNCTION_BYTES
 from glimpse.pools.contract.out_of_band import unpickled_if_large
-from glimpse.pools.contract.worker_policy import parse_where
+from glimpse.pools.contract.worker_policy import worker_where
 from glimpse.pools.contract.worker_runner import run_chunk
 from glimpse.pools.errors import ClusterConnectionError
 
@@ -239,9 +238,7 @@ class DaskBackend(Backend):
         """Restart the worker an item's thread was left running in, on the cluster the pool owns."""
         if self.cluster is None:
             return  # not our cluster: its workers may run other clients' tasks
-        pid, _ = parse_where(where)
-        pids = self.client.run(os.getpid, on_error="ignore")
-        busy = [address for address, worker_pid in pids.items() if worker_pid == pid]
+        busy = [address for address, at in self.client.run(worker_where, on_error="ignore").items() if at == where]
         if busy:
             log.info("restarting Dask worker %s: an item that timed out left its thread running there", busy[0])
             self._restart_in_background(busy)
