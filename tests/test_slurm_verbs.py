@@ -159,10 +159,6 @@ def test_worker_jobs_run_the_calls_of_a_dask_pool(slurm_lab, tls_files, broker, 
 
 #: PingWorkers and KillWorkers find each worker's job with ``client.run(os.environ.get, "SLURM_JOB_ID")``:
 #: the bound method pickles the caller's ``os.environ`` with it, so every worker answers None.
-_ENVIRON_PICKLED = "verbs._worker_jobs sends the caller's os.environ to the workers (a pickled bound method)"
-
-
-@pytest.mark.xfail(strict=True, reason=_ENVIRON_PICKLED)
 def test_ping_workers_prints_each_worker_with_its_job_running(slurm_lab, tls_files, broker, launched):
     _, log = launched
     pinged = _verb(slurm_lab, "PingWorkers", "--address", broker, *_tls_options(tls_files))
@@ -182,7 +178,6 @@ def test_launch_worker_replaces_a_cancelled_job(slurm_lab, launched):
     _wait_for(f"the replacement {replacement[0]} in squeue", lambda: replacement[0] in _queued(slurm_lab))
 
 
-@pytest.mark.xfail(strict=True, reason=_ENVIRON_PICKLED)
 def test_kill_workers_retires_the_workers_and_cancels_their_jobs(slurm_lab, tls_files, broker, launched):
     with Client(broker, security=_client_security(tls_files), timeout=30, set_as_default=False) as client:
         client.wait_for_workers(JOBS, timeout=HANG_SECONDS)
@@ -208,13 +203,7 @@ def test_stopping_launch_worker_cancels_every_job_it_submitted(slurm_lab, launch
     [
         (["--walltime", "soon"], "walltime 'soon' is not a SLURM time"),
         (["--walltime", "00:00:20"], "ask for a longer walltime"),
-        pytest.param(
-            ["--memory", "50GB"],
-            "Requested node configuration is not available",
-            marks=pytest.mark.xfail(
-                strict=True, reason="JobSubmitError (a RuntimeError) escapes run_verbs: a traceback, sbatch's two lines"
-            ),
-        ),
+        (["--memory", "50GB"], "Requested node configuration is not available"),
     ],
     ids=["not-a-time", "too-short", "refused"],
 )

@@ -69,7 +69,7 @@ class JobKeeper:
         states = queue.job_states(self.live)
         ended = [j for j in self.live if j not in states or states[j].state in queue.ENDED]
         for job_id in ended:
-            log.info("worker %s ended; submitting a new one", states.get(job_id, f"job {job_id}"))
+            log.info("%s ended; submitting a new worker job", states.get(job_id, f"job {job_id}"))
         self.live = [j for j in self.live if j not in ended]
         while len(self.live) < self.count and not self._stopped.is_set():
             job_id = queue.submit(str(self.path))

@@ -20,6 +20,7 @@ from glimpse.pools.backends.slurm.lifetime import lifetime_within
 from glimpse.pools.backends.slurm.network import scheduler_host
 from glimpse.pools.backends.slurm.pool import DEFAULT_WALLTIME
 from glimpse.pools.cluster.verbs import Verb, run_verbs, until_stopped
+from glimpse.pools.errors import JobSubmitError
 
 PROG = "glimpse-cluster --type slurm"
 
@@ -85,13 +86,20 @@ def _launch_worker(args: argparse.Namespace) -> int:
         print(f"keeping {args.jobs} worker jobs for {address}; Ctrl-C or SIGTERM cancels them", flush=True)
         try:
             return until_stopped(keeper.keep)
+        except JobSubmitError as refused:
+            raise ValueError(" ".join(str(refused).split())) from None
         finally:
             keeper.stop()
 
 
 def _worker_jobs(client) -> dict[str, str]:
     """Each worker's SLURM job id (workers outside SLURM have none)."""
-    return {w: j for w, j in client.run(os.environ.get, "SLURM_JOB_ID", on_error="ignore").items() if j}
+    return {w: j for w, j in client.run(_job_id, on_error="ignore").items() if j}
+
+
+def _job_id() -> str | None:
+    """Run on a worker: the SLURM job it runs in."""
+    return os.environ.get("SLURM_JOB_ID")
 
 
 def _ping_workers(args: argparse.Namespace) -> int:
