@@ -82,9 +82,10 @@ run_backend() {
       ensure_slurm || return 1
       ensure_namespace_tools || return 1
       # The lab's own checks start a lab of their own: one process holds one lab at a time.
+      local slurm_tests=()
+      for file in tests/test_slurm_*.py; do [ "$file" = tests/test_slurm_lab.py ] || slurm_tests+=("$file"); done
       "$PYTHON" -m pytest "${FULL[@]}" tests/test_slurm_lab.py && \
-        "$PYTHON" -m pytest --pools slurm "${FULL[@]}" "${CONTRACT_TESTS[@]}" tests/test_slurm_*.py \
-        --ignore=tests/test_slurm_lab.py ;;
+        "$PYTHON" -m pytest --pools slurm "${FULL[@]}" "${CONTRACT_TESTS[@]}" "${slurm_tests[@]}" ;;
     dask|ray|ipython|zmq|gearman)
       install "test,joblib,${backend}" || return 1
       if [ "$backend" = gearman ]; then ensure_gearmand || return 1; fi

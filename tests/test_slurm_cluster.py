@@ -40,8 +40,8 @@ def _wait_until_gone(lab, job_ids: list[str], timeout: float = 60.0) -> None:
 
 
 def test_chunks_run_in_the_jobs_of_the_pool_over_tls(slurm_lab, slurm_pool):
-    results = slurm_pool.map(helpers.slurm_job_after, _items(40, 0.05))
-    assert [r[0] for r in results] == list(range(40))
+    results = slurm_pool.map(helpers.slurm_job_after, _items(8, 0.5), chunksize=1)  # both workers busy
+    assert [r[0] for r in results] == list(range(8))
     assert {r[1] for r in results} <= set(slurm_pool.job_ids)
     assert all(r[1] for r in results)
     assert {r[3] for r in results} == {"node1", "node2"}  # the lab puts each job on its least loaded node
@@ -127,7 +127,6 @@ def test_inside_an_sbatch_script_workers_start_with_srun(slurm_lab):
             import os
             import cloudpickle
             from tests import helpers
-from tests.engines._processes import free_port, start_process, stop_process_group
             cloudpickle.register_pickle_by_value(helpers)
             from glimpse.pools import MakePool
             with MakePool("slurm") as pool:
