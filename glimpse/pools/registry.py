@@ -25,12 +25,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ClusterType:
-    """A cluster module's pip extra, the modules that extra provides, and the programs (outside pip)
-    an embedded cluster of that type runs."""
+    """A cluster module's pip extra, the modules that extra provides, the programs (outside pip)
+    an embedded cluster of that type runs, and whether a pool can start one (``embedded``: SLURM
+    pools need a SLURM that runs already)."""
 
     extra: str
     requires: tuple[str, ...]
     programs: tuple[str, ...] = ()
+    embedded: bool = True
 
 
 CLUSTER_TYPES: dict[str, ClusterType] = {
@@ -41,7 +43,9 @@ CLUSTER_TYPES: dict[str, ClusterType] = {
     # The protocol client is the package's own; gearmand (apt: gearman-job-server) runs the queue.
     "gearman": ClusterType("gearman", (), programs=("gearmand",)),
     # Dask workers as SLURM jobs (dask-jobqueue); SLURM's commands come with the cluster (apt: slurm-client).
-    "slurm": ClusterType("slurm", ("dask", "distributed", "dask_jobqueue", "cryptography"), programs=("sbatch",)),
+    "slurm": ClusterType(
+        "slurm", ("dask", "distributed", "dask_jobqueue", "cryptography"), programs=("sbatch",), embedded=False
+    ),
 }
 LOCAL_POOLS = ("singlecore", "multicore")
 DEFAULT_CLUSTER_TYPE = "ipython"
@@ -110,6 +114,8 @@ def extra_installed(cluster_type: str) -> bool:
 
 def embedded_runs_here(cluster_type: str) -> bool:
     """Whether an embedded cluster of this type can start here: its extra and its programs are installed."""
+    if not CLUSTER_TYPES[cluster_type].embedded:
+        return False
     programs = CLUSTER_TYPES[cluster_type].programs
     found = (shutil.which(p) or any(os.access(f"{d}/{p}", os.X_OK) for d in _SBIN) for p in programs)
     return extra_installed(cluster_type) and all(found)
