@@ -13,12 +13,12 @@ sleeps 0.5 s (no CPU) and returns a 1 MiB numpy array.
 
 Rows: the time from making the pool to the first result (``MakePool("slurm", jobs=2, ...)`` then
 ``next(pool.imap(...))``, against ``SLURMCluster(...)`` to the first of ``as_completed``), median of
-3 of each, interleaved; then the efficiency of one call across job lifetimes: walltime 1 minute
-(SLURM's smallest, a worker lifetime of about 40 s), 2 jobs, items for about 4 lifetimes (2 with
-``--quick``), timed from the moment both workers are connected; efficiency = ideal time (items x
-0.5 s / 2 workers) / wall time, and the same per job-second: the items' time / the seconds of the
-jobs SLURM ran during the call (what an account is charged; a pool that holds more jobs at times
-finishes sooner, at that cost).
+3 of each (1 with ``--quick``), interleaved, after one untimed run of each; then the efficiency of
+one call across job lifetimes: walltime 1 minute (SLURM's smallest, a worker lifetime of about
+40 s), 2 jobs, items for about 4 lifetimes (2 with ``--quick``), timed from the moment both workers
+are connected; efficiency = ideal time (items x 0.5 s / 2 workers) / wall time, and the same per
+job-second: the items' time / the seconds of the jobs SLURM ran during the call (what an account is
+charged; a pool that holds more jobs at times finishes sooner, at that cost).
 
 How to read the output: a ratio above 1 means glimpse did better (by hand / glimpse for times,
 glimpse / by hand for efficiencies). An efficiency above 1 means the call had more than 2 workers
