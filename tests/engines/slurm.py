@@ -11,6 +11,7 @@ LIMITS: dict[str, set[str]] = {"slurm": {"workers_on_other_hosts"}}
 
 #: Longer than the contract suite, so no worker retires for its job's time limit in the middle of it.
 SUITE_WALLTIME = "00:30:00"
+STARTUP_SECONDS = 120.0
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +40,8 @@ def slurm_pool(slurm_lab):
     from glimpse.pools.slurm_cluster import MakePool
 
     pool = MakePool(jobs=2, cores=1, memory="1GB", walltime=SUITE_WALLTIME)
+    # Ready before the suite starts, as the other engines' fixtures are: both worker jobs running.
+    pool.cluster.wait_for_workers(2, timeout=STARTUP_SECONDS)
     yield pool
     pool.terminate()
     pool.join()
