@@ -76,7 +76,9 @@ class DaskBackend(Backend):
         # scheduler that went away keeps the last count; health() then says what happened.
         if time.monotonic() - self._threads_checked > _THREADS_TTL_SECONDS:
             self._threads_checked = time.monotonic()
-            if self.client.status == "running" and tcp_answers(self.address, timeout=0.5):
+            # A scheduler in this process needs no probe (and a TLS one logs each as a failed handshake).
+            in_process = self.cluster is not None
+            if self.client.status == "running" and (in_process or tcp_answers(self.address, timeout=0.5)):
                 try:
                     threads = self.client.nthreads(callback_timeout=PROBE_SECONDS)
                     self._threads = max(1, sum(threads.values()))
