@@ -29,8 +29,8 @@ _JOBS_NAMED = 8
 class SlurmBackend(DaskBackend):
     """Runs chunks on the Dask ``client`` of ``cluster`` (its scheduler in this process), whose workers
     are the SLURM jobs in ``ledger`` (or an ``srun`` step: ``step_failure`` says why it ended, if it
-    did). ``on_close`` ends the workers glimpse started; ``directory`` (job logs, TLS files) is
-    removed on close."""
+    did, and ``no_jobs`` what the workers are waiting for). ``on_close`` ends the workers glimpse
+    started; ``directory`` (job logs, TLS files) is removed on close."""
 
     def __init__(
         self,
@@ -40,12 +40,14 @@ class SlurmBackend(DaskBackend):
         directory: Path,
         on_close: Callable[[], None] = lambda: None,
         step_failure: Callable[[], str | None] = lambda: None,
+        no_jobs: str = "no SLURM job submitted yet",
     ):
         super().__init__(client, owns_client=True, cluster=cluster)
         self.ledger = ledger
         self.directory = directory
         self._on_close = on_close
         self._step_failure = step_failure
+        self._no_jobs = no_jobs
 
     def health(self) -> Health:
         health = super().health()
@@ -62,7 +64,7 @@ class SlurmBackend(DaskBackend):
         """The pool's latest jobs as SLURM reports them, with the end of the log of each that ended."""
         ids = self.ledger.ids()[-_JOBS_NAMED:]
         if not ids:
-            return "no SLURM job submitted yet"
+            return self._no_jobs
         try:
             states = queue.job_states(ids)
         except (OSError, RuntimeError) as exc:

@@ -4,7 +4,6 @@ scheduler that listens only where the compute nodes reach it."""
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,6 @@ from distributed import Security
 from glimpse.pools.backends.dask.launch import TCP_TIMEOUT_VARIABLE, engine_environment
 from glimpse.pools.backends.slurm import queue
 from glimpse.pools.backends.slurm.lifetime import Lifetime
-
-log = logging.getLogger(__name__)
 
 JOB_NAME = "glimpse-worker"
 
@@ -115,7 +112,7 @@ def check_job_script(script: str, directory: Path) -> None:
     path = directory / "check-job.sh"
     path.write_text(script)
     try:
-        queue.test_submit(str(path))
+        queue.check_submission(str(path))
     finally:
         path.unlink(missing_ok=True)
 

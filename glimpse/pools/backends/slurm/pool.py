@@ -28,7 +28,6 @@ DIRECTORY_VARIABLE = "GLIMPSE_SLURM_DIRECTORY"
 ENVIRONMENT = (DIRECTORY_VARIABLE,)
 DEFAULT_WALLTIME = "00:30:00"
 DEFAULT_MAX_JOBS = 4
-_WORKERS_SECONDS = 120.0
 
 
 def MakePool(
@@ -149,7 +148,7 @@ class SlurmPool(ClusterPool):
                     queue=queue,
                     account=account,
                     job_extra=list(job_extra),
-                    lifetime=lifetime_within(queue_seconds(walltime), lifetime_margin),
+                    lifetime=lifetime_within(_walltime_seconds(walltime), lifetime_margin),
                     directory=work_dir,
                 )
                 if address is None:
@@ -172,9 +171,8 @@ class SlurmPool(ClusterPool):
         return remade, (DaskPool, (self.address,), {**self._setup_arguments(), "security": self.security})
 
 
-def queue_seconds(walltime: str) -> int:
-    """``walltime`` in seconds (SLURM's format)."""
-    return queue.seconds_of(walltime)
+def _walltime_seconds(walltime: str) -> int:
+    return queue.seconds_of(walltime)  # the module, which the argument ``queue`` hides in SlurmPool
 
 
 def _job_backend(
@@ -235,7 +233,15 @@ def _allocation_backend(security: Security | None, interface: str | None, work_d
     except BaseException:
         cluster.close()
         raise
-    return SlurmBackend(client, cluster, JobLedger(), work_dir, on_close=workers.stop, step_failure=workers.failure)
+    return SlurmBackend(
+        client,
+        cluster,
+        JobLedger(),
+        work_dir,
+        on_close=workers.stop,
+        step_failure=workers.failure,
+        no_jobs=f"the srun step's {workers.tasks} workers have not connected yet (their log: {workers.log_path})",
+    )
 
 
 def _security(security: Security | bool, work_dir: Path) -> Security | None:

@@ -94,7 +94,7 @@ def submit(script_path: str) -> str:
     return out.strip().split(";")[0]
 
 
-def test_submit(script_path: str) -> None:
+def check_submission(script_path: str) -> None:
     """Ask SLURM whether it would accept the job script (``sbatch --test-only``), without submitting it:
     ``JobSubmitError`` with sbatch's message if not."""
     try:
