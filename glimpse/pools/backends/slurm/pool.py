@@ -30,46 +30,6 @@ DEFAULT_WALLTIME = "00:30:00"
 DEFAULT_MAX_JOBS = 4
 
 
-def MakePool(
-    cores: int = 1,
-    memory: str | None = None,
-    walltime: str = DEFAULT_WALLTIME,
-    queue: str | None = None,
-    account: str | None = None,
-    jobs: int | None = None,
-    max_jobs: int | None = None,
-    job_extra: Iterable[str] = (),
-    address: str | None = None,
-    security: Security | bool = True,
-    interface: str | None = None,
-    directory: str | os.PathLike[str] | None = None,
-    lifetime_margin: float | None = None,
-    allocation: bool | None = None,
-    *,
-    initializer: Callable[..., object] | None = None,
-    initargs: Iterable[Any] = (),
-) -> SlurmPool:
-    """Return a :class:`SlurmPool`; see it for the arguments."""
-    return SlurmPool(
-        cores,
-        memory,
-        walltime,
-        queue,
-        account,
-        jobs,
-        max_jobs,
-        job_extra,
-        address,
-        security,
-        interface,
-        directory,
-        lifetime_margin,
-        allocation,
-        initializer=initializer,
-        initargs=initargs,
-    )
-
-
 class SlurmPool(ClusterPool):
     """A pool whose chunks run on Dask workers that are SLURM jobs; the scheduler runs in this process.
 
@@ -274,3 +234,7 @@ def _pool_directory(directory: str | os.PathLike[str] | None) -> Path:
 
 def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+#: ``MakePool(...)`` is ``SlurmPool(...)``: the same arguments.
+MakePool = SlurmPool
