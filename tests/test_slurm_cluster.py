@@ -52,9 +52,9 @@ def test_chunks_run_in_the_jobs_of_the_pool_over_tls(slurm_lab, slurm_pool):
 def test_adapts_up_from_zero_jobs_and_back_to_zero(slurm_lab):
     with MakePool(max_jobs=2, memory="1GB", walltime="00:05:00") as pool:
         assert pool.job_ids == []
-        results = pool.map(helpers.slurm_job_after, _items(30, 0.1))
-        assert [r[0] for r in results] == list(range(30))
-        assert 1 <= len(pool.job_ids) <= 2
+        results = pool.map(helpers.slurm_job_after, _items(40, 0.5), chunksize=1)
+        assert [r[0] for r in results] == list(range(40))
+        assert len({r[1] for r in results}) == 2, f"the call grew to jobs {sorted({r[1] for r in results})} only"
         _wait_until_gone(slurm_lab, pool.job_ids)  # the call ended: the jobs end while the pool is open
         assert pool.map(helpers.times_ten, [1, 2]) == [10, 20]  # and come back for the next call
         address = pool.address

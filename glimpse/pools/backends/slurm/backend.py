@@ -29,8 +29,9 @@ _JOBS_NAMED = 8
 class SlurmBackend(DaskBackend):
     """Runs chunks on the Dask ``client`` of ``cluster`` (its scheduler in this process), whose workers
     are the SLURM jobs in ``ledger`` (or an ``srun`` step: ``step_failure`` says why it ended, if it
-    did, and ``no_jobs`` what the workers are waiting for). ``on_close`` ends the workers glimpse
-    started; ``directory`` (job logs, TLS files) is removed on close."""
+    did, and ``no_jobs`` what the workers are waiting for). ``capacity``: the threads an adapting
+    pool may grow to. ``on_close`` ends the workers glimpse started; ``directory`` (job logs, TLS
+    files) is removed on close."""
 
     def __init__(
         self,
@@ -41,6 +42,7 @@ class SlurmBackend(DaskBackend):
         on_close: Callable[[], None] = lambda: None,
         step_failure: Callable[[], str | None] = lambda: None,
         no_jobs: str = "no SLURM job submitted yet",
+        capacity: int = 0,
     ):
         super().__init__(client, owns_client=True, cluster=cluster)
         self.ledger = ledger
@@ -48,6 +50,12 @@ class SlurmBackend(DaskBackend):
         self._on_close = on_close
         self._step_failure = step_failure
         self._no_jobs = no_jobs
+        self._capacity = capacity
+
+    def workers(self) -> int:
+        # Adapting, a call keeps work in flight for the threads it may grow to, not only those it has:
+        # adaptive scaling asks for jobs by the work queued on the scheduler.
+        return max(super().workers(), self._capacity)
 
     def health(self) -> Health:
         health = super().health()

@@ -28,6 +28,8 @@ DIRECTORY_VARIABLE = "GLIMPSE_SLURM_DIRECTORY"
 ENVIRONMENT = (DIRECTORY_VARIABLE,)
 DEFAULT_WALLTIME = "00:30:00"
 DEFAULT_MAX_JOBS = 4
+#: How long the queued work may take on the workers adaptive scaling asks for (Dask's default is 5 s).
+ADAPT_TARGET = "1s"
 
 
 class SlurmPool(ClusterPool):
@@ -144,10 +146,11 @@ def _job_backend(
     try:
         client = Client(cluster, security=security, set_as_default=False)
         if jobs is None:
-            cluster.adapt(minimum=0, maximum=max_jobs or DEFAULT_MAX_JOBS)
-            return SlurmBackend(client, cluster, ledger, spec.directory)
+            most = max_jobs or DEFAULT_MAX_JOBS
+            cluster.adapt(minimum=0, maximum=most, target_duration=ADAPT_TARGET)
+            return SlurmBackend(client, cluster, ledger, spec.directory, capacity=most * spec.cores)
         adaptive = cluster.adapt(minimum=jobs, maximum=jobs)  # adapt, not scale: a job that ends is replaced
-        relay = Relay(client, adaptive, jobs, spec.lifetime)
+        relay = Relay(client, cluster, adaptive, jobs, spec.lifetime)
     except BaseException:
         cluster.close()
         raise

@@ -27,10 +27,11 @@ LEAD_SECONDS = 30.0
 
 
 class Relay:
-    """Keeps ``adaptive``'s bounds at ``jobs`` plus one for each worker about to retire."""
+    """Keeps ``adaptive``'s bounds (of ``cluster``) at ``jobs`` plus one for each worker about to retire."""
 
-    def __init__(self, client: Client, adaptive, jobs: int, lifetime: Lifetime):
+    def __init__(self, client: Client, cluster, adaptive, jobs: int, lifetime: Lifetime):
         self._client = client
+        self._cluster = cluster
         self._adaptive = adaptive
         self._jobs = jobs
         self._due_after = lifetime.seconds - lifetime.stagger - min(LEAD_SECONDS, lifetime.seconds / 4)
@@ -53,6 +54,10 @@ class Relay:
         self._first_seen = {w: self._first_seen.get(w, now) for w in workers}
         retiring = sum(1 for seen in self._first_seen.values() if now - seen >= self._due_after)
         size = self._jobs + retiring
+        if size < self._adaptive.maximum and len(self._cluster.workers) > size:
+            # A retired worker's job stays on the cluster's books a while (Dask's lost-worker-timeout):
+            # shrinking now would make adaptive scaling cancel a replacement still pending in the queue.
+            return
         if size != self._adaptive.maximum:
             log.info("%d workers retire soon for their jobs' time limit: %d jobs for now", retiring, size)
             self._adaptive.minimum = self._adaptive.maximum = size
