@@ -14,6 +14,8 @@ import logging
 import threading
 import time
 
+import dask
+from dask.utils import parse_timedelta
 from distributed import Client
 
 from glimpse.pools.backends.slurm.lifetime import Lifetime
@@ -36,6 +38,9 @@ class Relay:
         self._jobs = jobs
         self._due_after = lifetime.seconds - lifetime.stagger - min(LEAD_SECONDS, lifetime.seconds / 4)
         self._first_seen: dict[str, float] = {}
+        self._shrink_since: float | None = None
+        lingering = dask.config.get("distributed.deploy.lost-worker-timeout")
+        self._books_seconds = parse_timedelta(lingering) + 2 * CHECK_SECONDS
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="glimpse-slurm-relay", daemon=True)
         self._thread.start()
@@ -54,10 +59,15 @@ class Relay:
         self._first_seen = {w: self._first_seen.get(w, now) for w in workers}
         retiring = sum(1 for seen in self._first_seen.values() if now - seen >= self._due_after)
         size = self._jobs + retiring
-        if size < self._adaptive.maximum and len(self._cluster.workers) > size:
+        if size >= self._adaptive.maximum or len(self._cluster.workers) <= size:
+            self._shrink_since = None
+        else:
             # A retired worker's job stays on the cluster's books a while (Dask's lost-worker-timeout):
-            # shrinking now would make adaptive scaling cancel a replacement still pending in the queue.
-            return
+            # shrinking before it has left would make adaptive scaling cancel a replacement still
+            # pending in the queue. Jobs still on the books after that are a surplus.
+            self._shrink_since = self._shrink_since or now
+            if now - self._shrink_since < self._books_seconds:
+                return
         if size != self._adaptive.maximum:
             log.info("%d workers retire soon for their jobs' time limit: %d jobs for now", retiring, size)
             self._adaptive.minimum = self._adaptive.maximum = size
