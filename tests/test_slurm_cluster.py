@@ -112,7 +112,7 @@ def test_a_job_slurm_refuses_fails_at_once_with_sbatchs_message(slurm_lab):
     before = slurm_lab.jobs()
     with pytest.raises(JobSubmitError, match="Requested node configuration is not available"):
         MakePool(jobs=1, memory="50GB")
-    assert slurm_lab.jobs() == before
+    assert _ids(slurm_lab.jobs()) <= _ids(before)  # no job submitted (earlier tests' jobs may change state)
 
 
 def test_inside_an_sbatch_script_workers_start_with_srun(slurm_lab):
@@ -183,3 +183,7 @@ def _repository():
     from pathlib import Path
 
     return Path(__file__).resolve().parent.parent
+
+
+def _ids(jobs: list[tuple[str, str, str]]) -> set[str]:
+    return {job for job, _, _ in jobs}

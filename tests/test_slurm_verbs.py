@@ -214,4 +214,8 @@ def test_launch_worker_that_cannot_submit_exits_1_with_one_line(slurm_lab, tmp_p
     assert result.returncode == 1, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{PROG} LaunchWorker: error: ") and said in lines[0], result.stderr
-    assert slurm_lab.jobs() == before
+    assert _ids(slurm_lab.jobs()) <= _ids(before)  # no job submitted (earlier tests' jobs may change state)
+
+
+def _ids(jobs: list[tuple[str, str, str]]) -> set[str]:
+    return {job for job, _, _ in jobs}
