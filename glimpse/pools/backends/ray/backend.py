@@ -26,7 +26,7 @@ from glimpse.pools.cluster.reachability import head_silent, tcp_answers
 from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, ClusterLost, Health
 from glimpse.pools.contract.backend import INLINE_FUNCTION_BYTES
 from glimpse.pools.contract.out_of_band import unpickled_if_large
-from glimpse.pools.contract.watch import silence_timeout
+from glimpse.pools.contract.watch import SILENCE_VARIABLE, silence_timeout
 from glimpse.pools.contract.worker_policy import parse_where
 from glimpse.pools.contract.worker_runner import run_chunk
 from glimpse.pools.errors import ClusterLostError, RemoteTraceback
@@ -184,6 +184,10 @@ class RayBackend(Backend):
         if node_id is not None:
             task = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True))
         handle = task.remote(call.id, self._functions[call.id], payload, chunk.start)
+        if self._bounded is not None:
+            # A Ray Client's ref gets its id from the head node; the window's hash of it would wait
+            # for a silent head until Ray Client gives up on it (a minute and a half).
+            self._while_head_answers(handle.binary)
         if node_id is not None:
             self._placed[handle], self._placed_at[handle] = node_id, time.monotonic()
         return handle
@@ -250,30 +254,41 @@ class RayBackend(Backend):
             raise ClusterLost(f"Ray Client lost its connection to the head node at {self._address}: {error}") from None
 
     def _get(self, handle: ray.ObjectRef):
-        """``ray.get(handle)``; for a Ray Client, in a thread, for as long as the head node answers
-        (Ray Client's get waits a minute and more for a head that fell silent after its wait)."""
+        """``ray.get(handle)``; for a Ray Client, for as long as the head node answers (Ray Client's
+        get waits a minute and more for a head that fell silent after its wait)."""
         if self._bounded is None:
             return ray.get(handle)
+        return self._while_head_answers(lambda: ray.get(handle))
+
+    def _while_head_answers(self, function):
+        """``function()`` in a thread, waited for while the head node answers (or is silent for less
+        than the silence timeout); else :class:`ClusterLost`, as when Ray Client gives up itself."""
         result: Future = Future()
 
-        def get() -> None:
+        def run() -> None:
             try:
-                result.set_result(ray.get(handle))
+                result.set_result(function())
             except BaseException as exc:
                 result.set_exception(exc)
 
-        in_background(get, "glimpse-ray-get")
+        in_background(run, "glimpse-ray-client-call")
         while True:
+            until_silence_ends_it = self._heard_at + silence_timeout() - time.monotonic()
             try:
-                return result.result(timeout=_GET_SLICE_SECONDS)
+                return result.result(timeout=min(_GET_SLICE_SECONDS, max(0.1, until_silence_ends_it)))
             except FutureTimeout:
                 pass
+            except ConnectionError as error:
+                raise ClusterLost(
+                    f"Ray Client lost its connection to the head node at {self._address}: {error}"
+                ) from None
             health = self.health()
             if health.lost:
                 raise ClusterLost(health.lost)
             silent_for = time.monotonic() - self._heard_at
-            if health.silent and silent_for >= silence_timeout():
-                raise ClusterLost(f"{health.silent} for {silent_for:.0f} s")
+            limit = silence_timeout()
+            if health.silent and silent_for >= limit:
+                raise ClusterLost(f"{health.silent} for {silent_for:.0f} s (${SILENCE_VARIABLE}={limit:g})")
 
     def cancel(self, handles: Collection[ray.ObjectRef]) -> None:
         # Not at once: Ray's driver aborts when a cancel races with the task's completion (RAY_CHECK
