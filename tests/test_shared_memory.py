@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 
 from glimpse.pools import MulticorePool
 from glimpse.pools.backends.processes import shared_memory
+from glimpse.pools.contract.out_of_band import Unpickled, unpickled_if_large
 from glimpse.pools.contract.worker_runner import ChunkOutcome, ProbeItems
 from tests import helpers
 
@@ -80,6 +82,22 @@ def test_large_bytes_items_and_results_travel_out_of_band():
         loaded = payload.load()
         assert loaded == value and type(loaded) is type(value)
     assert payload.load().budget == 0.5
+
+
+def test_large_bytes_stay_out_of_band_when_an_engine_pickles_a_payload_with_protocol_5():
+    # Dask and Ray pickle the payloads glimpse hands them (Unpickled) with protocol 5 and a buffer
+    # callback: large bytes items must reach that callback, not be copied into the pickle.
+    items = [b"a" * (2 * MIB), b"small", np.ones(MIB // 8)]
+    payload = unpickled_if_large(items)
+    assert isinstance(payload, Unpickled)
+    buffers: list = []
+    skeleton = pickle.dumps(payload, protocol=5, buffer_callback=buffers.append)
+    assert len(skeleton) < 4096 and sorted(b.raw().nbytes for b in buffers) == [MIB, 2 * MIB]
+    loaded = pickle.loads(skeleton, buffers=buffers).load()
+    assert loaded[:2] == items[:2] and [type(item) for item in loaded[:2]] == [bytes, bytes]
+    assert (loaded[2] == items[2]).all()
+    in_band = pickle.loads(pickle.dumps(payload, protocol=5)).load()
+    assert in_band[:2] == items[:2] and type(in_band[0]) is bytes
 
 
 def test_small_items_do_not_use_shared_memory():

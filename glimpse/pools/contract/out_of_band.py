@@ -54,7 +54,9 @@ class Unpickled:
         return self.value
 
     def __reduce__(self):
-        return Unpickled, (self.value, self.nbytes)
+        # Large bytes items too go out of band when the engine pickles with protocol 5 (Dask, Ray):
+        # in band, each would be copied into the pickle, and Dask scans every pickle it makes.
+        return Unpickled, (_with_large_bytes_marked(self.value), self.nbytes)
 
 
 def unpickled_if_large(value):
