@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--volume", type=int, help="MiB streamed per size (default 1024, --quick 128)")
     parser.add_argument("--arrays", action="store_true", help="stream uint8 numpy arrays instead of bytes")
     parser.add_argument("--insecure", action="store_true", help="zmq and gearman clusters sign nothing")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds before a run counts as hung")
+    parser.add_argument("--timeout", type=float, help="seconds before a run counts as hung (600, --quick 180)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -121,7 +121,7 @@ def main() -> None:
     header += f"{'vs idiom':>9} {'vs mp':>6}"
     print(header)
     print("-" * len(header))
-    run = Runner(volume, args.arrays, args.timeout)
+    run = Runner(volume, args.arrays, args.timeout or (180 if args.quick else 600))
     baseline = {}
     for size in sizes:
         baseline[size] = run.one("multicore", "mp", size, {})
@@ -450,7 +450,9 @@ def _dask_idiom(contender: str, settings: dict):
 def _ray_idiom(contender: str, settings: dict):
     import ray
 
-    ray.init(address=settings["address"], log_to_driver=False)
+    # Connected through glimpse, which finds this machine's token and keeps Ray on the loopback
+    # address: a bare ray.init(address=...) waits forever for the GCS here.
+    connection = _glimpse_pool("ray", settings)
     length = ray.remote(_length)
 
     def stream(items):
@@ -461,7 +463,7 @@ def _ray_idiom(contender: str, settings: dict):
             yield ray.get(done[0])
             pending += [length.remote(ray.put(item)) for item in itertools.islice(items, 1)]
 
-    return stream, ray.shutdown
+    return stream, connection.close
 
 
 def _length(item) -> int:
