@@ -147,7 +147,7 @@ def main() -> None:
                             print(_row(size, engine, idiom, result, None, baseline[size]), flush=True)
                     if own is not None:
                         print(_row(size, engine, "embedded", own, best, baseline[size]), flush=True)
-                    if engine == "gearman":
+                    if engine == "gearman" and size == sizes[-1]:
                         print(f"{'':>6} {engine:<10} (no native Python gearman client in the project: vs mp only)")
         except Exception as exc:  # a cluster that does not start is one line of the table, not the end
             print(f"{'':>6} {engine:<10} cluster failed: {type(exc).__name__}: {exc}", flush=True)
