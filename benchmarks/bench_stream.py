@@ -14,7 +14,8 @@ memory figure is its own. Contenders:
 - ``glimpse``: the engine's glimpse pool connected to the cluster, ``pool.imap(len, gen)``.
 - Dask: ``scatter``: ``client.scatter(item, direct=True, hash=False)`` then ``client.submit(len,
   future)``, a bounded number in flight, taken back with ``distributed.as_completed``;
-  ``submit``: ``client.submit(len, item)`` the same way (the item travels in the task).
+  ``submit``: ``client.submit(len, item)`` the same way (the item travels in the task); ``map
+  batches``: ``client.map(len, batch)`` on batches of 4 items, a new batch each time 4 are done.
 - Ray: ``ray.put(item)`` and a task on its reference, a bounded number in flight, ``ray.wait``.
 - ipyparallel: ``LoadBalancedView.imap(len, gen, ordered=True, max_outstanding=...)``.
 - zmq: a plain PUSH/PULL pipeline over TCP on 127.0.0.1: the caller is the ventilator (PUSH) and the
@@ -70,7 +71,7 @@ _EXTRAS = {
 #: Engine -> its idioms (multicore's is the mp baseline, gearman has none).
 IDIOMS = {
     "multicore": [],
-    "dask": ["scatter", "submit"],
+    "dask": ["scatter", "submit", "map batches"],
     "ray": ["put+wait"],
     "ipython": ["view.imap"],
     "zmq": ["push/pull"],
@@ -82,6 +83,7 @@ _LABELS = {
     "embedded": "glimpse, its own embedded cluster (not the same)",
     "scatter": f"scatter(direct)+submit, as_completed, {IN_FLIGHT} in flight",
     "submit": f"submit(len, item), as_completed, {IN_FLIGHT} in flight",
+    "map batches": f"client.map, batches of {IN_FLIGHT // 2}, as_completed, {IN_FLIGHT} in flight",
     "put+wait": f"ray.put + task, ray.wait, {IN_FLIGHT} in flight",
     "view.imap": f"LoadBalancedView.imap, max_outstanding={IN_FLIGHT}",
     "push/pull": f"PUSH/PULL pipeline, {IN_FLIGHT} in flight",
@@ -117,7 +119,7 @@ def main() -> None:
     print(f"Limits of this machine: loopback TCP {loopback_mib_s(1 << 30):.0f} MiB/s, ", end="")
     print(", ".join(f"{name} {speed:.0f} MiB/s" for name, speed in copy_mib_s(256 * MIB).items()))
     print()
-    header = f"{'size':>6} {'engine':<10} {'contender':<48} {'s':>7} {'MiB/s':>7} {'growth':>7} "
+    header = f"{'size':>6} {'engine':<10} {'contender':<52} {'s':>7} {'MiB/s':>7} {'growth':>7} "
     header += f"{'vs idiom':>9} {'vs mp':>6}"
     print(header)
     print("-" * len(header))
@@ -188,12 +190,12 @@ class Runner:
 def _row(size: int, engine: str, contender: str, result: dict, idiom_seconds: float | None, mp: dict) -> str:
     label = _LABELS[contender]
     if "error" in result:
-        return f"{_size_text(size):>6} {engine:<10} {label:<48} {result['error']}"
+        return f"{_size_text(size):>6} {engine:<10} {label:<52} {result['error']}"
     seconds = result["seconds"]
     vs_idiom = f"{idiom_seconds / seconds:>8.2f}x" if idiom_seconds else f"{'-':>9}"
     vs_mp = f"{mp['seconds'] / seconds:>5.2f}x" if "seconds" in mp else f"{'-':>6}"
     return (
-        f"{_size_text(size):>6} {engine:<10} {label:<48} {seconds:>7.2f} {result['mib'] / seconds:>7.0f} "
+        f"{_size_text(size):>6} {engine:<10} {label:<52} {seconds:>7.2f} {result['mib'] / seconds:>7.0f} "
         f"{result['growth']:>7.0f} {vs_idiom} {vs_mp}"
     )
 
@@ -394,6 +396,7 @@ def _contender(engine: str, contender: str, settings: dict):
     return {
         "scatter": _dask_idiom,
         "submit": _dask_idiom,
+        "map batches": _dask_batches,
         "put+wait": _ray_idiom,
         "view.imap": _ipython_idiom,
         "push/pull": _push_pull_idiom,
@@ -443,6 +446,28 @@ def _dask_idiom(contender: str, settings: dict):
             yield future.result()
             for item in itertools.islice(items, 1):
                 running.add(submit(item))
+
+    return stream, client.close
+
+
+def _dask_batches(contender: str, settings: dict):
+    from distributed import Client, as_completed
+
+    client = Client(settings["address"])
+    batch = IN_FLIGHT // 2
+
+    def stream(items):
+        items, running = iter(items), as_completed()
+
+        def submit_batch():
+            running.update(client.map(len, list(itertools.islice(items, batch)), pure=False))
+
+        submit_batch()
+        submit_batch()
+        for done, future in enumerate(running, 1):
+            yield future.result()
+            if done % batch == 0:
+                submit_batch()
 
     return stream, client.close
 
