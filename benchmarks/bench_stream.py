@@ -33,7 +33,9 @@ pipeline signs nothing.
 
 Columns: ``s``, wall seconds of the stream (the pool or client is made and warmed up before);
 ``MiB/s``, volume / seconds; ``growth``, the caller's peak resident memory (VmHWM, reset before the
-stream) minus its resident memory before the stream, in MiB (goal <= 256); ``vs idiom``, the best
+stream) minus its resident memory before the stream, in MiB, shared memory it maps included (Ray's
+object store); ``private``, the growth of its private memory (RssAnon, sampled every 5 ms, so a
+peak shorter than that may be missed), in MiB (goal <= 256); ``vs idiom``, the best
 idiom's seconds / glimpse's seconds (> 1 favours glimpse); ``vs mp``, multiprocessing's seconds /
 the row's seconds (> 1: faster than multiprocessing). The limits printed first: loopback TCP (one
 process sending 1 GiB in 1 MiB writes over 127.0.0.1, another receiving) and a memory copy of
@@ -53,6 +55,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 MIB = 1 << 20
@@ -119,7 +122,7 @@ def main() -> None:
     print(f"Limits of this machine: loopback TCP {loopback_mib_s(1 << 30):.0f} MiB/s, ", end="")
     print(", ".join(f"{name} {speed:.0f} MiB/s" for name, speed in copy_mib_s(256 * MIB).items()))
     print()
-    header = f"{'size':>6} {'engine':<10} {'contender':<52} {'s':>7} {'MiB/s':>7} {'growth':>7} "
+    header = f"{'size':>6} {'engine':<10} {'contender':<52} {'s':>7} {'MiB/s':>7} {'growth':>7} {'private':>7} "
     header += f"{'vs idiom':>9} {'vs mp':>6}"
     print(header)
     print("-" * len(header))
@@ -154,8 +157,8 @@ def main() -> None:
         except Exception as exc:  # a cluster that does not start is one line of the table, not the end
             print(f"{'':>6} {engine:<10} cluster failed: {type(exc).__name__}: {exc}", flush=True)
     print(
-        "\n(s: wall seconds; growth: caller's peak RSS growth in MiB, goal <= 256; vs idiom: best idiom's s / "
-        "glimpse's s; vs mp: multiprocessing's s / row's s; > 1 favours glimpse / the row)"
+        "\n(s: wall seconds; growth, private: caller's peak RSS and private memory growth in MiB, goal <= 256; "
+        "vs idiom: best idiom's s / glimpse's s; vs mp: multiprocessing's s / row's s; > 1 favours glimpse / the row)"
     )
 
 
@@ -196,7 +199,7 @@ def _row(size: int, engine: str, contender: str, result: dict, idiom_seconds: fl
     vs_mp = f"{mp['seconds'] / seconds:>5.2f}x" if "seconds" in mp else f"{'-':>6}"
     return (
         f"{_size_text(size):>6} {engine:<10} {label:<52} {seconds:>7.2f} {result['mib'] / seconds:>7.0f} "
-        f"{result['growth']:>7.0f} {vs_idiom} {vs_mp}"
+        f"{result['growth']:>7.0f} {result['private']:>7.0f} {vs_idiom} {vs_mp}"
     )
 
 
@@ -361,15 +364,38 @@ def measure(spec: dict) -> dict:
         assert sum(stream(_items(64, 2 * IN_FLIGHT, spec["arrays"]))) == 64 * 2 * IN_FLIGHT
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")
-        before = _status_mib("VmRSS")
-        started = time.perf_counter()
-        total = sum(stream(_items(spec["size"], spec["count"], spec["arrays"])))
-        seconds = time.perf_counter() - started
+        before, private_before = _status_mib("VmRSS"), _status_mib("RssAnon")
+        with _PeakSampler("RssAnon") as private:
+            started = time.perf_counter()
+            total = sum(stream(_items(spec["size"], spec["count"], spec["arrays"])))
+            seconds = time.perf_counter() - started
         growth = _status_mib("VmHWM") - before
     finally:
         close()
     assert total == spec["size"] * spec["count"], total
-    return {"seconds": seconds, "mib": total / MIB, "growth": growth}
+    return {"seconds": seconds, "mib": total / MIB, "growth": growth, "private": private.peak - private_before}
+
+
+class _PeakSampler:
+    """The highest value of a /proc/self/status field, sampled every 5 ms by a thread."""
+
+    def __init__(self, field: str):
+        self.field, self.peak = field, _status_mib(field)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _status_mib(self.field))
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _status_mib(self.field))
 
 
 def _items(size: int, count: int, arrays: bool):
