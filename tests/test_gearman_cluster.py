@@ -90,6 +90,12 @@ def test_a_pool_pickles_to_its_address_and_never_owns_the_cluster(gearman_embedd
     assert gearman_embedded_pool.map(helpers.times_ten, [4]) == [40]
 
 
+def test_an_insecure_embedded_cluster_runs_work_unsigned():
+    gearmand_or_skip()
+    with MakePool(workers=1, insecure=True) as pool:
+        assert pool.map(helpers.times_ten, [1, 2]) == [10, 20]
+
+
 def test_pool_unpickled_inside_a_task_runs_work(gearman_external_cluster):
     with MakePool(gearman_external_cluster.address) as pool:
         assert pool.map(_map_with_pool, [pool]) == [[10, 20]]

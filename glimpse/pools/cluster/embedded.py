@@ -39,13 +39,20 @@ class EmbeddedCluster:
 
     @classmethod
     def start(
-        cls, cluster_type: str, nworkers: int, key: ClusterKey, in_broker: bool = False, max_chunks: int | None = None
+        cls,
+        cluster_type: str,
+        nworkers: int,
+        key: ClusterKey,
+        in_broker: bool = False,
+        max_chunks: int | None = None,
+        broker_signs: bool = True,
     ) -> EmbeddedCluster:
         """Start a ``cluster_type`` broker on a free port of 127.0.0.1 (it writes its address to a pipe
         given as ``--ready-fd``) and ``nworkers`` workers connected to it, sharing ``key``, each task
         process running at most ``max_chunks`` chunks; with ``in_broker``, the broker runs the workers
         itself (``LaunchBroker --nworkers``), and the pool talks to it through a socket pair
-        (:attr:`pool_end`; the broker's end is ``--pool-fd``)."""
+        (:attr:`pool_end`; the broker's end is ``--pool-fd``). A broker that does not ``broker_signs``
+        (gearmand relays jobs as they are) takes no key options."""
         ready_r, ready_w = os.pipe()
         slots = ["--nworkers", str(nworkers), *(["--maxtasksperchild", str(max_chunks)] if max_chunks else [])]
         broker_args = ["LaunchBroker", "--host", "127.0.0.1", "--port", "0", "--ready-fd", str(ready_w)]
@@ -56,7 +63,7 @@ class EmbeddedCluster:
             broker_args += [*slots, "--pool-fd", str(broker_end.fileno())]
             passed.append(broker_end.fileno())
         try:
-            broker = _launch(cluster_type, broker_args, key, passed)
+            broker = _launch(cluster_type, broker_args, key if broker_signs else None, passed)
         except BaseException:
             if pool_end is not None:
                 pool_end.close()
@@ -104,15 +111,18 @@ class EmbeddedCluster:
             self.pool_end.close()
 
 
-def _launch(cluster_type: str, verb_args: list[str], key: ClusterKey, passed: list[int] = ()) -> subprocess.Popen:
-    """Run a verb in a session of its own; the first of the ``passed`` descriptors, if any, is its ``--ready-fd``."""
+def _launch(
+    cluster_type: str, verb_args: list[str], key: ClusterKey | None, passed: list[int] = ()
+) -> subprocess.Popen:
+    """Run a verb in a session of its own; the first of the ``passed`` descriptors, if any, is its ``--ready-fd``.
+    ``key`` is ``None`` for a verb that takes no key."""
     command = [sys.executable, "-m", "glimpse.pools.cli", "--type", cluster_type, *verb_args]
     command += ["--exit-with-parent", "--quiet"]
-    if not key.secret:
+    if key is not None and not key.secret:
         command.append("--insecure")
     return subprocess.Popen(
         command,
-        env={**child_environment(), **key_environment(key)},
+        env={**child_environment(), **(key_environment(key) if key is not None else {})},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL if passed else None,
         pass_fds=tuple(passed),

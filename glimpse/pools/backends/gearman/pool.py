@@ -72,7 +72,7 @@ class GearmanPool(SignedClusterPool):
 
     def embedded_backend(self, nworkers: int, key: ClusterKey, max_chunks: int | None = None) -> GearmanBackend:
         find_gearmand()
-        cluster = EmbeddedCluster.start("gearman", nworkers, key, max_chunks=max_chunks)
+        cluster = EmbeddedCluster.start("gearman", nworkers, key, max_chunks=max_chunks, broker_signs=False)
         try:
             backend = GearmanBackend(g.parse_servers(cluster.address), key, "the embedded cluster", cluster=cluster)
             connected = backend.wait_for_workers(nworkers, STARTUP_SECONDS)
