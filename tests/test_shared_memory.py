@@ -96,8 +96,9 @@ def test_large_bytes_stay_out_of_band_when_an_engine_pickles_a_payload_with_prot
     loaded = pickle.loads(skeleton, buffers=buffers).load()
     assert loaded[:2] == items[:2] and [type(item) for item in loaded[:2]] == [bytes, bytes]
     assert (loaded[2] == items[2]).all()
-    in_band = pickle.loads(pickle.dumps(payload, protocol=5)).load()
-    assert in_band[:2] == items[:2] and type(in_band[0]) is bytes
+    for protocol in (4, 5):  # Dask pickles some messages with protocol 4
+        in_band = pickle.loads(pickle.dumps(payload, protocol=protocol)).load()
+        assert in_band[:2] == items[:2] and type(in_band[0]) is bytes
 
 
 def test_small_items_do_not_use_shared_memory():

@@ -79,6 +79,8 @@ class _LargeBytes:
         self.value = value
 
     def __reduce_ex__(self, protocol):
+        if protocol < 5:  # an engine's pickle for a peer that does not take buffers: in band
+            return bytes, (self.value,)
         return bytes, (pickle.PickleBuffer(self.value),)
 
 
