@@ -43,12 +43,13 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from workloads import PeriodicSampler
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 ITEM_SECONDS = 0.5
@@ -164,36 +165,26 @@ class CallReport:
         return count * ITEM_SECONDS / (self.mean_jobs * self.wall) if self.mean_jobs else 0.0
 
 
-class Sampler:
+class Sampler(PeriodicSampler):
     """Every second while a call runs: how many workers the scheduler has, and SLURM's queue (the
     contenders run one at a time, so every job in it is the running contender's)."""
 
     def __init__(self, cluster, lab):
+        super().__init__()
         self.cluster = cluster
         self.lab = lab
         self.workers: list[int] = []
         self.running: list[int] = []
         self.jobs: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            self.workers.append(len(self.cluster.scheduler.workers))
-            try:
-                queued = self.lab.jobs()
-            except (RuntimeError, OSError):
-                continue
-            self.jobs.update(job for job, _, _ in queued)
-            self.running.append(sum(state == "RUNNING" for _, state, _ in queued))
+    def sample(self) -> None:
+        self.workers.append(len(self.cluster.scheduler.workers))
+        try:
+            queued = self.lab.jobs()
+        except (RuntimeError, OSError):
+            return
+        self.jobs.update(job for job, _, _ in queued)
+        self.running.append(sum(state == "RUNNING" for _, state, _ in queued))
 
     def fill(self, report: CallReport) -> None:
         """Put what was sampled into ``report``."""

@@ -55,8 +55,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
+
+from workloads import PeriodicSampler
 
 MIB = 1 << 20
 WORKERS = 2
@@ -376,26 +377,21 @@ def measure(spec: dict) -> dict:
     return {"seconds": seconds, "mib": total / MIB, "growth": growth, "private": private.peak - private_before}
 
 
-class _PeakSampler:
+class _PeakSampler(PeriodicSampler):
     """The highest value of a /proc/self/status field, sampled every 5 ms by a thread."""
 
-    def __init__(self, field: str):
-        self.field, self.peak = field, _status_mib(field)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+    every = 0.005
 
-    def __enter__(self):
-        self._thread.start()
-        return self
+    def __init__(self, field: str):
+        super().__init__()
+        self.field, self.peak = field, _status_mib(field)
 
     def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _status_mib(self.field))
+        super().__exit__(*exc_info)
+        self.sample()
 
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, _status_mib(self.field))
+    def sample(self) -> None:
+        self.peak = max(self.peak, _status_mib(self.field))
 
 
 def _items(size: int, count: int, arrays: bool):

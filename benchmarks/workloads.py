@@ -7,6 +7,7 @@ without importing this folder.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 import cloudpickle
@@ -126,3 +127,28 @@ class BusyLoops:
         for process in self.processes:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+class PeriodicSampler:
+    """Calls :meth:`sample` every ``every`` seconds from a daemon thread while in a ``with`` block."""
+
+    every = 1.0
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sample()
