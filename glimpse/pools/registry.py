@@ -39,9 +39,10 @@ CLUSTER_TYPES: dict[str, ClusterType] = {
     "ipython": ClusterType("ipython", ("ipyparallel",)),
     "dask": ClusterType("dask", ("dask", "distributed")),
     "ray": ClusterType("ray", ("ray",)),
-    "zmq": ClusterType("zmq", ("zmq",)),
+    # blake3 signs their messages.
+    "zmq": ClusterType("zmq", ("zmq", "blake3")),
     # The protocol client is the package's own; gearmand (apt: gearman-job-server) runs the queue.
-    "gearman": ClusterType("gearman", (), programs=("gearmand",)),
+    "gearman": ClusterType("gearman", ("blake3",), programs=("gearmand",)),
     # Dask workers as SLURM jobs (dask-jobqueue); SLURM's commands come with the cluster (apt: slurm-client).
     "slurm": ClusterType(
         "slurm", ("dask", "distributed", "dask_jobqueue", "cryptography"), programs=("sbatch",), embedded=False

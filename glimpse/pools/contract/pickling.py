@@ -62,7 +62,7 @@ _SEARCHED_BYTES = 64 * 1024
 _LARGE_ITEM_BYTES = 16 * 1024
 
 
-def _names_what_workers_cannot_import(data: bytes, obj=None) -> bool:
+def _names_what_workers_cannot_import(data: bytes, obj) -> bool:
     by_value = cloudpickle.list_registry_pickle_by_value()
     if len(data) >= _SEARCHED_BYTES and len(data) >= _LARGE_ITEM_BYTES * _item_count(obj):
         return _holds_unimportable(obj, by_value)

@@ -76,7 +76,8 @@ class MessageSigner:
         self.name = name
         self._secret = key.secret
         if self._secret:
-            blake3 = _blake3()
+            from blake3 import blake3  # here: the core imports this module, the zmq and gearman extras install it
+
             self._blake3 = blake3
             self._message_key = blake3(self._secret, derive_key_context=_MESSAGE_CONTEXT).digest()
             self._frame_key = blake3(self._secret, derive_key_context=_FRAME_CONTEXT).digest()
@@ -223,17 +224,6 @@ class MessageSigner:
             mac.update(struct.pack(">Q", size))
             mac.update(next(tags) if size >= LARGE_FRAME else frame)
         return mac.digest()
-
-
-def _blake3():
-    try:
-        from blake3 import blake3
-    except ImportError:
-        raise ImportError(
-            "signed messages need the blake3 package: pip install 'glimpse-pools[zmq]' (or [gearman]), "
-            "or pip install blake3"
-        ) from None
-    return blake3
 
 
 class _FailureLog:
