@@ -208,3 +208,17 @@ def slurm_job_after(item):
     index, seconds = item
     time.sleep(seconds)
     return index, os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID"), socket.gethostname()
+
+
+class Tally:
+    """A class with state of its own, sent by value like a class of ``__main__``."""
+
+    where = "defined"
+
+    def describe(self) -> str:
+        return f"a tally {Tally.where}"
+
+
+def tally_changed_on_the_worker(size: int):
+    Tally.where = "changed on a worker"
+    return Tally(), b"t" * size

@@ -272,6 +272,17 @@ def test_unpicklable_function_is_a_clear_error(pool, limits):
         pool.map(lambda x: lock, [1])
 
 
+def test_results_of_a_class_sent_by_value_leave_the_callers_class_as_it_is(pool, limits):
+    # cloudpickle would set the caller's class to the worker's copy (cloudpipe/cloudpickle#439).
+    _skip_if(limits, "in_process")
+    helpers.Tally.where = "changed in the caller"
+    describe = helpers.Tally.describe
+    results = pool.map(helpers.tally_changed_on_the_worker, [0, 2 * MIB], chunksize=1)  # small, and out of band
+    assert [type(tally) for tally, _ in results] == [helpers.Tally] * 2
+    assert helpers.Tally.where == "changed in the caller" and helpers.Tally.describe is describe
+    assert results[1][0].describe() == "a tally changed in the caller"
+
+
 def test_arguments_and_results_of_tens_of_megabytes(pool):
     size = 20 * MIB
     assert pool.map(helpers.size_of, [b"a" * size, b"b"]) == [size, 1]

@@ -62,3 +62,28 @@ def test_large_chunks_of_plain_data_use_the_standard_pickle():
     for chunk in ([b"x" * MIB, b"y" * MIB], [bytearray(MIB)], ([b"r" * MIB], None, 0.1), list(range(100_000))):
         blob = pickling.dumps(chunk)
         assert pickling.by_reference(blob) and pickle.loads(blob) == chunk
+
+
+_SENDER_SCRIPT = """
+import enum, sys
+import cloudpickle
+class Color(enum.Enum):
+    RED = 1
+class Counter:
+    count = 0
+Counter.count = 7
+sys.stdout.buffer.write(cloudpickle.dumps([Counter, Color.RED]))
+"""
+
+
+def test_loads_leaves_a_class_it_has_as_it_is_and_makes_one_it_lacks():
+    # cloudpickle.loads would set the class it already has to the sender's copy (cloudpipe/cloudpickle#439).
+    sent = subprocess.run([sys.executable, "-c", _SENDER_SCRIPT], capture_output=True, check=True).stdout
+    counter, red = pickling.loads(sent)
+    assert counter.count == 7 and red.value == 1 and type(red).__name__ == "Color"
+    counter.count = 8
+    for data in (sent, memoryview(sent), bytearray(sent)):
+        again, red_again = pickling.loads(data)
+        assert again is counter and counter.count == 8 and red_again is red
+    cloudpickle.loads(sent)
+    assert counter.count == 7

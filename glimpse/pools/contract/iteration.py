@@ -13,8 +13,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
-import cloudpickle
-
 from glimpse.pools.contract import pickling
 from glimpse.pools.contract.backend import Backend, Call, Chunk, ChunkLost, ClusterLost
 from glimpse.pools.contract.policy import PLAIN, CallPolicy
@@ -268,7 +266,7 @@ def _reclaim_timed_out(backend: Backend, outcome: ChunkOutcome, policy: CallPoli
 
 def _decode(raw, chunk: Chunk) -> ChunkOutcome:
     try:
-        return ChunkOutcome.from_wire(raw.load() if hasattr(raw, "load") else cloudpickle.loads(raw))
+        return ChunkOutcome.from_wire(raw.load() if hasattr(raw, "load") else pickling.loads(raw))
     except Exception as exc:
         raise SerializationError(
             f"the results of {chunk.describe()} could not be unpickled in the caller: {type(exc).__name__}: {exc}"

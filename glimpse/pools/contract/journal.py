@@ -35,6 +35,7 @@ from typing import Any
 
 import cloudpickle
 
+from glimpse.pools.contract import pickling
 from glimpse.pools.errors import JournalMismatchError, SerializationError
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class _Journal:
         for (blob,) in self.db.execute(
             "SELECT value FROM results WHERE idx >= ? AND idx < ? ORDER BY idx", (start, stop)
         ):
-            yield pickle.loads(blob), len(blob)
+            yield pickling.loads(blob), len(blob)
 
     def record_fresh(self, values: list[Any]) -> list[tuple[int | None, Any]]:
         """Record a list of :class:`Indexed` results in one transaction; return them as ``(index,

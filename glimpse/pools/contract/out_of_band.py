@@ -42,10 +42,10 @@ class Unpickled:
     payload or an outcome that is not plain bytes.
     """
 
-    __slots__ = ("value", "nbytes")
+    __slots__ = ("value", "nbytes", "_pickled")
 
-    def __init__(self, value, nbytes: int):
-        self.value, self.nbytes = value, nbytes
+    def __init__(self, value, nbytes: int, pickled: tuple[bytes, list[memoryview]] | None = None):
+        self.value, self.nbytes, self._pickled = value, nbytes, pickled
 
     def __len__(self) -> int:
         return self.nbytes
@@ -53,10 +53,17 @@ class Unpickled:
     def load(self):
         return self.value
 
-    def __reduce__(self):
-        # Large bytes items too go out of band when the engine pickles with protocol 5 (Dask, Ray):
-        # in band, each would be copied into the pickle, and Dask scans every pickle it makes.
-        return Unpickled, (_with_large_bytes_marked(self.value), self.nbytes)
+    def __reduce_ex__(self, protocol):
+        # The engine pickles a skeleton and the large buffers, which go out of band with protocol 5
+        # (Dask, Ray): pickled whole, large bytes would be copied into the pickle, which Dask scans.
+        # The receiver unpickles the skeleton with pickling.loads, which keeps the classes it has.
+        skeleton, buffers = self._pickled or pickle_out_of_band(self.value)
+        wrap = bytes if protocol < 5 else pickle.PickleBuffer  # a peer that takes no buffers: in band
+        return _loaded, (skeleton, self.nbytes, *map(wrap, buffers))
+
+
+def _loaded(skeleton: bytes, nbytes: int, *buffers) -> Unpickled:
+    return Unpickled(pickling.loads(skeleton, buffers=buffers), nbytes)
 
 
 def unpickled_if_large(value):
@@ -67,7 +74,7 @@ def unpickled_if_large(value):
     skeleton, buffers = pickle_out_of_band(value)
     if not buffers:
         return skeleton
-    return Unpickled(value, len(skeleton) + sum(buffer.nbytes for buffer in buffers))
+    return Unpickled(value, len(skeleton) + sum(buffer.nbytes for buffer in buffers), (skeleton, buffers))
 
 
 class _LargeBytes:

@@ -8,15 +8,19 @@ or names ``__main__`` or a module registered with ``cloudpickle.register_pickle_
 unpickles the same objects. A small pickle is searched for those names; a large one (MiB items)
 is pickled once more to nowhere, looking at the modules of what it holds, which costs less
 than searching its bytes.
+
+:func:`loads` unpickles on either side, and leaves alone a class this process already has.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import types
 from collections.abc import Callable
 
 import cloudpickle
+from cloudpickle import cloudpickle as _cloudpickle
 
 
 def dumps(obj) -> bytes:
@@ -121,3 +125,78 @@ class _ModuleChecker(pickle.Pickler):
             return
         if module == "__main__" or any(module == name or module.startswith(name + ".") for name in self._by_value):
             raise _Unimportable
+
+
+def loads(data, buffers=None):
+    """Unpickle what the caller or a worker pickled, keeping the classes this process already has.
+
+    cloudpickle sends classes of ``__main__`` (and of modules registered by value) by value. When
+    one arrives that this process already has (it sent the class, or received it before),
+    cloudpickle reuses the class but sets its attributes to the sender's copy
+    (cloudpipe/cloudpickle#439): results that are instances of a caller's class would reset the
+    class's attributes and replace its methods, and each chunk would reset them on a worker while
+    another chunk runs there. Here such a class keeps its own, as a class pickled by reference does.
+    """
+    if not _tracked_classes():
+        return pickle.loads(data, buffers=buffers)
+    return _KeepingUnpickler(_reader(data), buffers=buffers).load()
+
+
+def _tracked_classes() -> bool:
+    """Whether this process has pickled or unpickled a class by value (cloudpickle tracks each)."""
+    return bool(getattr(_cloudpickle, "_DYNAMIC_CLASS_TRACKER_BY_ID", True))
+
+
+class _KeepingUnpickler(pickle.Unpickler):
+    """An unpickler that skips cloudpickle's class state for classes it did not make in this load."""
+
+    def __init__(self, file, buffers=None):
+        super().__init__(file, buffers=buffers)
+        self._kept: set[type] = set()
+
+    def find_class(self, module, name):
+        found = super().find_class(module, name)
+        if found is getattr(_cloudpickle, "_make_skeleton_class", None):
+            return self._class_found_or_made(found, tracker_at=4)
+        if found is getattr(_cloudpickle, "_make_skeleton_enum", None):
+            return self._class_found_or_made(found, tracker_at=5)
+        if found is getattr(_cloudpickle, "_class_setstate", None):
+            return self._set_state_unless_kept(found)
+        return found
+
+    def _class_found_or_made(self, make: Callable, tracker_at: int) -> Callable:
+        def found_or_made(*args):
+            known = args[tracker_at] in _cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID
+            cls = make(*args)
+            if known:
+                self._kept.add(cls)
+            return cls
+
+        return found_or_made
+
+    def _set_state_unless_kept(self, set_state: Callable) -> Callable:
+        def set_state_unless_kept(cls, state):
+            return cls if cls in self._kept else set_state(cls, state)
+
+        return set_state_unless_kept
+
+
+class _ViewReader(io.RawIOBase):
+    """A file over a buffer that is not ``bytes``, read without copying it first."""
+
+    def __init__(self, view):
+        self._view, self._at = memoryview(view).cast("B"), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        size = min(len(buffer), len(self._view) - self._at)
+        buffer[:size] = self._view[self._at : self._at + size]
+        self._at += size
+        return size
+
+
+def _reader(data):
+    # BytesIO shares a bytes object's memory; a memoryview it would copy whole.
+    return io.BytesIO(data) if type(data) is bytes else io.BufferedReader(_ViewReader(data))

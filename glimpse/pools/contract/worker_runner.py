@@ -116,7 +116,7 @@ def run_chunk(call_id: str, function: PickledFunction, payload, start: int, dump
     """
     try:
         func = _function_for(call_id, function)
-        items = payload.load() if hasattr(payload, "load") else cloudpickle.loads(payload)
+        items = payload.load() if hasattr(payload, "load") else pickling.loads(payload)
     except BaseException as exc:
         outcome = ChunkOutcome(failure=ItemError(start, exc))
     else:
@@ -139,7 +139,7 @@ def _function_for(call_id: str, function: PickledFunction):
         if func is None:
             if function is None:
                 raise RuntimeError(f"this worker was sent a chunk of call {call_id} without its function")
-            func = cloudpickle.loads(function() if callable(function) else function)
+            func = pickling.loads(function() if callable(function) else function)
             _functions[call_id] = func
             while len(_functions) > _FUNCTION_CACHE_SIZE:
                 _functions.popitem(last=False)

@@ -13,8 +13,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-import cloudpickle
-
+from glimpse.pools.contract import pickling
 from glimpse.pools.contract.worker_policy import short_repr
 from glimpse.pools.contract.worker_runner import ItemError, portable_failure
 from glimpse.pools.errors import SerializationError
@@ -34,7 +33,7 @@ def run_task(item: TaskItem) -> TaskOutcome:
     task_id, function, arguments = item
     try:
         func = _function(function)
-        args, kwargs = cloudpickle.loads(arguments)
+        args, kwargs = pickling.loads(arguments)
         return task_id, True, func(*args, **kwargs)
     except BaseException as exc:  # as ProcessPoolExecutor: even SystemExit ends only this task
         return task_id, False, portable_failure(ItemError(-1, exc))
@@ -52,7 +51,7 @@ run_task.replace_unpicklable = _unpicklable_result  # type: ignore[attr-defined]
 def _function(blob: bytes):
     func = _functions.get(blob)
     if func is None:
-        func = cloudpickle.loads(blob)
+        func = pickling.loads(blob)
         with _functions_lock:
             _functions[blob] = func
             while len(_functions) > _FUNCTION_CACHE_SIZE:

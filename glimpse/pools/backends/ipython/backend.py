@@ -20,7 +20,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-import pickle
 import re
 import signal
 import time
@@ -33,7 +32,7 @@ from ipyparallel import error as ipp_error
 from glimpse.pools.backends.ipython import compat
 from glimpse.pools.backends.ipython.booking import EngineBooking
 from glimpse.pools.cluster.reachability import head_silent, tcp_answers
-from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, Health
+from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, Health, pickling
 from glimpse.pools.contract.out_of_band import Unpickled
 from glimpse.pools.contract.worker_policy import parse_where
 from glimpse.pools.contract.worker_runner import run_chunk
@@ -387,7 +386,7 @@ def _decode_when_done(decoded: concurrent.futures.Future, future) -> None:
         _settle(decoded, None)
         return
     try:
-        value = Unpickled(pickle.loads(raw), len(raw))
+        value = Unpickled(pickling.loads(raw), len(raw))
     except Exception:
         value = raw
     _settle(decoded, value)

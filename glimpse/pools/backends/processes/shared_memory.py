@@ -53,12 +53,12 @@ class SharedPayload:
         """The pickled object; its arrays are backed by the shared pages (copy-on-write)."""
         view = self.view if self.view is not None else _map(self.fd, sum(self.sizes))
         if self.skeleton is None:
-            return pickle.loads(view)
+            return pickling.loads(view)
         buffers, offset = [], 0
         for size in self.sizes:
             buffers.append(view[offset : offset + size])
             offset += size
-        return pickle.loads(self.skeleton, buffers=buffers)
+        return pickling.loads(self.skeleton, buffers=buffers)
 
 
 def dumps(obj) -> bytes | SharedPayload:
@@ -97,7 +97,7 @@ def _memfd(raws: list[memoryview]) -> int:
 
 def loads(payload: bytes | SharedPayload):
     """The object a :func:`dumps` payload holds."""
-    return payload.load() if isinstance(payload, SharedPayload) else cloudpickle.loads(payload)
+    return payload.load() if isinstance(payload, SharedPayload) else pickling.loads(payload)
 
 
 def outgoing(payload: bytes | SharedPayload) -> tuple[bytes, int | None]:
