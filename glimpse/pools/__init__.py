@@ -7,6 +7,8 @@
 ``import glimpse.pools`` imports no cluster engine; cluster modules load on first use.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from glimpse.pools.contract import Pool
 from glimpse.pools.contract.worker_policy import Failure, worker_state
 from glimpse.pools.errors import (
@@ -25,6 +27,11 @@ from glimpse.pools.errors import (
 )
 from glimpse.pools.local import MulticorePool, SinglecorePool
 from glimpse.pools.registry import GetClusterPackage, MakePool
+
+try:
+    __version__ = version("glimpse-pools")  # set in pyproject.toml only
+except PackageNotFoundError:  # run from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AuthenticationError",

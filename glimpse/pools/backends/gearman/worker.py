@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from glimpse.pools.backends.gearman import jobs
 from glimpse.pools.backends.gearman import protocol as g
-from glimpse.pools.backends.processes.child_process import TaskProcesses
-from glimpse.pools.backends.processes.frames import RETIRING
+from glimpse.pools.ipc.child_process import TaskProcesses
+from glimpse.pools.ipc.frames import RETIRING
 from glimpse.pools.security import ClusterKey, MessageSigner, Rejected
 
 log = logging.getLogger(__name__)

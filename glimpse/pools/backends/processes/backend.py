@@ -19,10 +19,10 @@ from collections import deque
 
 import cloudpickle
 
-from glimpse.pools.backends.processes import shared_memory
-from glimpse.pools.backends.processes.child_process import ChildProcess, skipped_token
-from glimpse.pools.backends.processes.frames import RETIRING
 from glimpse.pools.contract.backend import Backend, Call, Chunk, TrackedChunk
+from glimpse.pools.ipc import shared_memory
+from glimpse.pools.ipc.child_process import ChildProcess, skipped_token
+from glimpse.pools.ipc.frames import RETIRING
 
 _EXIT_GRACE_SECONDS = 5.0
 #: The most chunks a worker holds: the one it runs and those it runs next without waiting for us.

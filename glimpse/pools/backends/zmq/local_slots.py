@@ -15,9 +15,9 @@ from collections import OrderedDict, deque
 
 import zmq
 
-from glimpse.pools.backends.processes.child_process import TaskProcesses
 from glimpse.pools.backends.zmq import protocol as p
 from glimpse.pools.backends.zmq.worker import Slot, slot_name
+from glimpse.pools.ipc.child_process import TaskProcesses
 from glimpse.pools.security import MessageSigner
 
 log = logging.getLogger(__name__)

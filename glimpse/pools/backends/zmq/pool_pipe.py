@@ -19,9 +19,9 @@ import socket
 
 import zmq
 
-from glimpse.pools.backends.processes.frames import FrameReader, frame_views, send_available, write_frames
 from glimpse.pools.backends.zmq import protocol as p
 from glimpse.pools.contract.backend import ClusterLost
+from glimpse.pools.ipc.frames import FrameReader, frame_views, send_available, write_frames
 from glimpse.pools.security import MessageSigner
 
 #: The name the broker gives the pool at the other end of its socket pair.

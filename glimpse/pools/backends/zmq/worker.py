@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import zmq
 
-from glimpse.pools.backends.processes import shared_memory
-from glimpse.pools.backends.processes.child_process import ChildProcess, TaskProcesses, skipped_token
-from glimpse.pools.backends.processes.frames import RETIRING
-from glimpse.pools.backends.processes.shared_memory import SharedPayload
 from glimpse.pools.backends.zmq import protocol as p
 from glimpse.pools.backends.zmq.signed_socket import PeerSocket
+from glimpse.pools.ipc import shared_memory
+from glimpse.pools.ipc.child_process import ChildProcess, TaskProcesses, skipped_token
+from glimpse.pools.ipc.frames import RETIRING
+from glimpse.pools.ipc.shared_memory import SharedPayload
 from glimpse.pools.security import ClusterKey, MessageSigner
 
 log = logging.getLogger(__name__)

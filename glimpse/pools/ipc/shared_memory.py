@@ -22,9 +22,9 @@ import weakref
 
 import cloudpickle
 
-from glimpse.pools.backends.processes.frames import write_frames
 from glimpse.pools.contract import pickling
 from glimpse.pools.contract.out_of_band import pickle_out_of_band
+from glimpse.pools.ipc.frames import write_frames
 
 _SHARED = b"S"
 #: A whole pickle at least this large goes through a memfd (:func:`share_pickle`).

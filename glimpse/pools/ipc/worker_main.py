@@ -1,6 +1,6 @@
 """Runs in a worker process: run the chunks the pool sends, in order, until told to exit.
 
-Started as ``python -m glimpse.pools.backends.processes.worker_main READ_FD WRITE_FD CONTROL_FD
+Started as ``python -m glimpse.pools.ipc.worker_main READ_FD WRITE_FD CONTROL_FD
 FDS_FD``; it talks to its pool over pipes (so the user's prints to stdout cannot corrupt the
 protocol) and exits when the pool says so, when the pipe closes, or when its parent is gone.
 
@@ -22,12 +22,12 @@ from collections import deque
 
 import cloudpickle
 
-from glimpse.pools.backends.processes import shared_memory
-from glimpse.pools.backends.processes.child_process import SKIPPED
-from glimpse.pools.backends.processes.frames import RETIRING, FrameReader
 from glimpse.pools.contract import pickling
 from glimpse.pools.contract.worker_policy import abandoned_work, run_initializer
 from glimpse.pools.contract.worker_runner import ChunkOutcome, ItemError, dumps_outcome, run_chunk
+from glimpse.pools.ipc import shared_memory
+from glimpse.pools.ipc.child_process import SKIPPED
+from glimpse.pools.ipc.frames import RETIRING, FrameReader
 from glimpse.pools.subprocesses import when_orphaned
 
 

@@ -15,8 +15,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from glimpse.pools.backends.processes import shared_memory
-from glimpse.pools.backends.processes.frames import FrameReader, frame_views, write_available, write_frames
+from glimpse.pools.ipc import shared_memory
+from glimpse.pools.ipc.frames import FrameReader, frame_views, write_available, write_frames
 from glimpse.pools.subprocesses import child_environment
 from glimpse.pools.thread_caps import capped_environment
 
@@ -69,7 +69,7 @@ class ChildProcess:
         child_ends = (to_child_r, from_child_w, control_r, child_fds.fileno())
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "glimpse.pools.backends.processes.worker_main", *map(str, child_ends)],
+                [sys.executable, "-m", "glimpse.pools.ipc.worker_main", *map(str, child_ends)],
                 pass_fds=child_ends,
                 env=capped_environment(child_environment(), workers_here),
                 stdin=subprocess.DEVNULL,
