@@ -19,9 +19,9 @@ import time
 import pytest
 
 from glimpse.pools import MulticorePool
-from glimpse.pools.backends.processes import shared_memory
 from glimpse.pools.contract.out_of_band import Unpickled, unpickled_if_large
 from glimpse.pools.contract.worker_runner import ChunkOutcome, ProbeItems
+from glimpse.pools.ipc import shared_memory
 from tests import helpers
 
 np = pytest.importorskip("numpy")
