@@ -21,7 +21,7 @@ def pickle_out_of_band(obj) -> tuple[bytes, list[memoryview]]:
     """``obj`` pickled without its large buffers, and those buffers (raw, in order)."""
     # A short list that starts with a bytes item is searched for large ones before it is pickled:
     # pickling large bytes in band, then again marked, would copy and scan each. Any other list only
-    # if its pickle turns out large (searching every chunk would cost tiny items 3 us per 64).
+    # if its pickle turns out large (searching every chunk would cost calls of tiny items dearly).
     marked = _with_large_bytes_marked(obj, likely_only=True)
     skeleton, buffers = pickling.dumps_out_of_band(marked, _small)
     if marked is obj and len(skeleton) >= OUT_OF_BAND_BYTES:

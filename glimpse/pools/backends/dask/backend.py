@@ -91,10 +91,8 @@ class DaskBackend(Backend):
         # worker-saturation) and hands each to the next free thread, so chunks in flight beyond the
         # threads cost nothing and hide our round trip between chunks, which matters when chunks
         # are short (items of MiBs make chunks of one item): up to 128 threads, four times the
-        # threads (2 threads, 200 arrays of 4 MiB, a.sum(): 0.46-0.71 of client.scatter +
-        # client.map's speed with 2 in flight, 0.82-0.85 with 5, 1.07-1.08 with 9; 8, 16 and 64
-        # threads of 50 ms sleeps unchanged, 0.91-0.97 of ideal); beyond, a quarter more (twice
-        # measured 0.72 -> 0.55 on 256 threads, its scheduler being the bottleneck).
+        # threads; beyond, a quarter more, since there the scheduler is the bottleneck and more
+        # tasks queued on it slow every one (bench_dask.py and bench_slots.py measure both).
         threads = self.workers()
         if threads <= 128:
             return 4 * threads + 1
@@ -266,7 +264,7 @@ class DaskBackend(Backend):
 
     def _fetch_results(self, finished: list[Future]) -> None:
         """Fetch the results of every finished chunk in one gather: one round trip to the workers for
-        all of them instead of one each, which on 64 threads took 40% of the caller's time.
+        all of them instead of one each, which with many threads was much of the caller's time.
 
         A gather goes through the scheduler. While it answers, a slow gather (large results, a
         worker holding one that fell silent, which Dask then recomputes) is waited for, in ever

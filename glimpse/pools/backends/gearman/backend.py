@@ -122,8 +122,8 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
     """
 
     chunk_seconds = 0.05
-    task_seconds = 5e-4  # two signed hops through gearmand: ~0.6 ms of CPU per chunk in all, measured on 2 cores
-    max_chunk_items = 20_000  # four hops per chunk; 50k chunks measured slower per item in the caller (out of cache)
+    task_seconds = 5e-4  # two signed hops through gearmand per chunk (bench_gearman.py measures it)
+    max_chunk_items = 20_000  # larger chunks fall out of the CPU's cache and cost more per item in the caller
 
     def __init__(
         self, servers: list[tuple[str, int]], key: ClusterKey, source: str = "the address argument", cluster=None

@@ -3,7 +3,7 @@
 A binary packet is a 12-byte header (``\\0REQ`` or ``\\0RES``, a type, a length) and arguments
 separated by NUL bytes; the last argument is raw bytes and may itself contain NULs. The admin
 protocol on the same port is text: ``status``, ``workers`` (lists ending in a ``.`` line),
-``getpid``, ``version``. Every socket sets TCP_NODELAY (without it, ~40 ms per job), and TCP
+``getpid``, ``version``. Every socket sets TCP_NODELAY (without it, Nagle's algorithm delays every job), and TCP
 keepalive with a user timeout (:func:`keep_alive`), so a peer on a machine that went silent
 breaks the connection in seconds, not after the ~15 minutes of the kernel's retransmissions.
 

@@ -51,8 +51,8 @@ def prepickled(func):
 
 def send_task(view, func, args: tuple):
     """Send ``func(*args)`` to the scheduler of a load-balanced ``view``, as ``view.apply_async``
-    does, but without building an ``AsyncResult`` or the view's own bookkeeping (half the cost of a
-    task in the caller: 130 us of 290). Returns the reply's future, whose result is the task's
+    does, but without building an ``AsyncResult`` or the view's own bookkeeping (about half the
+    cost of a task in the caller). Returns the reply's future, whose result is the task's
     value, or the error that ended it as a value (``RemoteError``, ``EngineError``, ``TaskAborted``).
 
     Public: ``Client.send_apply_request``, "the principal method with which all engine execution is

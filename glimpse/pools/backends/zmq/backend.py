@@ -59,7 +59,7 @@ class ZmqBackend(OwnsEmbeddedCluster, Backend):
     """
 
     chunk_seconds = 0.05
-    task_seconds = 5e-4  # two hops through the broker: ~0.6 ms of CPU per chunk over signed TCP, measured on 2 cores
+    task_seconds = 5e-4  # two hops through the broker per chunk over signed TCP (bench_zmq.py measures it)
     # Measured on 2 cores against 10k and 50k: 50k chunks cost more per item in the caller (out of cache), 10k more
     # hops; 20k is best or within noise of the best on calls of 20k, 200k and 1M tiny items, on either layout.
     max_chunk_items = 20_000

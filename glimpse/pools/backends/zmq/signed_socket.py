@@ -23,8 +23,8 @@ _MORE = int(zmq.SNDMORE)
 def send_frames(socket: zmq.Socket, frames: list, flags: int = 0) -> None:
     """Send ``frames`` as one message, large ones without a copy.
 
-    ``send_multipart`` does the same at three times the cost per small message (10-12 us against
-    4 here, measured), most of it in combining its flags as Python enums.
+    ``send_multipart`` does the same at several times the cost per small message, most of it in
+    combining its flags as Python enums.
     """
     flags, send, last = int(flags), socket.send, len(frames) - 1
     for index, frame in enumerate(frames):
