@@ -3,10 +3,11 @@
 # pools plus its own tests. The pytest fixtures start each engine on 127.0.0.1 in its own process
 # group and end it by that group's id.
 #
-#   bash ci/matrix.sh all            # every leg: local dask ray ipython zmq gearman slurm multihost
+#   bash ci/matrix.sh all            # every leg: local dask ray ipython zmq gearman slurm multihost docs
 #   bash ci/matrix.sh dask ray       # some of them
 #   bash ci/matrix.sh --full multihost   # with the longest partition scenarios too
 #
+# The docs leg builds the documentation site (Sphinx, warnings as errors) and runs its examples.
 # The multihost leg runs every cluster type across simulated hosts (Linux namespaces on a bridge,
 # tests/multihost.py): it needs root, and skips with the reason elsewhere. So does the slurm leg, which
 # runs a real SLURM (Debian's slurmctld, slurmd, munge) on those simulated hosts (tests/slurm_lab.py).
@@ -15,7 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_BACKENDS=(local dask ray ipython zmq gearman slurm multihost)
+ALL_BACKENDS=(local dask ray ipython zmq gearman slurm multihost docs)
 FULL=()
 if [ "${1:-}" = --full ]; then FULL=(--full); shift; fi
 backends=("$@")
@@ -95,6 +96,12 @@ run_backend() {
       ensure_gearmand || return 1
       ensure_namespace_tools || return 1
       "$PYTHON" -m pytest --pools local "${FULL[@]}" tests/test_multihost_*.py ;;
+    docs)
+      # The documentation site, warnings as errors, and every example of the README and docs run as scripts.
+      install "test,all,docs" || return 1
+      local site
+      site=$(mktemp -d) && "$PYTHON" -m sphinx -W --keep-going -q -b html docs "$site" && rm -rf "$site" && \
+        "$PYTHON" -m pytest tests/test_docs_*.py ;;
     *)
       echo "ci/matrix.sh: unknown backend '$backend' (known: ${ALL_BACKENDS[*]})" >&2
       return 2 ;;

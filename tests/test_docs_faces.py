@@ -1,4 +1,4 @@
-"""Every ``python`` example of the README, docs/faces.md and docs/long-runs.md runs as a script.
+"""Every ``python`` example of the README and the docs runs as a script (docs/slurm.md's in the slurm leg).
 
 Each example runs in a fresh interpreter, as a user who copies it would run it, on the default
 ``MakePool()`` (``GLIMPSE_POOL`` unset); an example that imports a package not installed is skipped.
@@ -50,7 +50,8 @@ def examples_in(path: Path, section: str | None = None) -> list[Example]:
 
 
 EXAMPLES = (
-    examples_in(ROOT / "docs" / "faces.md")
+    examples_in(ROOT / "docs" / "getting-started.md")
+    + examples_in(ROOT / "docs" / "faces.md")
     + examples_in(ROOT / "docs" / "long-runs.md")
     + examples_in(ROOT / "README.md")
 )

@@ -1,0 +1,27 @@
+"""Sphinx configuration: the Markdown pages of docs/ (MyST) and an API reference from the docstrings.
+
+Build: ``python -m sphinx -W --keep-going -b html docs build/docs`` (``bash ci/matrix.sh docs``).
+"""
+
+from importlib.metadata import version as _version
+
+project = "glimpse-pools"
+author = "The glimpse-pools developers"
+copyright = "2026, The glimpse-pools developers"
+release = _version("glimpse-pools")
+
+extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon"]
+source_suffix = {".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build"]
+myst_heading_anchors = 3
+myst_enable_extensions = ["colon_fence"]
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+napoleon_google_docstring = True
+nitpicky = False
+
+html_theme = "furo"
+html_title = "glimpse-pools"
