@@ -1,7 +1,7 @@
 """Streaming fresh large items through every engine: glimpse beside the engine's own best idiom,
 beside multiprocessing, and beside the machine's physical limit, in one run.
 
-    engine-run python benchmarks/bench_stream.py [--quick] [--sizes 64K,1M,16M] [--arrays]
+    python benchmarks/bench_stream.py [--quick] [--sizes 64K,1M,16M] [--arrays] [--json PATH]
         [--engines multicore,dask,ray,ipython,zmq,gearman] [--volume MiB]
 
 Each item is made fresh by a generator (``bytes([i % 256]) * size``; with ``--arrays``, a uint8
@@ -57,7 +57,7 @@ import subprocess
 import sys
 import time
 
-from workloads import PeriodicSampler
+from workloads import JsonRecord, PeriodicSampler
 
 MIB = 1 << 20
 WORKERS = 2
@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--arrays", action="store_true", help="stream uint8 numpy arrays instead of bytes")
     parser.add_argument("--insecure", action="store_true", help="zmq and gearman clusters sign nothing")
     parser.add_argument("--timeout", type=float, help="seconds before a run counts as hung (600, --quick 180)")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON (for benchmarks/charts.py)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -128,10 +129,11 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     run = Runner(volume, args.arrays, args.timeout or (180 if args.quick else 600))
+    record = JsonRecord("stream", {"volume_mib": volume // MIB, "arrays": args.arrays, "workers": WORKERS})
     baseline = {}
     for size in sizes:
         baseline[size] = run.one("multicore", "mp", size, {})
-        print(_row(size, "-", "mp", baseline[size], None, baseline[size]), flush=True)
+        print(_row(size, "-", "mp", baseline[size], None, baseline[size], record), flush=True)
     for engine in engines:
         missing = _missing(engine)
         if missing:
@@ -147,12 +149,12 @@ def main() -> None:
                         theirs = {"mp": baseline[size]}
                     timed = [result["seconds"] for result in theirs.values() if "seconds" in result]
                     best = min(timed) if timed else None
-                    print(_row(size, engine, "glimpse", ours, best, baseline[size]), flush=True)
+                    print(_row(size, engine, "glimpse", ours, best, baseline[size], record), flush=True)
                     for idiom, result in theirs.items():
                         if idiom != "mp":
-                            print(_row(size, engine, idiom, result, None, baseline[size]), flush=True)
+                            print(_row(size, engine, idiom, result, None, baseline[size], record), flush=True)
                     if own is not None:
-                        print(_row(size, engine, "embedded", own, best, baseline[size]), flush=True)
+                        print(_row(size, engine, "embedded", own, best, baseline[size], record), flush=True)
                     if engine == "gearman" and size == sizes[-1]:
                         print(f"{'':>6} {engine:<10} (no native Python gearman client in the project: vs mp only)")
         except Exception as exc:  # a cluster that does not start is one line of the table, not the end
@@ -161,6 +163,7 @@ def main() -> None:
         "\n(s: wall seconds; growth, private: caller's peak RSS and private memory growth in MiB, goal <= 256; "
         "vs idiom: best idiom's s / glimpse's s; vs mp: multiprocessing's s / row's s; > 1 favours glimpse / the row)"
     )
+    record.write(args.json)
 
 
 class Runner:
@@ -191,11 +194,26 @@ class Runner:
         return json.loads(out.strip().splitlines()[-1])
 
 
-def _row(size: int, engine: str, contender: str, result: dict, idiom_seconds: float | None, mp: dict) -> str:
+def _row(
+    size: int, engine: str, contender: str, result: dict, idiom_seconds: float | None, mp: dict, record: JsonRecord
+) -> str:
     label = _LABELS[contender]
     if "error" in result:
+        record.add(size=size, engine=engine, contender=contender, label=label, error=result["error"])
         return f"{_size_text(size):>6} {engine:<10} {label:<52} {result['error']}"
     seconds = result["seconds"]
+    record.add(
+        size=size,
+        engine=engine,
+        contender=contender,
+        label=label,
+        seconds=seconds,
+        mib_s=result["mib"] / seconds,
+        growth_mib=result["growth"],
+        private_mib=result["private"],
+        vs_idiom=idiom_seconds / seconds if idiom_seconds else None,
+        vs_mp=mp["seconds"] / seconds if "seconds" in mp else None,
+    )
     vs_idiom = f"{idiom_seconds / seconds:>8.2f}x" if idiom_seconds else f"{'-':>9}"
     vs_mp = f"{mp['seconds'] / seconds:>5.2f}x" if "seconds" in mp else f"{'-':>6}"
     return (

@@ -152,3 +152,41 @@ class PeriodicSampler:
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
             self.sample()
+
+
+class JsonRecord:
+    """The rows of one benchmark run, written as JSON for ``benchmarks/charts.py`` (``--json PATH``).
+
+    The file holds ``{"benchmark", "machine", "settings", "rows"}``; each row is a dict of the
+    figures the benchmark prints, so a chart never depends on the printed layout.
+    """
+
+    def __init__(self, benchmark: str, settings: dict):
+        import os
+        import platform
+        import sys
+        import time
+
+        self.data = {
+            "benchmark": benchmark,
+            "machine": {
+                "cores": os.cpu_count(),
+                "python": sys.version.split()[0],
+                "system": platform.platform(terse=True),
+                "date": time.strftime("%Y-%m-%d"),
+            },
+            "settings": settings,
+            "rows": [],
+        }
+
+    def add(self, **row) -> None:
+        self.data["rows"].append(row)
+
+    def write(self, path: str | None) -> None:
+        if not path:
+            return
+        import json
+
+        with open(path, "w") as file:
+            json.dump(self.data, file, indent=1)
+            file.write("\n")

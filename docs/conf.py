@@ -3,7 +3,14 @@
 Build: ``python -m sphinx -W --keep-going -b html docs build/docs`` (``bash ci/matrix.sh docs``).
 """
 
+import sys
 from importlib.metadata import version as _version
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import charts  # noqa: E402  (benchmarks/ is not a package)
+
+charts.main()  # docs/data/*.json -> docs/_charts/*.svg
 
 project = "glimpse-pools"
 author = "The glimpse-pools developers"
@@ -13,7 +20,7 @@ release = _version("glimpse-pools")
 extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon"]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "data"]
 myst_heading_anchors = 3
 myst_enable_extensions = ["colon_fence"]
 

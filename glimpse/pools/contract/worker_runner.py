@@ -72,7 +72,7 @@ class ProbeItems(list):
         return ProbeItems, (self[:], self.budget)  # a slice is a plain list, pickled fastest
 
 
-def execute_chunk(func, items, start: int, catch=Exception) -> ChunkOutcome:
+def outcome_of_chunk(func, items, start: int, catch=Exception) -> ChunkOutcome:
     """Apply ``func`` to each item, stopping at the first exception (kept with its traceback),
     or, for :class:`ProbeItems`, once their time budget is spent."""
     values: list = []
@@ -120,7 +120,7 @@ def run_chunk(call_id: str, function: PickledFunction, payload, start: int, dump
     except BaseException as exc:
         outcome = ChunkOutcome(failure=ItemError(start, exc))
     else:
-        outcome = execute_chunk(func, items, start, catch=BaseException)
+        outcome = outcome_of_chunk(func, items, start, catch=BaseException)
         replace = getattr(func, "replace_unpicklable", None)
         if replace is not None:
             return dumps_outcome(outcome, start, dumps, replace)

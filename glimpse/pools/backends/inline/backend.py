@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from glimpse.pools.contract import Backend, Call, Chunk
-from glimpse.pools.contract.worker_runner import ChunkOutcome, execute_chunk
+from glimpse.pools.contract.worker_runner import ChunkOutcome, outcome_of_chunk
 
 
 class InlineBackend(Backend):
@@ -18,7 +18,7 @@ class InlineBackend(Backend):
         return 1
 
     def submit(self, call: Call, chunk: Chunk) -> ChunkOutcome:
-        return execute_chunk(call.func, chunk.items, chunk.start)
+        return outcome_of_chunk(call.func, chunk.items, chunk.start)
 
     def wait(self, handles, timeout):
         return list(handles)

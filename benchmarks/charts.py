@@ -1,0 +1,87 @@
+"""Charts for the docs, drawn from the JSON the benchmarks write (``--json PATH``).
+
+    python benchmarks/charts.py [DATA_DIR] [OUT_DIR]     # default: docs/data -> docs/_charts
+
+The documentation build (``docs/conf.py``) runs it, so the charts always show the committed data.
+Each ``<name>.json`` in ``DATA_DIR`` gives ``<name>-<part>.svg`` charts in ``OUT_DIR``; to
+refresh one, run its benchmark again with ``--json docs/data/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(data_dir: Path = ROOT / "docs" / "data", out_dir: Path = ROOT / "docs" / "_charts") -> list[Path]:
+    """Draw every chart of ``data_dir`` into ``out_dir``; return the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(data_dir.glob("*.json")):
+        data = json.loads(path.read_text())
+        draw = _DRAWERS.get(data["benchmark"])
+        if draw is None:
+            raise ValueError(f"{path}: no chart for benchmark {data['benchmark']!r} (known: {', '.join(_DRAWERS)})")
+        written += draw(data, path.stem, out_dir)
+    return written
+
+
+def _stream(data: dict, name: str, out_dir: Path) -> list[Path]:
+    """One chart per item size: MiB/s of glimpse, of the engine's best idiom, and of multiprocessing."""
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in data["rows"] if "mib_s" in row]
+    written = []
+    for size in sorted({row["size"] for row in rows}):
+        at_size = [row for row in rows if row["size"] == size]
+        mp = next((row["mib_s"] for row in at_size if row["contender"] == "mp"), None)
+        engines = [row["engine"] for row in at_size if row["contender"] == "glimpse"]
+        ours = [row["mib_s"] for row in at_size if row["contender"] == "glimpse"]
+        best = []
+        for engine in engines:
+            idioms = [
+                row["mib_s"]
+                for row in at_size
+                if row["engine"] == engine and row["contender"] not in ("glimpse", "embedded", "mp")
+            ]
+            best.append(max(idioms) if idioms else 0.0)
+        figure, axes = plt.subplots(figsize=(7, 0.5 + 0.55 * max(len(engines), 1)))
+        positions = range(len(engines))
+        axes.barh([p + 0.2 for p in positions], ours, height=0.4, label="glimpse pool.imap")
+        axes.barh([p - 0.2 for p in positions], best, height=0.4, label="the engine's best idiom")
+        if mp is not None:
+            axes.axvline(mp, color="black", linestyle="--", linewidth=1, label="multiprocessing.Pool.imap")
+        axes.set_yticks(list(positions), engines)
+        axes.invert_yaxis()
+        axes.set_xlabel("MiB/s (more is better)")
+        machine = data["machine"]
+        axes.set_title(
+            f"Streaming {_size_text(size)} items: {data['settings']['volume_mib']} MiB, "
+            f"{machine['cores']} cores, {machine['date']}",
+            fontsize=10,
+        )
+        axes.legend(fontsize=8, loc="lower right")
+        figure.tight_layout()
+        path = out_dir / f"{name}-{_size_text(size)}.svg"
+        figure.savefig(path, metadata={"Date": None})
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def _size_text(size: int) -> str:
+    return f"{size >> 20}M" if size >= 1 << 20 else f"{size >> 10}K"
+
+
+_DRAWERS = {"stream": _stream}
+
+if __name__ == "__main__":
+    arguments = [Path(argument) for argument in sys.argv[1:3]]
+    for written_path in main(*arguments):
+        print(written_path)
