@@ -30,7 +30,7 @@ import ipyparallel
 from ipyparallel import error as ipp_error
 
 from glimpse.pools.backends.ipython import compat
-from glimpse.pools.backends.ipython.booking import EngineBooking
+from glimpse.pools.backends.ipython.sending import BookedEngines, ThroughScheduler
 from glimpse.pools.cluster.reachability import head_silent, tcp_answers
 from glimpse.pools.contract import Backend, Call, Chunk, ChunkLost, Health, pickling
 from glimpse.pools.contract.out_of_band import Unpickled
@@ -72,7 +72,6 @@ class IPythonBackend(Backend):
 
     def __init__(self, client, owns_client: bool = True, cluster=None):
         self._client = client
-        self._view = client.load_balanced_view()
         self._owns_client = owns_client
         self.cluster = cluster
         self._heal = cluster.replace_lost_engines if cluster is not None else None
@@ -82,9 +81,11 @@ class IPythonBackend(Backend):
         self._cancelled: set = set()
         self._engine_ids: dict[str, int] = {}
         self._controller_silent = False  # as the last health() found it
-        self._runner = compat.prepickled(_run_interruptibly)
-        self._direct_view = client.direct_view() if cluster is not None else None
-        self._booking = EngineBooking(lambda: self._client.ids, self._send_to) if cluster is not None else None
+        runner = compat.prepickled(_run_interruptibly)
+        if cluster is None:
+            self._sending: ThroughScheduler | BookedEngines = ThroughScheduler(client, runner, self._started)
+        else:
+            self._sending = BookedEngines(client, runner, self._started, self._before_sending)
 
     def workers(self) -> int:
         return max(1, len(self._client.ids))
@@ -134,7 +135,7 @@ class IPythonBackend(Backend):
             self._push(shared, engines)
         self._lose_tasks_of_unregistered_engines(handles)
         tasks = {task.decoded: task for task in handles}
-        done = self._wait_for_any(tasks, timeout)
+        done = self._sending.wait_for_any(tasks, timeout)
         self._controller_silent &= not done
         finished = []
         for decoded in done:
@@ -147,27 +148,8 @@ class IPythonBackend(Backend):
             self._push(task.shared, {engine}, again=True)
             task.resends += 1
             self._send(task)
-        if self._booking is not None:
-            self._booking.dispatch()
+        self._sending.dispatch()
         return finished
-
-    def _wait_for_any(self, futures, timeout: float) -> set:
-        """Those of ``futures`` done within ``timeout``. Chunks booked on the engines wait in the
-        caller for room, so whichever chunk ends, of this call or a cancelled one, sends more."""
-        if self._booking is None:
-            return concurrent.futures.wait(futures, timeout, return_when=concurrent.futures.FIRST_COMPLETED)[0]
-        deadline = time.monotonic() + timeout
-        while True:
-            self._booking.dispatch()
-            watched = set(futures)
-            if self._booking.waiting:
-                watched.update(task.decoded for task in self._booking.held())
-            done, _ = concurrent.futures.wait(
-                watched, max(0.0, deadline - time.monotonic()), return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            mine = {future for future in done if future in futures}
-            if mine or time.monotonic() >= deadline:
-                return mine
 
     def outcome(self, handle: _Task) -> Unpickled | bytes:
         try:
@@ -185,12 +167,10 @@ class IPythonBackend(Backend):
             return handle.decoded.result()
         finally:
             self._forget(handle.future)
-            if self._booking is not None:
-                self._booking.forget(handle)
+            self._sending.forget(handle)
 
     def cancel(self, handles) -> None:
-        if self._booking is not None:
-            self._booking.drop(handles)
+        self._sending.drop(handles)
         for task in handles:
             task.cancelled = True
         futures = [task.future for task in handles if task.future is not None and not task.future.done()]
@@ -216,8 +196,7 @@ class IPythonBackend(Backend):
             for shared in self._kept.values():
                 self._drop(shared)
         self._kept.clear()
-        if self._booking is not None:
-            self._booking.clear()
+        self._sending.clear()
         if self._owns_client:
             self._client.close()
         if self.cluster is not None:
@@ -225,16 +204,11 @@ class IPythonBackend(Backend):
 
     def _send(self, task: _Task) -> None:
         task.decoded = concurrent.futures.Future()
-        if self._booking is not None:
-            self._booking.add(task)  # sent by _send_to when an engine has room
-        else:
-            self._started(task, compat.send_task(self._view, self._runner, task.args))
+        self._sending.send(task)
 
-    def _send_to(self, task: _Task, engine: int) -> None:
+    def _before_sending(self, task: _Task, engine: int) -> None:
         if engine not in task.shared.engines:
             self._push(task.shared, {engine})
-        self._started(task, compat.send_direct(self._direct_view, engine, self._runner, task.args))
-        task.engine = engine
 
     @staticmethod
     def _started(task: _Task, future) -> None:
@@ -270,12 +244,7 @@ class IPythonBackend(Backend):
         """
         live = set(self._client.ids)
         for engine in sorted((engines if again else engines - shared.engines) & live):
-            if self._booking is not None:
-                with contextlib.suppress(KeyError):  # it unregistered just now
-                    compat.send_direct(self._direct_view, engine, _store, (shared.name, shared.blob))
-            else:
-                with self._view.temp_flags(targets=[engine]):
-                    self._view.apply_async(_store, shared.name, shared.blob)
+            self._sending.call_on(engine, _store, (shared.name, shared.blob))
             shared.engines.add(engine)
 
     def _drop_old_functions(self) -> None:
