@@ -289,7 +289,7 @@ def test_a_pool_that_says_bye_loses_its_chunks_and_functions(context, broker):
     pool.send_multipart([p.CHUNK, b"1", b"call", b"payload", b"0"])
     pool.send_multipart([p.BYE])
     _deliver(broker)
-    assert not broker.queue and not broker.jobs and not broker.functions
+    assert not broker.queue and not broker.chunks and not broker.functions
 
 
 def test_an_unsigned_message_is_dropped_and_its_sender_told_once(context, broker):
@@ -373,11 +373,11 @@ def test_a_slot_in_the_brokers_process_gets_a_large_payload_only_if_it_matches_i
     _tampered_chunk(pool)
     _deliver(broker)
     broker.pass_local_messages()
-    assert not slot.jobs and broker.socket.signer.rejected_count == 1
+    assert not slot.held and broker.socket.signer.rejected_count == 1
     _intact_chunk_instead(pool)
     _deliver(broker)
     broker.pass_local_messages()
-    assert [job.payload for job in slot.jobs] == [_LARGE]
+    assert [job.payload for job in slot.held] == [_LARGE]
 
 
 def test_a_pool_on_the_brokers_socket_pair_gets_a_workers_large_outcome_only_if_it_matches_its_tag(context):

@@ -123,7 +123,7 @@ class ProcessBackend(Backend):
         next_check = self._take_back_stuck_chunks(time.monotonic())
         for fd, _ in self._busy.poll(min(seconds, next_check) * 1000):
             worker = self._busy_by_fd.get(fd)
-            if worker is not None and worker.jobs:
+            if worker is not None and worker.held:
                 self._collect(worker)
         self._dispatch()
 
@@ -136,23 +136,23 @@ class ProcessBackend(Backend):
             return
         self._queue = deque(job for job in self._queue if job not in cancelled)
         for worker in {job.worker for job in cancelled if job.worker is not None}:
-            if worker.jobs[0] in cancelled:
-                self._requeue([job for job in worker.jobs if job not in cancelled])
+            if worker.held[0] in cancelled:
+                self._requeue([job for job in worker.held if job not in cancelled])
                 self._retire(worker, kill=True)
             else:
-                for job in worker.jobs:
+                for job in worker.held:
                     if job in cancelled and worker.send_skip(job.token):
                         job.skipping = True
         for job in cancelled:
             job.lost = "cancelled"
 
     def close(self) -> None:
-        for worker in [w for w in self._workers if not w.jobs]:
+        for worker in [w for w in self._workers if not w.held]:
             self._retire(worker, kill=False)
 
     def terminate(self) -> None:
         self._terminated = True
-        for job in [*self._queue, *(job for w in self._workers for job in w.jobs)]:
+        for job in [*self._queue, *(job for w in self._workers for job in w.held)]:
             job.lost = "the pool was terminated"
         self._queue.clear()
         _kill_all(self._workers, self._exiting)
@@ -161,7 +161,7 @@ class ProcessBackend(Backend):
         self._exiting.clear()
 
     def join(self) -> None:
-        busy = [job for worker in self._workers for job in worker.jobs]
+        busy = [job for worker in self._workers for job in worker.held]
         self.wait(busy, _EXIT_GRACE_SECONDS)
         for worker in list(self._workers):
             self._retire(worker, kill=False)
@@ -193,11 +193,11 @@ class ProcessBackend(Backend):
         """
         best = None
         for worker in self._workers:
-            if not worker.jobs:
+            if not worker.held:
                 return worker
             if (
-                len(worker.jobs) < self._depth
-                and (best is None or len(worker.jobs) < len(best.jobs))
+                len(worker.held) < self._depth
+                and (best is None or len(worker.held) < len(best.held))
                 and worker.head_since > stuck_since
                 and worker.unanswered_bytes + _wire_bytes(job, worker) <= worker.pipe_bytes
                 and worker.may_take_more(self._chunks_per_worker)
@@ -215,11 +215,11 @@ class ProcessBackend(Backend):
         job.with_function = worker.last_call != job.call.id
         worker.last_call = job.call.id
         worker.unanswered_bytes += job.wire_bytes
-        if not worker.jobs:
+        if not worker.held:
             worker.head_since = time.monotonic()
             self._busy.register(worker.fileno(), select.POLLIN)
             self._busy_by_fd[worker.fileno()] = worker
-        worker.jobs.append(job)
+        worker.held.append(job)
 
     def _send(self, worker: _Worker, jobs: list[ProcessChunk]) -> None:
         chunks = [
@@ -227,7 +227,7 @@ class ProcessBackend(Backend):
             for job in jobs
         ]
         if not worker.send_chunks(chunks):
-            self._lose_worker(worker, "before it took" if worker.jobs[0] is jobs[0] else "while running")
+            self._lose_worker(worker, "before it took" if worker.held[0] is jobs[0] else "while running")
 
     def _collect(self, worker: _Worker) -> None:
         fresh = worker.chunks_done == 0  # its first chunk's time includes starting the process
@@ -243,13 +243,13 @@ class ProcessBackend(Backend):
                 return
             token = skipped_token(frame)
             if token is not None:
-                job = next((job for job in worker.jobs if job.token == token), None)
+                job = next((job for job in worker.held if job.token == token), None)
                 if job is not None:
-                    worker.jobs.remove(job)
+                    worker.held.remove(job)
                     worker.unanswered_bytes -= job.wire_bytes
                     self._requeue([job])
                 continue
-            job = worker.jobs.popleft()
+            job = worker.held.popleft()
             worker.unanswered_bytes -= job.wire_bytes
             job.worker = None
             if not job.done:  # a cancelled chunk that had started: its outcome is not wanted
@@ -258,7 +258,7 @@ class ProcessBackend(Backend):
             results += 1
         if results:  # (skip answers say nothing about how long a chunk takes)
             self._learn_chunk_time(worker, results, fresh)
-        if not worker.jobs:
+        if not worker.held:
             self._idle(worker)
             if self._chunks_per_worker is not None and worker.chunks_done >= self._chunks_per_worker:
                 self._retire(worker, kill=False)
@@ -278,16 +278,16 @@ class ProcessBackend(Backend):
         than ``_STUCK_SECONDS`` to give back the chunks behind it. Returns the seconds until a
         chunk could get stuck (when to look again; ``inf`` when nothing can)."""
         next_check = math.inf
-        if self._queue or (len(self._workers) == self._size and all(w.jobs for w in self._workers)):
+        if self._queue or (len(self._workers) == self._size and all(w.held for w in self._workers)):
             return next_check
         for worker in self._workers:
-            if len(worker.jobs) < 2:
+            if len(worker.held) < 2:
                 continue
             stuck_for = now - worker.head_since
             if stuck_for < _STUCK_SECONDS:
                 next_check = min(next_check, max(_STUCK_SECONDS - stuck_for, 0.001))
                 continue
-            for job in list(worker.jobs)[1:]:
+            for job in list(worker.held)[1:]:
                 if not job.skipping:
                     job.skipping = worker.send_skip(job.token)
         return next_check
@@ -301,15 +301,15 @@ class ProcessBackend(Backend):
 
     def _lose_worker(self, worker: _Worker, how: str) -> None:
         """The worker died: its running chunk is lost, the chunks behind it go to other workers."""
-        running, *waiting = worker.jobs
+        running, *waiting = worker.held
         running.lost = f"worker {worker.describe_death()} {how} {running.chunk.describe()}"
         self._requeue(waiting)
         self._retire(worker, kill=True)
 
     def _replace_retiring(self, worker: _Worker) -> None:
         """The worker left an item's thread running: its queued chunks go to others, and it is killed."""
-        self._requeue(list(worker.jobs))
-        worker.jobs.clear()
+        self._requeue(list(worker.held))
+        worker.held.clear()
         worker.unanswered_bytes = 0
         self._idle(worker)
         self._retire(worker, kill=True)
@@ -322,8 +322,8 @@ class ProcessBackend(Backend):
         """Take a worker out of service: kill it now, or ask it to exit and let join() reap it."""
         if worker in self._workers:
             self._workers.remove(worker)
-        if worker.jobs:
-            worker.jobs.clear()
+        if worker.held:
+            worker.held.clear()
             worker.unanswered_bytes = 0
             self._idle(worker)
         if kill:
@@ -338,7 +338,7 @@ class _Worker(ChildProcess):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.jobs: deque[ProcessChunk] = deque()
+        self.held: deque[ProcessChunk] = deque()
         self.head_since = 0.0
         self.chunks_done = 0
         #: The bytes of the chunks sent and not answered: at most what is still in the pipe.
@@ -347,7 +347,7 @@ class _Worker(ChildProcess):
 
     def may_take_more(self, chunks_per_worker: int | None) -> bool:
         """Whether another chunk stays within ``maxtasksperchild``."""
-        return chunks_per_worker is None or self.chunks_done + len(self.jobs) < chunks_per_worker
+        return chunks_per_worker is None or self.chunks_done + len(self.held) < chunks_per_worker
 
 
 def _wire_bytes(job: ProcessChunk, worker: _Worker) -> int:

@@ -106,7 +106,7 @@ class Worker:
     info: dict
     seen: float
     #: The chunks it holds, in the order it was sent them: it runs the first, the others wait.
-    jobs: list[QueuedChunk] = field(default_factory=list)
+    held: list[QueuedChunk] = field(default_factory=list)
     functions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     since: float = field(default_factory=time.monotonic)
 
@@ -126,7 +126,7 @@ class Broker:
         self.id = uuid.uuid4().hex.encode()
         self.workers: OrderedDict[bytes, Worker] = OrderedDict()
         self.queue: deque[QueuedChunk] = deque()
-        self.jobs: dict[tuple[bytes, bytes], QueuedChunk] = {}
+        self.chunks: dict[tuple[bytes, bytes], QueuedChunk] = {}
         self.running: dict[int, QueuedChunk] = {}
         self.functions: dict[bytes, tuple[bytes, bytes | Tagged]] = {}
         #: When each worker this broker did not know was last told to start over.
@@ -224,8 +224,8 @@ class Broker:
     def dispatch(self) -> None:
         """Hand queued chunks to the workers holding the fewest; with none queued, take back for idle ones."""
         while self.queue and self.workers:
-            worker = min(self.workers.values(), key=lambda w: len(w.jobs))
-            if len(worker.jobs) >= p.HELD_PER_WORKER:
+            worker = min(self.workers.values(), key=lambda w: len(w.held))
+            if len(worker.held) >= p.HELD_PER_WORKER:
                 return
             self.hand_out(self.queue.popleft(), worker)
         if not self.queue:
@@ -233,9 +233,9 @@ class Broker:
 
     def hand_out(self, job: QueuedChunk, worker: Worker) -> None:
         job.worker = worker
-        if not worker.jobs:
+        if not worker.held:
             worker.since = time.monotonic()
-        worker.jobs.append(job)
+        worker.held.append(job)
         self.running[job.number] = job
         function = b""
         entry = self.functions.get(job.call)
@@ -249,14 +249,14 @@ class Broker:
 
     def take_back_for_idle_workers(self) -> None:
         """Ask busy workers to give back chunks waiting behind their running one, one per idle worker."""
-        idle = sum(1 for worker in self.workers.values() if not worker.jobs)
+        idle = sum(1 for worker in self.workers.values() if not worker.held)
         if not idle:  # the usual case on a busy cluster, after every message: look at no chunk
             return
-        idle -= sum(job.taking_back for worker in self.workers.values() for job in worker.jobs)
+        idle -= sum(job.taking_back for worker in self.workers.values() for job in worker.held)
         for worker in self.workers.values():
             if idle <= 0:
                 return
-            for job in worker.jobs[1:]:
+            for job in worker.held[1:]:
                 if idle > 0 and not job.taking_back:
                     job.taking_back = True
                     self.send(worker.id, p.TAKEBACK, p.number(job.number))
@@ -280,7 +280,7 @@ class Broker:
         self.send(client, p.WELCOME, self.id, p.number(len(self.workers)))
 
     def on_ping(self, client: bytes, last_task: bytes) -> None:
-        held = [task for owner, task in self.jobs if owner == client]
+        held = [task for owner, task in self.chunks if owner == client]
         self.send(client, p.PONG, self.id, p.number(len(self.workers)), last_task, *held)
 
     def on_func(self, client: bytes, call: bytes, blob: bytes) -> None:
@@ -301,12 +301,12 @@ class Broker:
             return
         self.next_job += 1
         job = QueuedChunk(self.next_job, client, task, call, payload, start)
-        self.jobs[client, task] = job
+        self.chunks[client, task] = job
         self.queue.append(job)
 
     def on_cancel(self, client: bytes, *tasks: bytes) -> None:
         for task in tasks:
-            job = self.jobs.pop((client, task), None)
+            job = self.chunks.pop((client, task), None)
             if job is None:
                 continue
             if job.worker is None:
@@ -314,7 +314,7 @@ class Broker:
             else:
                 self.running.pop(job.number, None)
                 self.send(job.worker.id, p.CANCEL, p.number(job.number))
-                job.worker.jobs.remove(job)
+                job.worker.held.remove(job)
 
     def on_list(self, client: bytes) -> None:
         now = time.monotonic()
@@ -322,8 +322,8 @@ class Broker:
             {
                 "id": worker.id.decode(errors="replace"),
                 **worker.info,
-                "state": "busy" if worker.jobs else "idle",
-                "chunks_held": len(worker.jobs),
+                "state": "busy" if worker.held else "idle",
+                "chunks_held": len(worker.held),
                 "for_seconds": round(now - worker.since, 1),
             }
             for worker in self.workers.values()
@@ -341,13 +341,13 @@ class Broker:
     def on_restart(self, client: bytes) -> None:
         for worker in self.workers.values():
             self.send(worker.id, p.RESTART)
-            self.lose_jobs(worker, f"{worker.describe()} was restarted by RestartWorkers")
+            self.lose_chunks(worker, f"{worker.describe()} was restarted by RestartWorkers")
         self.send(client, p.RESTARTED, p.number(len(self.workers)))
 
     def on_bye(self, client: bytes) -> None:
         for call in [call for call, (owner, _) in self.functions.items() if owner == client]:
             del self.functions[call]
-        tasks = [task for owner, task in self.jobs if owner == client]
+        tasks = [task for owner, task in self.chunks if owner == client]
         self.on_cancel(client, *tasks)
 
     # -- messages from workers ---------------------------------------------------------------
@@ -359,7 +359,7 @@ class Broker:
             return
         old = self.workers.pop(sender, None)
         if old is not None:
-            self.lose_jobs(old, f"{old.describe()} started over while running it")
+            self.lose_chunks(old, f"{old.describe()} started over while running it")
         self.workers[sender] = Worker(sender, p.from_json(info), time.monotonic())
         self.send(sender, p.WELCOME, self.id)
         log.info("worker %s joined (%d workers)", sender.decode(errors="replace"), len(self.workers))
@@ -424,27 +424,27 @@ class Broker:
         if job is None or worker is None or job.worker is not worker:
             return None
         del self.running[job.number]
-        self.jobs.pop((job.client, job.task), None)
-        worker.jobs.remove(job)
+        self.chunks.pop((job.client, job.task), None)
+        worker.held.remove(job)
         worker.since = time.monotonic()
         return job
 
-    def lose_jobs(self, worker: Worker, reason: str) -> None:
+    def lose_chunks(self, worker: Worker, reason: str) -> None:
         """The worker is gone or restarted: the chunk it ran is lost, those waiting go to other workers."""
-        if not worker.jobs:
+        if not worker.held:
             return
-        running, *waiting = worker.jobs
+        running, *waiting = worker.held
         self.requeue(worker, waiting)
-        worker.jobs.clear()
+        worker.held.clear()
         worker.since = time.monotonic()
         self.running.pop(running.number, None)
-        self.jobs.pop((running.client, running.task), None)
+        self.chunks.pop((running.client, running.task), None)
         self.send(running.client, p.LOST, running.task, reason.encode())
 
     def requeue(self, worker: Worker, jobs: list[QueuedChunk]) -> None:
         """Put chunks a worker never started back at the front of the queue, in order."""
         for job in reversed(jobs):
-            worker.jobs.remove(job)
+            worker.held.remove(job)
             self.running.pop(job.number, None)
             job.worker, job.taking_back = None, False
             self.queue.appendleft(job)
@@ -452,7 +452,7 @@ class Broker:
     def remove_worker(self, worker: Worker, reason: str) -> None:
         self.workers.pop(worker.id, None)
         log.info("%s (%d workers)", reason, len(self.workers))
-        self.lose_jobs(worker, reason)
+        self.lose_chunks(worker, reason)
 
     def send(self, peer: bytes, kind: bytes, *frames: bytes | Tagged) -> None:
         if self.local is not None and peer in self.local:

@@ -118,7 +118,7 @@ class Slot:
         self.socket = link
         self.functions = functions
         self.process = _start_child(processes)
-        self.jobs: list[SlotChunk] = []
+        self.held: list[SlotChunk] = []
         self.tokens = itertools.count()
         self.chunks = 0
         self.welcomed = False
@@ -142,7 +142,7 @@ class Slot:
     @property
     def running(self) -> bool:
         """Whether its child holds chunks (so its outcomes must be watched for)."""
-        return any(job.token is not None for job in self.jobs)
+        return any(job.token is not None for job in self.held)
 
     def info(self) -> bytes:
         return p.to_json(
@@ -205,7 +205,7 @@ class Slot:
         # be here, waiting for the child to say it skipped it, when the next one arrives.
         if function:
             self.keep_function(call, function)
-        self.jobs.append(SlotChunk(number, call, payload, int(start)))
+        self.held.append(SlotChunk(number, call, payload, int(start)))
         self.forward()
 
     def on_function(self, call: bytes, blob: bytes) -> None:
@@ -219,8 +219,8 @@ class Slot:
             self.functions.popitem(last=False)
 
     def on_missing_function(self, call: bytes) -> None:
-        for job in [job for job in self.jobs if job.token is None and job.call == call]:
-            self.jobs.remove(job)
+        for job in [job for job in self.held if job.token is None and job.call == call]:
+            self.held.remove(job)
             self.send(p.FAILED, job.number, self.failure("the broker no longer has the function of this call"))
         self.forward()
 
@@ -240,7 +240,7 @@ class Slot:
             return
         job.cancelled = True
         if job.token is None:
-            self.jobs.remove(job)
+            self.held.remove(job)
         elif job is self.head():
             self.replace_process()  # it may be running: stop it
         elif not self.process.send_skip(job.token):
@@ -249,7 +249,7 @@ class Slot:
     def forward(self) -> None:
         """Send the child, in order, every held chunk it does not have yet and whose function is here."""
         batch = []
-        for job in self.jobs:
+        for job in self.held:
             if job.token is not None:
                 continue
             if self.process.last_call == job.call:
@@ -281,7 +281,7 @@ class Slot:
                 return
             token = skipped_token(frame)
             if token is not None:
-                job = next((job for job in self.jobs if job.token == token), None)
+                job = next((job for job in self.held if job.token == token), None)
                 if job is not None:
                     self.answer_unstarted(job)
                 continue
@@ -289,14 +289,14 @@ class Slot:
             if job is None:  # (never: the child answers only chunks it was sent)
                 log.warning("ignoring an outcome from task process %d for no chunk", self.process.pid)
                 continue
-            self.jobs.remove(job)
+            self.held.remove(job)
             self.chunks += 1
             if not job.cancelled:
                 self.send(p.RESULT, job.number, frame.view if isinstance(frame, SharedPayload) else frame)
 
     def answer_unstarted(self, job: SlotChunk) -> None:
         """A chunk that never ran leaves: given back if the broker asked, dropped if it cancelled it."""
-        self.jobs.remove(job)
+        self.held.remove(job)
         if job.giving_back and not job.cancelled:
             self.send(p.GAVEBACK, job.number)
 
@@ -306,17 +306,17 @@ class Slot:
         death = self.process.describe_death()
         self.process.stop()  # one that closed its pipes and lives on is gone before the pool hears of it
         if head is not None:
-            self.jobs.remove(head)
+            self.held.remove(head)
             if not head.cancelled:
                 self.send(p.FAILED, head.number, self.failure(f"its task {death} while running it"))
         self.replace_process()
 
     def head(self) -> SlotChunk | None:
         """The chunk the child runs (or ran last without answering yet)."""
-        return next((job for job in self.jobs if job.token is not None), None)
+        return next((job for job in self.held if job.token is not None), None)
 
     def find(self, number: bytes) -> SlotChunk | None:
-        return next((job for job in self.jobs if job.number == number), None)
+        return next((job for job in self.held if job.number == number), None)
 
     def failure(self, reason: str) -> bytes:
         return f"zmq worker {self.id.decode()}: {reason}".encode()
@@ -324,7 +324,7 @@ class Slot:
     def drop_all(self, restart: bool = False) -> None:
         """Forget every chunk (the broker did), replacing the child if it held any (or to ``restart`` it)."""
         replace = self.running or restart
-        self.jobs.clear()
+        self.held.clear()
         if replace:
             self.replace_process()
 
@@ -332,7 +332,7 @@ class Slot:
         """Start a fresh child; the chunks the old one held are sent again, except those that are leaving."""
         self.process.stop()
         self.process = _start_child(self.processes)
-        for job in [job for job in self.jobs if job.token is not None]:
+        for job in [job for job in self.held if job.token is not None]:
             job.token = None
             if job.cancelled or job.giving_back:
                 self.answer_unstarted(job)
