@@ -166,7 +166,7 @@ class _KeepingUnpickler(pickle.Unpickler):
 
     def _class_found_or_made(self, make: Callable, tracker_at: int) -> Callable:
         def found_or_made(*args):
-            known = args[tracker_at] in _cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID
+            known = args[tracker_at] in getattr(_cloudpickle, "_DYNAMIC_CLASS_TRACKER_BY_ID", ())
             cls = make(*args)
             if known:
                 self._kept.add(cls)
