@@ -1,6 +1,6 @@
 """MulticorePool against multiprocessing.Pool, side by side in one run, reported as ratios.
 
-    python benchmarks/bench_multicore.py [--quick] [--processes N] [--load N] [--repeats N]
+    python benchmarks/bench_multicore.py [--quick] [--processes N] [--load N] [--repeats N] [--json PATH]
 
 Rows: tiny tasks through ``map`` and ``imap`` with the chunk sizes users pass (ratio > 1 means
 glimpse is faster; goal >= 1; of the best times, and of the median times: under load the best
@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 
-from workloads import BusyLoops, busy, interleaved, interleaved_times, tiny
+from workloads import BusyLoops, JsonRecord, busy, interleaved, interleaved_times, tiny
 
 from glimpse.pools import MulticorePool
 
@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=os.cpu_count())
     parser.add_argument("--load", type=int, default=0, help="busy loops to run beside (a loaded machine)")
     parser.add_argument("--repeats", type=int, help="interleaved runs of each measure (default 5, 1 with --quick)")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON (for benchmarks/charts.py)")
     args = parser.parse_args()
     items, repeats, memory_items = (20_000, 1, 200_000) if args.quick else (200_000, 5, 1_000_000)
     repeats = args.repeats or repeats
@@ -111,20 +112,27 @@ def main() -> None:
         f"{args.load} busy loops beside, best and median of {repeats} interleaved"
     )
     print(f"{'measure':<44} {'multiprocessing':>16} {'glimpse':>10} {'ratio':>8} {'median ratio':>13}")
+    record = JsonRecord("multicore", {"processes": args.processes, "load": args.load, "repeats": repeats})
     with BusyLoops(args.load):
         for name, theirs, ours in measure_tiny(args.processes, items, repeats):
             best = min(theirs) / min(ours)
             typical = statistics.median(theirs) / statistics.median(ours)
             print(f"{name:<44} {min(theirs):>15.3f}s {min(ours):>9.3f}s {best:>7.2f}x {typical:>12.2f}x")
+            record.add(measure=name, unit="s", multiprocessing=min(theirs), glimpse=min(ours), ratio=best)
         mp_eff, our_eff = measure_efficiency(args.processes, 30 * args.processes, work, repeats)
         print(f"{'CPU-bound efficiency':<44} {mp_eff:>16.2f} {our_eff:>10.2f} {our_eff / mp_eff:>7.2f}x")
+        record.add(
+            measure="CPU-bound efficiency", unit="", multiprocessing=mp_eff, glimpse=our_eff, ratio=our_eff / mp_eff
+        )
         for slow in (False, True):
             name = f"imap peak RSS MB, {'slow' if slow else 'fast'} consumer ({memory_items})"
             mp_mem = peak_memory_mb("multiprocessing", memory_items, args.processes, slow)
             our_mem = peak_memory_mb("glimpse", memory_items, args.processes, slow)
             print(f"{name:<44} {mp_mem:>16.0f} {our_mem:>10.0f} {mp_mem / our_mem:>7.2f}x")
+            record.add(measure=name, unit="MB", multiprocessing=mp_mem, glimpse=our_mem, ratio=mp_mem / our_mem)
     print("(ratio = multiprocessing / glimpse for times and memory, glimpse / multiprocessing for efficiency;")
     print(" median ratio: of the median times, what one call gets under load, where a best time is a lucky draw)")
+    record.write(args.json)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def _stream(data: dict, name: str, out_dir: Path) -> list[Path]:
                 if row["engine"] == engine and row["contender"] not in ("glimpse", "embedded", "mp")
             ]
             best.append(max(idioms) if idioms else 0.0)
-        figure, axes = plt.subplots(figsize=(7, 0.5 + 0.55 * max(len(engines), 1)))
+        figure, axes = plt.subplots(figsize=(7, 1.3 + 0.55 * max(len(engines), 1)))
         positions = range(len(engines))
         axes.barh([p + 0.2 for p in positions], ours, height=0.4, label="glimpse pool.imap")
         axes.barh([p - 0.2 for p in positions], best, height=0.4, label="the engine's best idiom")
@@ -62,11 +62,11 @@ def _stream(data: dict, name: str, out_dir: Path) -> list[Path]:
         axes.set_xlabel("MiB/s (more is better)")
         machine = data["machine"]
         axes.set_title(
-            f"Streaming {_size_text(size)} items: {data['settings']['volume_mib']} MiB, "
+            f"Streaming {_size_text(size)} items\n{data['settings']['volume_mib']} MiB, "
             f"{machine['cores']} cores, {machine['date']}",
             fontsize=10,
         )
-        axes.legend(fontsize=8, loc="lower right")
+        axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, frameon=False)
         figure.tight_layout()
         path = out_dir / f"{name}-{_size_text(size)}.svg"
         figure.savefig(path, metadata={"Date": None})
@@ -75,11 +75,36 @@ def _stream(data: dict, name: str, out_dir: Path) -> list[Path]:
     return written
 
 
+def _multicore(data: dict, name: str, out_dir: Path) -> list[Path]:
+    """One chart: glimpse against multiprocessing, measure by measure, as ratios (> 1 favours glimpse)."""
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    figure, axes = plt.subplots(figsize=(8, 1.6 + 0.45 * len(rows)))
+    axes.barh(range(len(rows)), [row["ratio"] for row in rows], height=0.6, label="MulticorePool")
+    axes.axvline(1.0, color="black", linestyle="--", linewidth=1, label="multiprocessing.Pool")
+    axes.set_yticks(range(len(rows)), [row["measure"] for row in rows], fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel("ratio to multiprocessing.Pool (more is better)")
+    machine, settings = data["machine"], data["settings"]
+    axes.set_title(
+        f"MulticorePool against multiprocessing.Pool\n{settings['processes']} processes, "
+        f"{settings['load']} busy loops beside, {machine['cores']} cores, {machine['date']}",
+        fontsize=10,
+    )
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+    figure.tight_layout()
+    path = out_dir / f"{name}.svg"
+    figure.savefig(path, metadata={"Date": None})
+    plt.close(figure)
+    return [path]
+
+
 def _size_text(size: int) -> str:
     return f"{size >> 20}M" if size >= 1 << 20 else f"{size >> 10}K"
 
 
-_DRAWERS = {"stream": _stream}
+_DRAWERS = {"stream": _stream, "multicore": _multicore}
 
 if __name__ == "__main__":
     arguments = [Path(argument) for argument in sys.argv[1:3]]

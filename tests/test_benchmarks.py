@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -25,10 +26,14 @@ def quick_ratios(script: str, *arguments: str) -> tuple[list[float], str]:
     return [float(ratio) for ratio in re.findall(r"(\d+\.\d+)x(?=\s|$)", result.stdout)], result.stdout
 
 
-def test_bench_multicore_quick_prints_a_positive_ratio_for_every_row():
-    ratios, output = quick_ratios("bench_multicore.py", "--processes", "2")
+def test_bench_multicore_quick_prints_a_positive_ratio_for_every_row_and_writes_them_as_json(tmp_path):
+    rows = tmp_path / "multicore.json"
+    ratios, output = quick_ratios("bench_multicore.py", "--processes", "2", "--json", str(rows))
     # Five rows of tiny tasks (a ratio of the best times and one of the median times), efficiency and two of memory.
     assert len(ratios) == 5 * 2 + 3 and all(ratio > 0 for ratio in ratios), output
+    written = json.loads(rows.read_text())  # what benchmarks/charts.py draws (the docs leg draws docs/data/)
+    assert written["benchmark"] == "multicore" and len(written["rows"]) == 5 + 1 + 2
+    assert all(row["ratio"] > 0 for row in written["rows"])
 
 
 def test_bench_faces_quick_prints_a_positive_ratio_for_every_row():
