@@ -20,8 +20,6 @@ import sys
 import threading
 from collections import deque
 
-import cloudpickle
-
 from glimpse.pools.contract import pickling
 from glimpse.pools.contract.worker_policy import abandoned_work, run_initializer
 from glimpse.pools.contract.worker_runner import ChunkOutcome, ItemError, dumps_outcome, run_chunk
@@ -155,7 +153,7 @@ def _run_initializer(blob: bytes | None) -> BaseException | None:
     if blob is None:
         return None
     try:
-        initializer, initargs = cloudpickle.loads(blob)
+        initializer, initargs = pickling.loads(blob)
     except BaseException as exc:
         return exc
     return run_initializer(initializer, initargs)
