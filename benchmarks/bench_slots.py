@@ -1,6 +1,6 @@
 """Efficiency on a cluster of many worker slots, against the engine's own API, in one run.
 
-    python benchmarks/bench_slots.py [--engine dask|ray|zmq] [--slots 64 256] [--quick]
+    python benchmarks/bench_slots.py [--engine dask|ray|zmq] [--slots 64 256] [--quick] [--json PATH]
 
 Many slots are simulated on this machine: Dask workers with many threads, Ray with ``num_cpus``
 set high, an embedded zmq cluster with many worker slots (a process each), and tasks that sleep
@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from workloads import best_of
+from workloads import JsonRecord, best_of
 
 SECONDS = 0.05
 
@@ -94,8 +94,10 @@ def main() -> None:
     parser.add_argument("--engine", choices=tuple(_ROWS), action="append")
     parser.add_argument("--slots", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--quick", action="store_true", help="fewer items, one repeat")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON (for benchmarks/charts.py)")
     args = parser.parse_args()
     repeats = 1 if args.quick else 2
+    record = JsonRecord("slots", {"task_seconds": SECONDS, "repeats": repeats})
     print(f"Efficiency with many slots ({SECONDS * 1000:.0f} ms sleep tasks), Python {sys.version.split()[0]}")
     print(f"{'engine':<6} {'slots':>5} {'items':>6}  " + "  ".join(f"{name:>22}" for name in _NAMES))
     for engine in args.engine or ["dask", "ray"]:
@@ -104,7 +106,9 @@ def main() -> None:
             items = slots * (10 if args.quick else 50)
             efficiency = rows(slots, items, repeats)
             print(f"{engine:<6} {slots:>5} {items:>6}  " + "  ".join(f"{efficiency[n]:>22.2f}" for n in _NAMES))
+            record.add(engine=engine, slots=slots, items=items, efficiency={n: efficiency[n] for n in _NAMES})
     print(f"(load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    record.write(args.json)
 
 
 _NAMES = ("engine's own", "glimpse map", "glimpse imap", "glimpse imap_unordered")

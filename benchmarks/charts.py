@@ -100,11 +100,41 @@ def _multicore(data: dict, name: str, out_dir: Path) -> list[Path]:
     return [path]
 
 
+def _slots(data: dict, name: str, out_dir: Path) -> list[Path]:
+    """One chart: the efficiency of each way of running a call on many simulated slots (goal 0.9)."""
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    contenders = list(rows[0]["efficiency"]) if rows else []
+    figure, axes = plt.subplots(figsize=(8, 1.6 + 0.6 * len(rows)))
+    height = 0.8 / max(len(contenders), 1)
+    for index, contender in enumerate(contenders):
+        offsets = [position - 0.4 + (index + 0.5) * height for position in range(len(rows))]
+        axes.barh(offsets, [row["efficiency"][contender] for row in rows], height=height, label=contender)
+    axes.axvline(0.9, color="black", linestyle="--", linewidth=1, label="goal")
+    axes.set_yticks(range(len(rows)), [f"{row['engine']}, {row['slots']} slots" for row in rows])
+    axes.invert_yaxis()
+    axes.set_xlim(0, 1.05)
+    axes.set_xlabel("efficiency: ideal time / wall time (more is better)")
+    machine = data["machine"]
+    axes.set_title(
+        f"Many simulated slots, tasks of {data['settings']['task_seconds'] * 1000:.0f} ms\n"
+        f"{machine['cores']} cores, {machine['date']}",
+        fontsize=10,
+    )
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    figure.tight_layout()
+    path = out_dir / f"{name}.svg"
+    figure.savefig(path, metadata={"Date": None})
+    plt.close(figure)
+    return [path]
+
+
 def _size_text(size: int) -> str:
     return f"{size >> 20}M" if size >= 1 << 20 else f"{size >> 10}K"
 
 
-_DRAWERS = {"stream": _stream, "multicore": _multicore}
+_DRAWERS = {"stream": _stream, "multicore": _multicore, "slots": _slots}
 
 if __name__ == "__main__":
     arguments = [Path(argument) for argument in sys.argv[1:3]]
