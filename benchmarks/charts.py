@@ -58,20 +58,10 @@ def _stream(data: dict, name: str, out_dir: Path) -> list[Path]:
         if mp is not None:
             axes.axvline(mp, color="black", linestyle="--", linewidth=1, label="multiprocessing.Pool.imap")
         axes.set_yticks(list(positions), engines)
-        axes.invert_yaxis()
         axes.set_xlabel("MiB/s (more is better)")
-        machine = data["machine"]
-        axes.set_title(
-            f"Streaming {_size_text(size)} items\n{data['settings']['volume_mib']} MiB, "
-            f"{machine['cores']} cores, {machine['date']}",
-            fontsize=10,
-        )
-        axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, frameon=False)
-        figure.tight_layout()
+        title = f"Streaming {_size_text(size)} items\n{data['settings']['volume_mib']} MiB"
         path = out_dir / f"{name}-{_size_text(size)}.svg"
-        figure.savefig(path, metadata={"Date": None})
-        plt.close(figure)
-        written.append(path)
+        written.append(_finish(figure, axes, title, data["machine"], path, below=0.18, columns=3))
     return written
 
 
@@ -84,20 +74,13 @@ def _multicore(data: dict, name: str, out_dir: Path) -> list[Path]:
     axes.barh(range(len(rows)), [row["ratio"] for row in rows], height=0.6, label="MulticorePool")
     axes.axvline(1.0, color="black", linestyle="--", linewidth=1, label="multiprocessing.Pool")
     axes.set_yticks(range(len(rows)), [row["measure"] for row in rows], fontsize=8)
-    axes.invert_yaxis()
     axes.set_xlabel("ratio to multiprocessing.Pool (more is better)")
-    machine, settings = data["machine"], data["settings"]
-    axes.set_title(
+    settings = data["settings"]
+    title = (
         f"MulticorePool against multiprocessing.Pool\n{settings['processes']} processes, "
-        f"{settings['load']} busy loops beside, {machine['cores']} cores, {machine['date']}",
-        fontsize=10,
+        f"{settings['load']} busy loops beside"
     )
-    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
-    figure.tight_layout()
-    path = out_dir / f"{name}.svg"
-    figure.savefig(path, metadata={"Date": None})
-    plt.close(figure)
-    return [path]
+    return [_finish(figure, axes, title, data["machine"], out_dir / f"{name}.svg", below=0.12, columns=2)]
 
 
 def _slots(data: dict, name: str, out_dir: Path) -> list[Path]:
@@ -113,21 +96,23 @@ def _slots(data: dict, name: str, out_dir: Path) -> list[Path]:
         axes.barh(offsets, [row["efficiency"][contender] for row in rows], height=height, label=contender)
     axes.axvline(0.9, color="black", linestyle="--", linewidth=1, label="goal")
     axes.set_yticks(range(len(rows)), [f"{row['engine']}, {row['slots']} slots" for row in rows])
-    axes.invert_yaxis()
     axes.set_xlim(0, 1.05)
     axes.set_xlabel("efficiency: ideal time / wall time (more is better)")
-    machine = data["machine"]
-    axes.set_title(
-        f"Many simulated slots, tasks of {data['settings']['task_seconds'] * 1000:.0f} ms\n"
-        f"{machine['cores']} cores, {machine['date']}",
-        fontsize=10,
-    )
-    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    title = f"Many simulated slots, tasks of {data['settings']['task_seconds'] * 1000:.0f} ms"
+    return [_finish(figure, axes, title, data["machine"], out_dir / f"{name}.svg", below=0.2, columns=3)]
+
+
+def _finish(figure, axes, title: str, machine: dict, path: Path, below: float, columns: int) -> Path:
+    """Rows top down, the title with the machine and date, the legend ``below`` the axes; save as SVG."""
+    import matplotlib.pyplot as plt
+
+    axes.invert_yaxis()
+    axes.set_title(f"{title}, {machine['cores']} cores, {machine['date']}", fontsize=10)
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -below), ncol=columns, frameon=False)
     figure.tight_layout()
-    path = out_dir / f"{name}.svg"
     figure.savefig(path, metadata={"Date": None})
     plt.close(figure)
-    return [path]
+    return path
 
 
 def _size_text(size: int) -> str:
