@@ -6,6 +6,9 @@ without importing this folder.
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import sys
 import threading
 import time
@@ -162,11 +165,6 @@ class JsonRecord:
     """
 
     def __init__(self, benchmark: str, settings: dict):
-        import os
-        import platform
-        import sys
-        import time
-
         self.data = {
             "benchmark": benchmark,
             "machine": {
@@ -185,8 +183,6 @@ class JsonRecord:
     def write(self, path: str | None) -> None:
         if not path:
             return
-        import json
-
         with open(path, "w") as file:
             json.dump(self.data, file, indent=1)
             file.write("\n")

@@ -85,9 +85,8 @@ class _LargeBytes:
     def __init__(self, value: bytes):
         self.value = value
 
-    def __reduce_ex__(self, protocol):
-        if protocol < 5:  # an engine's pickle for a peer that does not take buffers: in band
-            return bytes, (self.value,)
+    def __reduce__(self):
+        # Pickled only by glimpse's own picklers, with protocol 5 (Unpickled hands engines the result).
         return bytes, (pickle.PickleBuffer(self.value),)
 
 
