@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from glimpse.pools.cluster.embedded import STARTUP_SECONDS, EmbeddedCluster
 from glimpse.pools.cluster.pool import ClusterPool, remade, resolve_address
 from glimpse.pools.contract import Backend
 from glimpse.pools.security import ClusterKey, generate_key, insecure_key, resolve_key
@@ -87,11 +88,26 @@ class SignedClusterPool(ClusterPool):
 
     normalize_address: Callable[[str], str] = staticmethod(str.strip)
 
-    def connect(self, address: str, key: ClusterKey, source: str) -> Backend:
-        """The backend of a pool on the cluster at ``address``."""
+    def connect(self, address: str, key: ClusterKey, source: str, cluster: EmbeddedCluster | None = None) -> Backend:
+        """The backend of a pool on the cluster at ``address`` (an embedded ``cluster`` it ends on close)."""
+        raise NotImplementedError
+
+    def start_cluster(self, nworkers: int, key: ClusterKey, max_chunks: int | None) -> EmbeddedCluster:
+        """Start an embedded cluster of ``nworkers`` workers sharing ``key``, whose task processes run
+        at most ``max_chunks`` chunks each."""
         raise NotImplementedError
 
     def embedded_backend(self, nworkers: int, key: ClusterKey, max_chunks: int | None = None) -> Backend:
-        """The backend of a pool that starts its own cluster of ``nworkers`` workers sharing ``key``,
-        whose task processes run at most ``max_chunks`` chunks each."""
-        raise NotImplementedError
+        """The backend of a pool on a cluster of its own (:meth:`start_cluster`), once every worker
+        has connected; the cluster is killed if they do not."""
+        cluster = self.start_cluster(nworkers, key, max_chunks)
+        try:
+            backend = self.connect(cluster.address, key, "the embedded cluster", cluster)
+            connected = backend.wait_for_workers(nworkers, STARTUP_SECONDS)
+            if connected < nworkers:
+                what = f"embedded {self.TYPE} workers"
+                raise RuntimeError(f"only {connected} of {nworkers} {what} connected within {STARTUP_SECONDS:g} s")
+        except BaseException:
+            cluster.kill()
+            raise
+        return backend

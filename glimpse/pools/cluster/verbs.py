@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from glimpse.pools.errors import ClusterConnectionError
 from glimpse.pools.subprocesses import terminate_self, when_orphaned
@@ -24,6 +25,43 @@ class Verb:
     help: str
     run: Callable[[argparse.Namespace], int | None]
     arguments: Callable[[argparse.ArgumentParser], None] = field(default=lambda parser: None)
+
+
+def worker_verbs(
+    open_backend: Callable[[argparse.Namespace], Any],
+    options: Callable[[argparse.ArgumentParser], None],
+    ping: Callable[[argparse.Namespace], int],
+    ping_help: str,
+    worker: str = "worker",
+) -> dict[str, Verb]:
+    """``PingWorkers`` (``ping``), ``KillWorkers`` and ``RestartWorkers`` of a cluster whose backend,
+    opened by ``open_backend(args)``, has ``kill_workers()`` and ``restart_workers()``."""
+
+    def told(tell: Callable[[Any], int], done: str) -> Callable[[argparse.Namespace], int]:
+        def run(args: argparse.Namespace) -> int:
+            backend = open_backend(args)
+            try:
+                count = tell(backend)
+            finally:
+                backend.close()
+            print(done.format(count))
+            return 0
+
+        return run
+
+    return {
+        "PingWorkers": Verb(ping_help, ping, options),
+        "KillWorkers": Verb(
+            f"tell every {worker} to exit",
+            told(lambda backend: backend.kill_workers(), f"told {{}} {worker}s to exit"),
+            options,
+        ),
+        "RestartWorkers": Verb(
+            f"give every {worker} a fresh task process (running chunks are re-sent)",
+            told(lambda backend: backend.restart_workers(), f"restarted the task processes of {{}} {worker}s"),
+            options,
+        ),
+    }
 
 
 def run_verbs(

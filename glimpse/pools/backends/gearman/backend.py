@@ -246,8 +246,15 @@ class GearmanBackend(OwnsEmbeddedCluster, Backend):
                 ids.update(name[len(prefix) :] for name in functions if name.startswith(prefix))
         return sorted(ids)
 
-    def tell_workers(self, request: bytes) -> int:
-        """Send ``jobs.EXIT`` or ``jobs.RESTART`` to every worker slot of this key; return how many."""
+    def kill_workers(self) -> int:
+        """Tell every worker slot of this key to exit; return how many there were."""
+        return self._tell_workers(jobs.EXIT)
+
+    def restart_workers(self) -> int:
+        """Replace the task process of every worker slot of this key with a fresh one; return how many slots."""
+        return self._tell_workers(jobs.RESTART)
+
+    def _tell_workers(self, request: bytes) -> int:
         ids = self.worker_ids()
         for worker in ids:
             self._control_request(worker, [request])

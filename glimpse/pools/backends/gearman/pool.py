@@ -9,32 +9,15 @@ before they unpickle anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
-
 from glimpse.pools.backends.gearman import protocol as g
 from glimpse.pools.backends.gearman.backend import GearmanBackend
 from glimpse.pools.backends.gearman.server import find_gearmand
-from glimpse.pools.cluster.embedded import STARTUP_SECONDS, EmbeddedCluster
+from glimpse.pools.cluster.embedded import EmbeddedCluster
 from glimpse.pools.cluster.signed_pool import SignedClusterPool
 from glimpse.pools.security import ClusterKey
 
 ADDRESS_VARIABLE = "GLIMPSE_GEARMAN_ADDRESS"
 ENVIRONMENT = (ADDRESS_VARIABLE,)
-
-
-def MakePool(
-    address: str | None = None,
-    workers: int | None = None,
-    key: str | bytes | None = None,
-    key_file: str | None = None,
-    insecure: bool = False,
-    initializer: Callable[..., object] | None = None,
-    initargs: Iterable[Any] = (),
-    maxtasksperchild: int | None = None,
-) -> GearmanPool:
-    """Return a :class:`GearmanPool`; see it for the arguments."""
-    return GearmanPool(address, workers, key, key_file, insecure, initializer, initargs, maxtasksperchild)
 
 
 def _normalize(address: str) -> str:
@@ -67,20 +50,15 @@ class GearmanPool(SignedClusterPool):
     TYPE = "gearman"
     normalize_address = staticmethod(_normalize)
 
-    def connect(self, address: str, key: ClusterKey, source: str) -> GearmanBackend:
-        return GearmanBackend(g.parse_servers(address), key, source)
+    def connect(
+        self, address: str, key: ClusterKey, source: str, cluster: EmbeddedCluster | None = None
+    ) -> GearmanBackend:
+        return GearmanBackend(g.parse_servers(address), key, source, cluster=cluster)
 
-    def embedded_backend(self, nworkers: int, key: ClusterKey, max_chunks: int | None = None) -> GearmanBackend:
+    def start_cluster(self, nworkers: int, key: ClusterKey, max_chunks: int | None) -> EmbeddedCluster:
         find_gearmand()
-        cluster = EmbeddedCluster.start("gearman", nworkers, key, max_chunks=max_chunks, broker_signs=False)
-        try:
-            backend = GearmanBackend(g.parse_servers(cluster.address), key, "the embedded cluster", cluster=cluster)
-            connected = backend.wait_for_workers(nworkers, STARTUP_SECONDS)
-            if connected < nworkers:
-                raise RuntimeError(
-                    f"only {connected} of {nworkers} embedded gearman workers connected within {STARTUP_SECONDS:g} s"
-                )
-        except BaseException:
-            cluster.kill()
-            raise
-        return backend
+        return EmbeddedCluster.start("gearman", nworkers, key, max_chunks=max_chunks, broker_signs=False)
+
+
+#: ``MakePool(...)`` is ``GearmanPool(...)``: the same arguments.
+MakePool = GearmanPool

@@ -14,19 +14,7 @@ from glimpse.pools.backends.gearman import server as gearmand
 from glimpse.pools.backends.gearman import worker as gearman_worker
 from glimpse.pools.backends.gearman.backend import GearmanBackend
 from glimpse.pools.backends.gearman.pool import ADDRESS_VARIABLE
-from glimpse.pools.cluster.verbs import (
-    Verb,
-    address_option,
-    embedded_broker_options,
-    key_options,
-    listen_options,
-    prepare_foreground,
-    required_address,
-    run_verbs,
-    until_stopped,
-    verb_key,
-    worker_slot_options,
-)
+from glimpse.pools.cluster import verbs as cli
 
 log = logging.getLogger(__name__)
 
@@ -35,27 +23,29 @@ PROG = "glimpse-cluster --type gearman"
 
 def RunMain(argv: Sequence[str] | None = None) -> int:
     """Run ``glimpse-cluster --type gearman VERB [options]``; return the exit code."""
-    return run_verbs(PROG, "Run and manage a glimpse gearman cluster.", VERBS, argv)
+    return cli.run_verbs(PROG, "Run and manage a glimpse gearman cluster.", VERBS, argv)
 
 
-_address_option = address_option(ADDRESS_VARIABLE, "HOST:PORT[,HOST:PORT...]", "the gearman servers", key_options)
+_address_option = cli.address_option(
+    ADDRESS_VARIABLE, "HOST:PORT[,HOST:PORT...]", "the gearman servers", cli.key_options
+)
 
 
 def _broker_options(parser: argparse.ArgumentParser) -> None:
-    listen_options(g.DEFAULT_PORT, "interface gearmand listens on (default 127.0.0.1); gearmand authenticates nobody")(
-        parser
-    )
-    embedded_broker_options(parser)
+    cli.listen_options(
+        g.DEFAULT_PORT, "interface gearmand listens on (default 127.0.0.1); gearmand authenticates nobody"
+    )(parser)
+    cli.embedded_broker_options(parser)
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
     _address_option(parser)
-    worker_slot_options(parser)
+    cli.worker_slot_options(parser)
 
 
 def _launch_broker(args: argparse.Namespace) -> int:
     gearmand.find_gearmand()
-    prepare_foreground(args)
+    cli.prepare_foreground(args)
 
     def ready(address: str) -> None:
         log.info("gearmand listening on %s (it authenticates nobody: glimpse signs every job)", address)
@@ -63,7 +53,7 @@ def _launch_broker(args: argparse.Namespace) -> int:
             with os.fdopen(args.ready_fd, "w") as out:
                 out.write(address + "\n")
 
-    return until_stopped(lambda: gearmand.run_gearmand(args.host, args.port, ready))
+    return cli.until_stopped(lambda: gearmand.run_gearmand(args.host, args.port, ready))
 
 
 def _launch_worker(args: argparse.Namespace) -> int:
@@ -71,11 +61,11 @@ def _launch_worker(args: argparse.Namespace) -> int:
         raise ValueError(f"--nworkers must be at least 1, not {args.nworkers}")
     address, _ = _required_address(args)
     # gearmand is not ours, so the first worker creates the default key file when there is no key.
-    key = verb_key(args, for_broker=True)
-    prepare_foreground(args)
+    key = cli.verb_key(args, for_broker=True)
+    cli.prepare_foreground(args)
     log.info("cluster key: %s", key.source)
     servers = g.parse_servers(address)
-    return until_stopped(lambda: gearman_worker.serve(servers, args.nworkers, key, args.maxtasksperchild))
+    return cli.until_stopped(lambda: gearman_worker.serve(servers, args.nworkers, key, args.maxtasksperchild))
 
 
 def _ping_workers(args: argparse.Namespace) -> int:
@@ -93,35 +83,25 @@ def _ping_workers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _kill_workers(args: argparse.Namespace) -> int:
-    print(f"told {_cli_backend(args).tell_workers(jobs.EXIT)} worker slots to exit")
-    return 0
-
-
-def _restart_workers(args: argparse.Namespace) -> int:
-    print(f"restarted the task processes of {_cli_backend(args).tell_workers(jobs.RESTART)} worker slots")
-    return 0
-
-
 def _required_address(args: argparse.Namespace) -> tuple[str, str]:
-    return required_address(args, ADDRESS_VARIABLE, "HOST:PORT")
+    return cli.required_address(args, ADDRESS_VARIABLE, "HOST:PORT")
 
 
 def _cli_backend(args: argparse.Namespace) -> GearmanBackend:
     address, source = _required_address(args)
-    return GearmanBackend(g.parse_servers(address), verb_key(args), source)
+    return GearmanBackend(g.parse_servers(address), cli.verb_key(args), source)
 
 
-VERBS: dict[str, Verb] = {
-    "LaunchBroker": Verb("run gearmand in the foreground until stopped", _launch_broker, _broker_options),
-    "LaunchWorker": Verb(
+VERBS: dict[str, cli.Verb] = {
+    "LaunchBroker": cli.Verb("run gearmand in the foreground until stopped", _launch_broker, _broker_options),
+    "LaunchWorker": cli.Verb(
         "run worker slots for the gearman servers in the foreground until stopped", _launch_worker, _worker_options
     ),
-    "PingWorkers": Verb("print one line per worker slot of this key, then the queue", _ping_workers, _address_option),
-    "KillWorkers": Verb("tell every worker slot of this key to exit", _kill_workers, _address_option),
-    "RestartWorkers": Verb(
-        "give every worker slot of this key a fresh task process (running chunks are re-sent)",
-        _restart_workers,
+    **cli.worker_verbs(
+        _cli_backend,
         _address_option,
+        _ping_workers,
+        "print one line per worker slot of this key, then the queue",
+        "worker slot",
     ),
 }

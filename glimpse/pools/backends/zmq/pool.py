@@ -9,31 +9,14 @@ signed with the cluster key (``glimpse.pools.security``); an embedded cluster ma
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
-
 from glimpse.pools.backends.zmq.backend import ZmqBackend
 from glimpse.pools.backends.zmq.protocol import normalize_address
-from glimpse.pools.cluster.embedded import STARTUP_SECONDS, EmbeddedCluster
+from glimpse.pools.cluster.embedded import EmbeddedCluster
 from glimpse.pools.cluster.signed_pool import SignedClusterPool
 from glimpse.pools.security import ClusterKey
 
 ADDRESS_VARIABLE = "GLIMPSE_ZMQ_ADDRESS"
 ENVIRONMENT = (ADDRESS_VARIABLE,)
-
-
-def MakePool(
-    address: str | None = None,
-    workers: int | None = None,
-    key: str | bytes | None = None,
-    key_file: str | None = None,
-    insecure: bool = False,
-    initializer: Callable[..., object] | None = None,
-    initargs: Iterable[Any] = (),
-    maxtasksperchild: int | None = None,
-) -> ZmqPool:
-    """Return a :class:`ZmqPool`; see it for the arguments."""
-    return ZmqPool(address, workers, key, key_file, insecure, initializer, initargs, maxtasksperchild)
 
 
 class ZmqPool(SignedClusterPool):
@@ -64,19 +47,12 @@ class ZmqPool(SignedClusterPool):
     TYPE = "zmq"
     normalize_address = staticmethod(normalize_address)
 
-    def connect(self, address: str, key: ClusterKey, source: str) -> ZmqBackend:
-        return ZmqBackend(address, key, source)
+    def connect(self, address: str, key: ClusterKey, source: str, cluster: EmbeddedCluster | None = None) -> ZmqBackend:
+        return ZmqBackend(address, key, source, cluster=cluster)
 
-    def embedded_backend(self, nworkers: int, key: ClusterKey, max_chunks: int | None = None) -> ZmqBackend:
-        cluster = EmbeddedCluster.start("zmq", nworkers, key, in_broker=True, max_chunks=max_chunks)
-        try:
-            backend = ZmqBackend(cluster.address, key, "the embedded cluster", cluster=cluster)
-            connected = backend.wait_for_workers(nworkers, STARTUP_SECONDS)
-            if connected < nworkers:
-                raise RuntimeError(
-                    f"only {connected} of {nworkers} embedded zmq workers connected within {STARTUP_SECONDS:g} s"
-                )
-        except BaseException:
-            cluster.kill()
-            raise
-        return backend
+    def start_cluster(self, nworkers: int, key: ClusterKey, max_chunks: int | None) -> EmbeddedCluster:
+        return EmbeddedCluster.start("zmq", nworkers, key, in_broker=True, max_chunks=max_chunks)
+
+
+#: ``MakePool(...)`` is ``ZmqPool(...)``: the same arguments.
+MakePool = ZmqPool
