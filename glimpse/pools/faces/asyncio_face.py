@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from glimpse.pools.contract.policy import results_list
+from glimpse.pools.faces.futures_face import FuturesFace
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -25,9 +26,6 @@ if TYPE_CHECKING:
 
     from glimpse.pools.contract.policy import CallOptions
     from glimpse.pools.contract.worker_policy import Failure
-    from glimpse.pools.faces.pool_calls import PoolCalls as _Base
-else:
-    _Base = object
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -40,7 +38,7 @@ CHUNKS_AHEAD = 4
 _POLL_SECONDS = 0.1
 
 
-class AsyncioFace(_Base):
+class AsyncioFace(FuturesFace):
     """``amap``, ``aimap``, ``aimap_unordered`` and ``asubmit`` on every pool."""
 
     async def amap(

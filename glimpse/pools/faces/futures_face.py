@@ -15,18 +15,15 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-if TYPE_CHECKING:
-    from glimpse.pools.faces.pool_calls import PoolCalls as _Base
-else:
-    _Base = object
+from glimpse.pools.contract.calls import PoolCalls
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class FuturesFace(_Base):
+class FuturesFace(PoolCalls):
     """``submit`` and ``executor`` on every pool."""
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:

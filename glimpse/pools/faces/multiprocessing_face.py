@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from glimpse.pools.contract.calls import PoolCalls
 from glimpse.pools.contract.policy import results_list
 from glimpse.pools.contract.worker_tasks import Star
 
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from glimpse.pools.contract.policy import CallOptions
-    from glimpse.pools.faces.pool_calls import PoolCalls as _Base
-else:
-    _Base = object
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -100,7 +98,7 @@ def _error_of(future: Future[Any]) -> BaseException | None:
     return future.exception()
 
 
-class MultiprocessingFace(_Base):
+class MultiprocessingFace(PoolCalls):
     """The methods of ``multiprocessing.Pool`` a glimpse pool adds to ``map``/``imap``."""
 
     def starmap(
