@@ -138,7 +138,8 @@ class SlurmLab:
 def start_slurm_lab(base: Path, nodes: int = 1, cpus: int = 2, memory_mb: int = 4000) -> SlurmLab:
     """A SLURM cluster under ``base``: a controller host ``ctl`` and ``nodes`` node hosts ``node1..nodeN``,
     each with ``CPUs=cpus RealMemory=memory_mb``, in partitions ``debug`` (the default, MaxTime=60:00,
-    jobs on the least loaded node first) and ``short`` (MaxTime=1), plus a munged of the caller's own.
+    jobs on the least loaded node first), ``batch`` (the same, the partition docs/slurm.md names) and
+    ``short`` (MaxTime=1), plus a munged of the caller's own.
     Returns once ``sinfo`` shows every node idle; a RuntimeError with the daemons' logs if that takes more
     than a minute.
 
@@ -260,6 +261,7 @@ ReturnToService=2
 KillWait=5
 MinJobAge=60
 {node_lines}PartitionName=debug Nodes={names} Default=YES MaxTime=60:00 LLN=YES State=UP
+PartitionName=batch Nodes={names} MaxTime=60:00 LLN=YES State=UP
 PartitionName=short Nodes={names} MaxTime=1 State=UP
 """
 
